@@ -1,0 +1,2 @@
+"""Policy files: schema (``schema``), loading (``loader``), the loaded value
+(``model``) and hot reload (``holder``)."""

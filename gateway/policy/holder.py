@@ -1,0 +1,78 @@
+"""The serving policy, and its hot reload.
+
+A reload happens on SIGHUP and when a file under the policy folder changes (checked
+every ``interval`` seconds). A set that fails validation is refused, logged and counted,
+and the last good set keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from gateway.errors import PolicyError
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.policy.loader import load_policy, policy_files
+from gateway.policy.model import Policy
+
+log = get_logger(__name__)
+
+
+def _stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detection: every file's name, size and mtime."""
+    out = []
+    for path in policy_files(directory):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        out.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+class PolicyHolder:
+    def __init__(self, directory: Path, metrics: Metrics) -> None:
+        self.directory = directory
+        self._metrics = metrics
+        self._policy = load_policy(directory)  # refuse to start on a bad set
+        self._stamp = _stamp(directory)
+        self.last_error: str | None = None
+        self._publish()
+
+    @property
+    def current(self) -> Policy:
+        return self._policy
+
+    def _publish(self) -> None:
+        self._metrics.policy_info.clear()
+        self._metrics.policy_info.labels(self._policy.version).set(1)
+
+    def reload(self) -> bool:
+        """Load the folder again; True when a new set now serves."""
+        self._stamp = _stamp(self.directory)
+        try:
+            policy = load_policy(self.directory)
+        except PolicyError as exc:
+            self.last_error = str(exc)
+            self._metrics.policy_reloads.labels("refused").inc()
+            log.error(
+                "policy_reload_refused",
+                serving=self._policy.version,
+                problems=[str(p) for p in exc.problems][:50],
+            )
+            return False
+        self.last_error = None
+        self._metrics.policy_reloads.labels("ok").inc()
+        if policy.version == self._policy.version:
+            return False
+        old, self._policy = self._policy, policy
+        self._publish()
+        log.info("policy_reloaded", old=old.version, new=policy.version)
+        return True
+
+    async def watch(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if _stamp(self.directory) != self._stamp:
+                self.reload()

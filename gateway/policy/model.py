@@ -1,0 +1,75 @@
+"""The loaded policy: immutable, validated once, read by every decision."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway.domain import Category, Channel
+from gateway.policy.providers import Provider
+from gateway.policy.schema import (
+    BusinessUnit,
+    CategoryPolicy,
+    ChannelPolicy,
+    Defaults,
+    Scenario,
+    TierPolicy,
+)
+
+PLACEHOLDER_RE = re.compile(r"\{([a-z][a-z0-9_.]*)\}")
+CONTENT_PLACEHOLDERS = frozenset({"content.title", "content.body", "content.url"})
+
+
+@dataclass(frozen=True)
+class ContentGuard:
+    """Words that make free text read as marketing, per language."""
+
+    words: Mapping[str, tuple[str, ...]]
+    _pattern: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+
+    @staticmethod
+    def build(words: Mapping[str, tuple[str, ...]]) -> ContentGuard:
+        alternatives = []
+        for word in sorted({w for ws in words.values() for w in ws}, key=len, reverse=True):
+            escaped = re.escape(word.casefold())
+            # Latin words match whole words only ("sale" must not match "wholesale");
+            # CJK text has no spaces, so those match anywhere.
+            alternatives.append(rf"\b{escaped}\b" if word.isascii() else escaped)
+        pattern = re.compile("|".join(alternatives)) if alternatives else None
+        return ContentGuard(words=words, _pattern=pattern)
+
+    def find(self, text: str) -> list[str]:
+        """The guard words found in ``text``, in order of appearance, each once."""
+        if self._pattern is None or not text:
+            return []
+        found: list[str] = []
+        for match in self._pattern.finditer(text.casefold()):
+            if match.group(0) not in found:
+                found.append(match.group(0))
+        return found
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: str
+    loaded_at: datetime
+    files: tuple[str, ...]
+    defaults: Defaults
+    content_guard: ContentGuard
+    business_units: Mapping[str, BusinessUnit]
+    scenarios: Mapping[str, Scenario]
+    categories: Mapping[Category, CategoryPolicy]
+    tiers: TierPolicy
+    channels: Mapping[Channel, ChannelPolicy]
+    providers: Mapping[str, Provider]
+
+    def arbitrates(self, category: Category) -> bool:
+        """Whether claims of this category wait for the user's send window."""
+        setting = self.categories[category].arbitrate
+        return setting if setting is not None else category is Category.MARKETING
+
+    def granted(self, bu: str, scenario: str) -> bool:
+        unit = self.business_units.get(bu)
+        return unit is not None and scenario in unit.scenarios
