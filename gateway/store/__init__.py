@@ -1,0 +1,1 @@
+"""State: one interface (``base.Store``), two implementations (``memory``, ``redis``)."""

@@ -1,0 +1,115 @@
+"""The state store interface. ``memory.MemoryStore`` and ``redis.RedisStore`` implement
+it and pass one contract suite (tests/store/test_contract.py).
+
+Every method may raise ``gateway.errors.StoreUnavailable`` when the store does not
+answer; no other store error escapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from gateway.profiles import Interaction, OptOut, UserProfile
+from gateway.store.records import AuditEntry, KillSwitch, MessageRecord, TimelineEntry
+
+
+class IdemState(StrEnum):
+    NEW = "new"  # first time: the caller now owns the request id
+    SAME = "same"  # decided before with the same body: ``answer`` is the first answer
+    PENDING = "pending"  # the same body is being decided right now by another call
+    CONFLICT = "conflict"  # seen before with a different body
+
+
+@dataclass(frozen=True)
+class IdemResult:
+    state: IdemState
+    answer: bytes | None = None
+
+
+@dataclass(frozen=True)
+class IdemKey:
+    bu: str
+    request_id: str
+    fingerprint: str
+
+
+class Store(Protocol):
+    kind: str
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # --- idempotency ---------------------------------------------------------------
+    async def idem_begin(self, key: IdemKey, ttl: timedelta) -> IdemResult:
+        """Claim a request id, or tell what is known of it."""
+        ...
+
+    async def idem_abort(self, key: IdemKey) -> None:
+        """Give back a claimed request id (the decision failed) so a retry can run."""
+        ...
+
+    # --- messages ------------------------------------------------------------------
+    async def save_decision(
+        self,
+        record: MessageRecord,
+        idem: IdemKey | None,
+        answer: bytes,
+        idem_ttl: timedelta,
+        retention: timedelta,
+    ) -> None:
+        """Keep a decided message (with its first timeline entries) and the answer to
+        its request id, together."""
+        ...
+
+    async def add_events(
+        self, message_id: str, events: Sequence[TimelineEntry], status: str | None, retention: timedelta
+    ) -> None:
+        """Append to a message's timeline and, when given, set its status."""
+        ...
+
+    async def get_message(self, message_id: str) -> MessageRecord | None: ...
+
+    # --- users ---------------------------------------------------------------------
+    async def upsert_user(self, user_id: str, patch: Mapping[str, Any], now: datetime, ttl: timedelta) -> UserProfile:
+        """Replace the named profile sections (``profiles.PROFILE_SECTIONS``)."""
+        ...
+
+    async def get_user(self, user_id: str) -> UserProfile | None: ...
+
+    async def set_opt_out(self, user_id: str, entry: OptOut, opted_out: bool, ttl: timedelta) -> UserProfile | None:
+        """Add (or remove) an opt-out; None when the user does not exist."""
+        ...
+
+    async def record_interaction(
+        self, user_id: str, interaction: Interaction, keep: int, retention: timedelta
+    ) -> UserProfile | None:
+        """Remember an interaction (most recent ``keep``); None for an unknown user."""
+        ...
+
+    # --- kill switches -------------------------------------------------------------
+    async def put_kill_switch(self, switch: KillSwitch, audit: AuditEntry) -> None: ...
+
+    async def clear_kill_switch(self, switch_id: str, audit_of: Any) -> KillSwitch | None:
+        """Remove a switch; ``audit_of(switch)`` builds its audit entry. None if unknown."""
+        ...
+
+    async def kill_switches(self) -> list[KillSwitch]: ...
+
+    async def kill_audit(self, limit: int) -> list[AuditEntry]:
+        """Most recent first."""
+        ...
+
+    # --- scheduled claims ----------------------------------------------------------
+    async def schedule(self, message_id: str, at: datetime) -> None: ...
+
+    async def take_due(self, now: datetime, limit: int) -> list[str]:
+        """Remove and return up to ``limit`` message ids due at ``now``, earliest
+        first. Each id is returned to exactly one caller, across processes."""
+        ...
+
+    async def scheduled_count(self) -> int: ...
