@@ -1,0 +1,49 @@
+"""The one interface every channel adapter implements, and what flows through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from gateway.domain import Category, Channel
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt to reach one user on one channel."""
+
+    # Stable for a message on a channel: providers that deduplicate (WeChat
+    # client_msg_id) get the same id on every retry.
+    delivery_id: str
+    message_id: str
+    channel: Channel
+    category: Category
+    scenario: str
+    user_id: str
+    # openid, phone, email or device token: the adapter's to send, nobody's to log.
+    recipient: str = field(repr=False)
+    payload: dict[str, Any]
+
+
+class SendStatus(StrEnum):
+    DELIVERED = "delivered"  # the provider took it (or reported delivery)
+    RETRY = "retry"  # a passing fault: try the same channel again later
+    FALLBACK = "fallback"  # this channel cannot reach the user: try the next one
+    FAILED = "failed"  # the request itself is wrong: no channel will do better
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: SendStatus
+    # The provider's answer code ("0", "43004", "isv.MOBILE_NUMBER_ILLEGAL", ...).
+    code: str
+    detail: str = ""
+
+
+class ChannelAdapter(Protocol):
+    name: str
+
+    async def send(self, delivery: Delivery) -> SendResult: ...
+
+    async def close(self) -> None: ...

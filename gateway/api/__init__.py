@@ -1,0 +1,1 @@
+"""The gRPC edge: authentication, conversion to and from protobuf, servicers, server."""

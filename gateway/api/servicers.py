@@ -1,0 +1,241 @@
+"""The gRPC servicers: authenticate, convert, call the core, convert back.
+
+Errors become gRPC statuses in one place (``_answer``), through ``errors.status_of``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, Literal, TypeVar
+
+import grpc
+import structlog
+
+from gateway.api import convert
+from gateway.api.auth import Credentials
+from gateway.core.pipeline import PushPipeline
+from gateway.core.users import Users
+from gateway.errors import HeraldError, InvalidArgument, PermissionDenied, status_of
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.profiles import compute_tier
+from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
+
+log = get_logger(__name__)
+R = TypeVar("R")
+MAX_BATCH = 1000
+BATCH_CONCURRENCY = 64
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+
+
+def _answer(method: str) -> Callable[[Handler[R]], Handler[R]]:
+    """Turn Herald errors into gRPC statuses and count them; hide internal faults."""
+
+    def wrap(handler: Handler[R]) -> Handler[R]:
+        @wraps(handler)
+        async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+            structlog.contextvars.clear_contextvars()
+            try:
+                return await handler(self, request, context)
+            except HeraldError as exc:
+                code = status_of(exc)
+                self.metrics.refused.labels(method, code.name).inc()
+                log.info("refused", method=method, code=code.name, error=exc.message)
+                await context.abort(code, exc.message)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                self.metrics.refused.labels(method, "INTERNAL").inc()
+                log.exception("internal_error", method=method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the gateway logged the details")
+            raise AssertionError("unreachable")
+
+        return run
+
+    return wrap
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+class _Base:
+    def __init__(self, credentials: Callable[[], Credentials], policies: PolicyHolder, metrics: Metrics) -> None:
+        self._credentials = credentials
+        self.policies = policies
+        self.metrics = metrics
+
+    def authenticate(self, context: grpc.aio.ServicerContext) -> str:
+        bu = self._credentials().authenticate(_authorization(context))
+        if bu not in self.policies.current.business_units:
+            raise PermissionDenied(f"the API key belongs to '{bu}', which the serving policy does not define")
+        structlog.contextvars.bind_contextvars(bu=bu)
+        return bu
+
+
+class PushServicer(_Base, push_pb2_grpc.PushServiceServicer):
+    def __init__(
+        self, pipeline: PushPipeline, credentials: Callable[[], Credentials], policies: PolicyHolder, metrics: Metrics
+    ) -> None:
+        super().__init__(credentials, policies, metrics)
+        self._pipeline = pipeline
+
+    async def _push_one(self, bu: str, request: push_pb2.PushRequest) -> push_pb2.PushResponse:
+        structlog.contextvars.bind_contextvars(request_id=request.request_id[:128])
+        answer = await self._pipeline.push(bu, convert.push_input(request))
+        return convert.push_response(answer)
+
+    @_answer("Push")
+    async def Push(self, request: push_pb2.PushRequest, context: grpc.aio.ServicerContext) -> push_pb2.PushResponse:
+        bu = self.authenticate(context)
+        with self.metrics.decision_seconds.labels("Push").time():
+            return await self._push_one(bu, request)
+
+    @_answer("PushBatch")
+    async def PushBatch(
+        self, request: push_pb2.PushBatchRequest, context: grpc.aio.ServicerContext
+    ) -> push_pb2.PushBatchResponse:
+        bu = self.authenticate(context)
+        count = len(request.requests)
+        if count == 0:
+            raise InvalidArgument("requests", "is empty; send 1 to 1000 requests")
+        if count > MAX_BATCH:
+            raise InvalidArgument("requests", f"has {count}; at most {MAX_BATCH} per batch, split it")
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(index: int, item: push_pb2.PushRequest) -> push_pb2.PushResponse:
+            async with gate:
+                try:
+                    return await self._push_one(bu, item)
+                except HeraldError as exc:
+                    code = status_of(exc)
+                    self.metrics.refused.labels("PushBatch.item", code.name).inc()
+                    field = getattr(exc, "field", "")
+                    return push_pb2.PushResponse(
+                        error=push_pb2.ItemError(
+                            code=code.name,
+                            message=f"requests[{index}].{exc.message}" if field else exc.message,
+                            field=f"requests[{index}].{field}" if field else "",
+                        )
+                    )
+
+        with self.metrics.decision_seconds.labels("PushBatch").time():
+            responses = await asyncio.gather(*(one(i, item) for i, item in enumerate(request.requests)))
+        return push_pb2.PushBatchResponse(responses=responses)
+
+    @_answer("GetMessage")
+    async def GetMessage(
+        self, request: push_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
+    ) -> push_pb2.Message:
+        bu = self.authenticate(context)
+        if not request.message_id:
+            raise InvalidArgument("message_id", "is required")
+        return convert.message(await self._pipeline.get_message(bu, request.message_id))
+
+    @_answer("GetPolicyInfo")
+    async def GetPolicyInfo(
+        self, request: push_pb2.GetPolicyInfoRequest, context: grpc.aio.ServicerContext
+    ) -> push_pb2.PolicyInfo:
+        bu = self.authenticate(context)
+        policy = self.policies.current
+        info = push_pb2.PolicyInfo(
+            version=policy.version,
+            business_unit=bu,
+            scenarios=convert.scenario_infos(bu, policy.scenarios, policy.business_units[bu].scenarios),
+        )
+        info.loaded_at.CopyFrom(convert.dt_to_ts(policy.loaded_at))
+        return info
+
+
+class ProfileServicer(_Base, profile_pb2_grpc.ProfileServiceServicer):
+    def __init__(
+        self,
+        users: Users,
+        credentials: Callable[[], Credentials],
+        policies: PolicyHolder,
+        metrics: Metrics,
+        now: Callable[[], Any],
+    ) -> None:
+        super().__init__(credentials, policies, metrics)
+        self._users = users
+        self._now = now
+
+    def _grant(self, context: grpc.aio.ServicerContext, need: Literal["read", "write"]) -> str:
+        bu = self.authenticate(context)
+        if need not in self.policies.current.business_units[bu].profiles:
+            raise PermissionDenied(
+                f"business unit '{bu}' may not {need} profiles; the policy grants it with "
+                f"business_units.{bu}.profiles: [{need}]"
+            )
+        return bu
+
+    def _user(self, profile: Any) -> profile_pb2.User:
+        return convert.user(profile, compute_tier(profile.rfm, self.policies.current.tiers, self._now()))
+
+    @_answer("UpsertUser")
+    async def UpsertUser(
+        self, request: profile_pb2.UpsertUserRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.User:
+        self._grant(context, "write")
+        return self._user(await self._users.upsert(request.user.user_id, convert.profile_patch(request)))
+
+    @_answer("UpsertUsers")
+    async def UpsertUsers(
+        self, request: profile_pb2.UpsertUsersRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.UpsertUsersResponse:
+        self._grant(context, "write")
+        count = len(request.requests)
+        if count > MAX_BATCH:
+            raise InvalidArgument("requests", f"has {count}; at most {MAX_BATCH} per batch, split it")
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(item: profile_pb2.UpsertUserRequest) -> profile_pb2.UpsertUserResult:
+            async with gate:
+                try:
+                    profile = await self._users.upsert(item.user.user_id, convert.profile_patch(item))
+                    return profile_pb2.UpsertUserResult(user=self._user(profile))
+                except HeraldError as exc:
+                    return profile_pb2.UpsertUserResult(error_code=status_of(exc).name, error_message=exc.message)
+
+        results = await asyncio.gather(*(one(item) for item in request.requests))
+        return profile_pb2.UpsertUsersResponse(results=results)
+
+    @_answer("GetUser")
+    async def GetUser(self, request: profile_pb2.GetUserRequest, context: grpc.aio.ServicerContext) -> profile_pb2.User:
+        self._grant(context, "read")
+        return self._user(await self._users.get(request.user_id))
+
+    @_answer("RecordInteraction")
+    async def RecordInteraction(
+        self, request: profile_pb2.RecordInteractionRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.RecordInteractionResponse:
+        self._grant(context, "write")
+        window = await self._users.record_interaction(
+            request.user_id, convert.interaction_kind(request.kind), convert.ts_to_dt(request, "at")
+        )
+        response = profile_pb2.RecordInteractionResponse()
+        if window is not None:
+            response.cs_window_open_until.CopyFrom(convert.dt_to_ts(window.open_until))
+            response.cs_window_quota = -1 if window.quota is None else window.quota
+        return response
+
+    @_answer("SetOptOut")
+    async def SetOptOut(
+        self, request: profile_pb2.SetOptOutRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.User:
+        self._grant(context, "write")
+        profile = await self._users.set_opt_out(
+            request.user_id,
+            convert.category_from_pb(request.category, "category"),
+            convert.channel_from_pb(request.channel, "channel"),
+            request.opted_out,
+            request.source,
+        )
+        return self._user(profile)

@@ -1,0 +1,186 @@
+"""The gateway assembled: store, policy, credentials, pipeline, delivery, scheduler, the
+gRPC server and the admin HTTP endpoints; started and stopped as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from channels.sandbox import SandboxAdapter
+from gateway.api.auth import Credentials
+from gateway.api.servicers import ProfileServicer, PushServicer
+from gateway.clock import Clock, SystemClock
+from gateway.config import SAMPLE_CREDENTIALS, Settings
+from gateway.core.pipeline import PushPipeline
+from gateway.core.ratelimit import RateLimiter
+from gateway.core.users import Users
+from gateway.delivery import Dispatcher
+from gateway.errors import HeraldError, PolicyError
+from gateway.killswitches import KillSwitches
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.scheduler import Scheduler
+from gateway.store.base import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
+
+log = get_logger(__name__)
+SERVICES = (
+    push_pb2.DESCRIPTOR.services_by_name["PushService"].full_name,
+    profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name,
+)
+
+
+def build_store(settings: Settings, clock: Clock) -> Store:
+    return RedisStore(settings.redis_url) if settings.redis_url else MemoryStore(clock)
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+        self.store = store or build_store(settings, self.clock)
+        self.policies = PolicyHolder(settings.policy_dir, self.metrics)
+        self.credentials = self._load_credentials()
+        self.switches = KillSwitches(self.store, self.clock, self.metrics)
+        self.sandbox = SandboxAdapter(settings.data_dir / "outbox")
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.policies,
+            self.switches,
+            lambda channel: self.sandbox,
+            self.clock,
+            self.metrics,
+            workers=settings.delivery_workers,
+        )
+        self.pipeline = PushPipeline(
+            self.store, self.policies, self.switches, self.dispatcher, self.clock, self.metrics, RateLimiter()
+        )
+        self.users = Users(self.store, self.policies, self.clock)
+        self.scheduler = Scheduler(self.store, self.pipeline, self.clock, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.admin_port = 0
+        self._admin: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics.prime(sorted(self.policies.current.business_units))
+
+    def _load_credentials(self) -> Credentials:
+        credentials = Credentials.load(self.settings.credentials)
+        if self.settings.credentials == SAMPLE_CREDENTIALS:
+            log.warning("sample_credentials", detail="serving with the SAMPLE API keys: not for production")
+        unknown = credentials.business_units() - set(self.policies.current.business_units)
+        if unknown:
+            log.warning("credentials_for_unknown_units", units=sorted(unknown))
+        return credentials
+
+    def reload(self) -> None:
+        """SIGHUP: policies and credentials again; a bad new set keeps the old one."""
+        self.policies.reload()
+        try:
+            self.credentials = self._load_credentials()
+        except PolicyError as exc:
+            log.error("credentials_reload_refused", problems=[str(p) for p in exc.problems])
+
+    async def start(self) -> None:
+        await self.store.ping()  # fail fast, with the store's own message
+        await self.switches.refresh()
+        self.dispatcher.start()
+        self._tasks = [
+            asyncio.create_task(self.switches.run(), name="kill-switches"),
+            asyncio.create_task(self.scheduler.run(), name="scheduler"),
+            asyncio.create_task(self.policies.watch(), name="policy-watch"),
+        ]
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        push_pb2_grpc.add_PushServiceServicer_to_server(
+            PushServicer(self.pipeline, lambda: self.credentials, self.policies, self.metrics), self.server
+        )
+        profile_pb2_grpc.add_ProfileServiceServicer_to_server(
+            ProfileServicer(self.users, lambda: self.credentials, self.policies, self.metrics, self.clock.now),
+            self.server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen} (in use, or not an address of this machine)")
+        await self.server.start()
+        await self._start_admin()
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "started",
+            grpc=f"{self.settings.listen.rsplit(':', 1)[0]}:{self.port}",
+            admin=f"{self.settings.admin_listen.rsplit(':', 1)[0]}:{self.admin_port}",
+            store=self.store.kind,
+            policy=self.policies.current.version,
+        )
+
+    async def _start_admin(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._admin = web.AppRunner(app, access_log=None)
+        await self._admin.setup()
+        host, _, port = self.settings.admin_listen.rpartition(":")
+        site = web.TCPSite(self._admin, host or "127.0.0.1", int(port))
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.admin_port = sockets[0].getsockname()[1] if sockets else int(port)
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        try:
+            await self.store.ping()
+        except HeraldError as exc:
+            return web.json_response({"status": "not ready", "store": exc.message}, status=503)
+        return web.json_response({"status": "ready", "policy": self.policies.current.version, "store": self.store.kind})
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let calls in flight finish, deliver what is queued, close."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not await self.dispatcher.drain(grace):
+            log.warning("shutdown_with_deliveries_queued", detail="grace period ran out")
+        await self.dispatcher.stop()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        await self.store.close()
+        log.info("stopped")
+
+
+def outbox_path(settings: Settings) -> Path:
+    return settings.data_dir / "outbox"

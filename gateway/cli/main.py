@@ -1,0 +1,206 @@
+"""``herald``: run the gateway, check policies, import users, try the API by hand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from gateway.config import ENV, Settings, from_env
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("HERALD_TARGET", DEFAULT_TARGET),
+        help=f"gateway gRPC address (env HERALD_TARGET; default {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("HERALD_API_KEY", ""),
+        help="your business unit's API key (env HERALD_API_KEY)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herald",
+        description="Herald: a multi-channel push gateway with priority arbitration.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway until SIGTERM or SIGINT (SIGHUP reloads policies and credentials). "
+        "Each flag overrides its environment variable.",
+    )
+    defaults = Settings()
+    for name, (env_name, text) in ENV.items():
+        serve.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            help=f"{text} (env {env_name}; default {getattr(defaults, name) or 'none'})",
+        )
+
+    policy = commands.add_parser("policy", help="policy files").add_subparsers(
+        dest="policy_command", metavar="ACTION", required=True
+    )
+    check = policy.add_parser(
+        "check",
+        help="validate a policy folder; exit 1 with every problem found",
+        description="Validate a folder of policy files as the gateway would load it. Prints every "
+        "problem as FILE: PATH: PROBLEM and exits 1, or prints the version and exits 0.",
+    )
+    check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+
+    send = commands.add_parser(
+        "send",
+        help="send one push request and print the decision",
+        description="Call PushService.Push and print the decision.",
+    )
+    send.add_argument("--scenario", "-s", required=True, help="scenario name, e.g. order.shipped")
+    send.add_argument("--user", "-u", required=True, help="user id")
+    send.add_argument(
+        "--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="template parameter (repeat)"
+    )
+    send.add_argument("--request-id", help="idempotency key (default: a fresh one)")
+    send.add_argument("--title", default="", help="free-text title (scenarios with free_text)")
+    send.add_argument("--body", default="", help="free-text body")
+    send.add_argument("--url", default="", help="free-text link")
+    send.add_argument("--campaign", default="", help="campaign id (marketing)")
+    send.add_argument("--dedup-key", default="", help="business dedup key")
+    send.add_argument("--not-before", help="ISO-8601 time, e.g. 2026-11-11T08:00:00+08:00")
+    send.add_argument("--deadline", help="ISO-8601 time")
+    send.add_argument("--priority", type=int, help="0-100 (default 50)")
+    _add_client_options(send)
+
+    status = commands.add_parser("status", help="show a message's decision and timeline (GetMessage)")
+    status.add_argument("message_id")
+    _add_client_options(status)
+
+    info = commands.add_parser("info", help="show the serving policy version and your scenarios")
+    _add_client_options(info)
+
+    users = commands.add_parser("users", help="user profiles").add_subparsers(
+        dest="users_command", metavar="ACTION", required=True
+    )
+    imp = users.add_parser(
+        "import",
+        help="bulk-import profiles from CSV or JSON Lines",
+        description="Stream a CSV or JSON Lines file into the gateway (ProfileService.UpsertUsers). "
+        "See docs/users-import.md for the columns.",
+    )
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file name")
+    imp.add_argument("--batch", type=int, default=500, help="users per call (1-1000, default 500)")
+    imp.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
+    imp.add_argument("--rejects", type=Path, help="write every rejected row (line<TAB>reason) here")
+    imp.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_client_options(imp)
+
+    keys = commands.add_parser("keys", help="business-unit API keys").add_subparsers(
+        dest="keys_command", metavar="ACTION", required=True
+    )
+    new = keys.add_parser("new", help="make a new API key and print its credentials entry")
+    new.add_argument("bu", help="business unit name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from gateway.cli.serve import run
+
+        try:
+            settings = from_env(**{name: getattr(args, name) for name in ENV})
+        except ValueError as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 2
+        return run(settings)
+    if args.command == "policy":
+        from gateway.cli.policy import check
+
+        return check(args.directory)
+    if args.command in ("send", "status", "info"):
+        from gateway.cli import client
+
+        try:
+            if args.command == "send":
+                return client.send(
+                    args.target,
+                    args.api_key,
+                    scenario=args.scenario,
+                    user=args.user,
+                    params=args.param,
+                    request_id=args.request_id,
+                    title=args.title,
+                    body=args.body,
+                    url=args.url,
+                    campaign=args.campaign,
+                    dedup_key=args.dedup_key,
+                    not_before=args.not_before,
+                    deadline=args.deadline,
+                    priority=args.priority,
+                    as_json=args.json,
+                )
+            if args.command == "status":
+                return client.status(args.target, args.api_key, args.message_id, args.json)
+            return client.info(args.target, args.api_key, args.json)
+        except client.ClientError as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "users":
+        from gateway.cli import users_import
+
+        if not args.api_key:
+            print("herald: no API key: pass --api-key or set HERALD_API_KEY", file=sys.stderr)
+            return 2
+        if not args.file.is_file():
+            print(f"herald: no file '{args.file}'", file=sys.stderr)
+            return 2
+        try:
+            summary = asyncio.run(
+                users_import.import_file(
+                    args.file,
+                    args.target,
+                    args.api_key,
+                    fmt=args.format,
+                    batch_size=args.batch,
+                    concurrency=args.concurrency,
+                    keep_rejects=10**9 if args.rejects else 1000,
+                    progress_out=None if args.quiet else sys.stderr,
+                )
+            )
+        except users_import.ImportError_ as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 2
+        users_import.print_summary(summary)
+        if args.rejects:
+            users_import.write_rejects(summary, args.rejects)
+        return 0 if summary.rejected_count == 0 else 1
+    if args.command == "keys":
+        from gateway.api.auth import hash_key, new_key
+
+        key = new_key(args.bu)
+        print(f"# API key for '{args.bu}' (give it to the unit; it is not stored anywhere):\n#   {key}")
+        print(f"  - bu: {args.bu}\n    sha256: {hash_key(key)}\n    label: created by herald keys new")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

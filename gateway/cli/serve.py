@@ -1,0 +1,54 @@
+"""``herald serve``: run the gateway until SIGTERM/SIGINT; SIGHUP reloads policy."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from gateway.app import Gateway
+from gateway.config import Settings
+from gateway.errors import HeraldError, PolicyError
+from gateway.logs import configure, get_logger
+
+log = get_logger(__name__)
+
+
+def _install_loop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def _serve(settings: Settings) -> int:
+    gateway = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    await gateway.start()
+    await stop.wait()
+    log.info("stopping", grace_seconds=settings.grace_seconds)
+    await gateway.stop()
+    return 0
+
+
+def run(settings: Settings) -> int:
+    configure(settings.log_level, json=settings.log_format == "json")
+    loop_kind = _install_loop()
+    log.info("starting", loop=loop_kind, store=settings.store_kind, policy_dir=str(settings.policy_dir))
+    try:
+        return asyncio.run(_serve(settings))
+    except PolicyError as exc:
+        print(f"herald: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except HeraldError as exc:
+        print(f"herald: cannot start: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"herald: cannot start: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,77 @@
+"""Gateway settings: flags override environment variables override defaults.
+
+The defaults are the embedded mode: in-memory state, the sample policies and
+credentials of this repository, deliveries to the sandbox outbox under ``var/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+SAMPLE_CREDENTIALS = Path("config/credentials.sample.yaml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    admin_listen: str = "127.0.0.1:9464"
+    redis_url: str = ""
+    policy_dir: Path = Path("policies")
+    credentials: Path = SAMPLE_CREDENTIALS
+    data_dir: Path = Path("var")
+    delivery_workers: int = 4
+    log_level: str = "INFO"
+    log_format: str = "json"
+    grace_seconds: float = 10.0
+
+    @property
+    def store_kind(self) -> str:
+        return "redis" if self.redis_url else "memory"
+
+
+# setting -> (environment variable, help)
+ENV: dict[str, tuple[str, str]] = {
+    "listen": ("HERALD_LISTEN", "gRPC listen address host:port"),
+    "admin_listen": ("HERALD_ADMIN_LISTEN", "admin HTTP address (/metrics, /healthz, /readyz); loopback by default"),
+    "redis_url": ("HERALD_REDIS_URL", "Redis URL (redis://[:password@]host:port/db); empty: in-memory state"),
+    "policy_dir": ("HERALD_POLICY_DIR", "folder of policy YAML files"),
+    "credentials": ("HERALD_CREDENTIALS", "credentials file of hashed business-unit API keys"),
+    "data_dir": ("HERALD_DATA_DIR", "data folder (sandbox outbox)"),
+    "delivery_workers": ("HERALD_DELIVERY_WORKERS", "concurrent delivery workers in this process"),
+    "log_level": ("HERALD_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    "log_format": ("HERALD_LOG_FORMAT", "json (one event a line) or console (for people)"),
+    "grace_seconds": ("HERALD_GRACE_SECONDS", "on SIGTERM: how long calls in flight and queued deliveries may finish"),
+}
+
+
+def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, object] = {}
+    for spec in fields(Settings):
+        env_name = ENV[spec.name][0]
+        raw = overrides.get(spec.name)
+        if raw is None and env_name in environ:
+            raw = environ[env_name]
+        if raw is None:
+            continue
+        default = getattr(Settings, spec.name)
+        try:
+            values[spec.name] = _convert(default, raw)
+        except ValueError:
+            kind = type(default).__name__
+            raise ValueError(f"{env_name} (--{spec.name.replace('_', '-')}): {raw!r} is not a valid {kind}") from None
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _convert(default: object, raw: object) -> object:
+    if isinstance(default, Path):
+        return Path(str(raw))
+    if isinstance(default, bool):
+        return str(raw).lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        return int(str(raw))
+    if isinstance(default, float):
+        return float(str(raw))
+    return str(raw)

@@ -1,0 +1,275 @@
+"""The path of a push request: validate and classify, idempotency, decide, keep the
+decision, hand the winners to delivery. The only part of ``core`` that does I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from gateway.clock import Clock
+from gateway.core.claims import Claim, Content, PushInput
+from gateway.core.decide import Decision, decide
+from gateway.core.ratelimit import RateLimiter
+from gateway.core.validate import validate_push
+from gateway.delivery import Dispatcher, Job
+from gateway.domain import Category, Channel, Outcome, Reason
+from gateway.errors import AlreadyExists, HeraldError, NotFound, ResourceExhausted, Unavailable
+from gateway.ids import new_message_id
+from gateway.killswitches import KillSwitches
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.store.base import IdemKey, IdemState, Store
+from gateway.store.records import MessageRecord, TimelineEntry
+
+log = get_logger(__name__)
+
+PENDING_WAIT_SECONDS = 2.0
+PENDING_POLL_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class PushAnswer:
+    message_id: str
+    category: Category
+    outcome: Outcome
+    reason: Reason | None
+    detail: str
+    plan: tuple[Channel, ...]
+    scheduled_at: datetime | None
+    policy_version: str
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "m": self.message_id,
+                "c": str(self.category),
+                "o": str(self.outcome),
+                "r": None if self.reason is None else str(self.reason),
+                "d": self.detail,
+                "p": [str(c) for c in self.plan],
+                "s": None if self.scheduled_at is None else self.scheduled_at.isoformat(),
+                "v": self.policy_version,
+            },
+            ensure_ascii=False,
+        ).encode()
+
+    @staticmethod
+    def decode(raw: bytes) -> PushAnswer:
+        data = json.loads(raw)
+        return PushAnswer(
+            message_id=data["m"],
+            category=Category(data["c"]),
+            outcome=Outcome(data["o"]),
+            reason=None if data["r"] is None else Reason(data["r"]),
+            detail=data["d"],
+            plan=tuple(Channel(c) for c in data["p"]),
+            scheduled_at=None if data["s"] is None else datetime.fromisoformat(data["s"]),
+            policy_version=data["v"],
+        )
+
+
+def status_of(decision: Decision) -> str:
+    if decision.outcome is Outcome.ACCEPTED:
+        return "queued"
+    if decision.outcome is Outcome.SCHEDULED:
+        return "scheduled"
+    return "expired" if decision.reason is Reason.EXPIRED else "suppressed"
+
+
+def claim_of(record: MessageRecord) -> Claim:
+    content = Content(**record.content) if record.content else None
+    return Claim(
+        bu=record.business_unit,
+        request_id=record.request_id,
+        user_id=record.user_id,
+        scenario=record.scenario,
+        category=record.category,
+        params=record.params,
+        content=content,
+        campaign_id=record.campaign_id,
+        dedup_key=record.dedup_key,
+        not_before=record.scheduled_at,
+        deadline=record.deadline,
+        priority=record.priority,
+    )
+
+
+class PushPipeline:
+    def __init__(
+        self,
+        store: Store,
+        policies: PolicyHolder,
+        switches: KillSwitches,
+        dispatcher: Dispatcher,
+        clock: Clock,
+        metrics: Metrics,
+        limiter: RateLimiter,
+    ) -> None:
+        self._store = store
+        self._policies = policies
+        self._switches = switches
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._metrics = metrics
+        self._limiter = limiter
+
+    async def push(self, bu: str, request: PushInput) -> PushAnswer:
+        policy = self._policies.current
+        now = self._clock.now()
+        limit = policy.business_units[bu].rate_limit
+        if limit is not None and not self._limiter.allow(bu, limit.requests, limit.per.total_seconds()):
+            raise ResourceExhausted(
+                f"business unit '{bu}' is over its rate limit of {limit.requests} requests per "
+                f"{limit.per.total_seconds():g}s; slow down or batch with PushBatch"
+            )
+        claim = validate_push(bu, request, policy, now)
+        idem = IdemKey(bu, request.request_id, request.fingerprint())
+        window = policy.defaults.idempotency_window
+        seen = await self._store.idem_begin(idem, window)
+        waited = 0.0
+        while seen.state is IdemState.PENDING and waited < PENDING_WAIT_SECONDS:
+            await asyncio.sleep(PENDING_POLL_SECONDS)
+            waited += PENDING_POLL_SECONDS
+            seen = await self._store.idem_begin(idem, window)
+        if seen.state is IdemState.SAME:
+            assert seen.answer is not None
+            return PushAnswer.decode(seen.answer)
+        if seen.state is IdemState.CONFLICT:
+            raise AlreadyExists(
+                f"request_id '{request.request_id}' was already used with a different body; "
+                "use a new request_id for a new request"
+            )
+        if seen.state is IdemState.PENDING:
+            raise Unavailable(
+                f"request_id '{request.request_id}' is still being decided by another call; retry shortly"
+            )
+        try:
+            return await self._decide_new(claim, idem)
+        except BaseException:
+            try:
+                await self._store.idem_abort(idem)
+            except HeraldError:
+                log.warning("idempotency_abort_failed", request_id=request.request_id)
+            raise
+
+    async def _decide_new(self, claim: Claim, idem: IdemKey) -> PushAnswer:
+        policy = self._policies.current
+        now = self._clock.now()
+        profile = await self._store.get_user(claim.user_id)
+        decision = decide(claim, profile, policy, self._switches.current(), now)
+        message_id = new_message_id()
+        answer = PushAnswer(
+            message_id=message_id,
+            category=claim.category,
+            outcome=decision.outcome,
+            reason=decision.reason,
+            detail=decision.detail,
+            plan=decision.plan,
+            scheduled_at=decision.scheduled_at,
+            policy_version=policy.version,
+        )
+        status = status_of(decision)
+        record = MessageRecord(
+            message_id=message_id,
+            request_id=claim.request_id,
+            user_id=claim.user_id,
+            business_unit=claim.bu,
+            scenario=claim.scenario,
+            category=claim.category,
+            campaign_id=claim.campaign_id,
+            outcome=decision.outcome,
+            reason=decision.reason,
+            detail=decision.detail,
+            channel_plan=decision.plan,
+            scheduled_at=decision.scheduled_at,
+            created_at=now,
+            status=status,
+            policy_version=policy.version,
+            params=dict(claim.params),
+            content={}
+            if claim.content is None
+            else {"title": claim.content.title, "body": claim.content.body, "url": claim.content.url},
+            priority=claim.priority,
+            dedup_key=claim.dedup_key,
+            deadline=claim.deadline,
+            timeline=(TimelineEntry(now, status if status != "queued" else "queued", detail=decision.detail),),
+        )
+        await self._store.save_decision(
+            record, idem, answer.encode(), policy.defaults.idempotency_window, policy.defaults.message_retention
+        )
+        if decision.outcome is Outcome.SCHEDULED:
+            assert decision.scheduled_at is not None
+            await self._store.schedule(message_id, decision.scheduled_at)
+        elif decision.outcome is Outcome.ACCEPTED:
+            assert profile is not None
+            self._dispatcher.submit(Job(message_id, claim, decision.plan, profile))
+        self._count(claim, decision)
+        log.info(
+            "decision",
+            request_id=claim.request_id,
+            bu=claim.bu,
+            message_id=message_id,
+            scenario=claim.scenario,
+            category=str(claim.category),
+            outcome=str(decision.outcome),
+            reason=None if decision.reason is None else str(decision.reason),
+            detail=decision.detail,
+        )
+        return answer
+
+    def _count(self, claim: Claim, decision: Decision) -> None:
+        self._metrics.decisions.labels(
+            claim.bu,
+            str(claim.category),
+            str(decision.outcome),
+            "" if decision.reason is None else str(decision.reason),
+        ).inc()
+
+    async def release(self, message_id: str) -> None:
+        """A scheduled claim's time has come: decide again with what is true now."""
+        record = await self._store.get_message(message_id)
+        if record is None:
+            log.warning("release_of_unknown_message", message_id=message_id)
+            return
+        policy = self._policies.current
+        now = self._clock.now()
+        claim = claim_of(record)
+        if claim.scenario not in policy.scenarios:
+            await self._store.add_events(
+                message_id,
+                [TimelineEntry(now, "failed", detail=f"scenario '{claim.scenario}' no longer exists in policy")],
+                "failed",
+                policy.defaults.message_retention,
+            )
+            return
+        profile = await self._store.get_user(claim.user_id)
+        decision = decide(replace(claim, not_before=None), profile, policy, self._switches.current(), now)
+        status = status_of(decision)
+        kind = "released" if decision.outcome is Outcome.ACCEPTED else status
+        await self._store.add_events(
+            message_id, [TimelineEntry(now, kind, detail=decision.detail)], status, policy.defaults.message_retention
+        )
+        if decision.outcome is Outcome.ACCEPTED:
+            assert profile is not None
+            self._dispatcher.submit(Job(message_id, claim, decision.plan, profile))
+        log.info(
+            "released",
+            message_id=message_id,
+            bu=claim.bu,
+            outcome=str(decision.outcome),
+            reason=None if decision.reason is None else str(decision.reason),
+        )
+
+    async def get_message(self, bu: str, message_id: str) -> MessageRecord:
+        record = await self._store.get_message(message_id) if message_id else None
+        if record is None or record.business_unit != bu:
+            # Another unit's message is as unknown as a missing one.
+            raise NotFound(
+                f"no message '{message_id[:64]}' for business unit '{bu}' "
+                "(unknown, another unit's, or older than the retention period)"
+            )
+        return record

@@ -1,0 +1,38 @@
+"""Fill a scenario's per-channel content with the claim's params (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.core.claims import Content
+from gateway.domain import Channel
+from gateway.policy.model import PLACEHOLDER_RE
+from gateway.policy.schema import Scenario
+
+
+def _values(params: Mapping[str, str], content: Content | None) -> dict[str, str]:
+    values = dict(params)
+    values["content.title"] = content.title if content else ""
+    values["content.body"] = content.body if content else ""
+    values["content.url"] = content.url if content else ""
+    return values
+
+
+def _fill(value: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        # Placeholders were checked against the scenario at policy load; an optional
+        # parameter the request left out renders as empty text.
+        return PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), ""), value).strip()
+    if isinstance(value, dict):
+        return {key: _fill(item, values) for key, item in value.items()}
+    return value
+
+
+def render(scenario: Scenario, channel: Channel, params: Mapping[str, str], content: Content | None) -> dict[str, Any]:
+    """The channel's content block with every ``{placeholder}`` filled."""
+    block = scenario.content.for_channel(channel)
+    if block is None:
+        raise KeyError(f"scenario has no content for {channel}")
+    filled: dict[str, Any] = _fill(block.model_dump(exclude_none=True), _values(params, content))
+    return filled

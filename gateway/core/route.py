@@ -1,0 +1,77 @@
+"""The channel plan: the scenario's channels that can reach this user now, primary
+first (pure). See DESIGN.md "Channel routing semantics"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from gateway.core.killswitch import killed_channels
+from gateway.domain import Category, Channel
+from gateway.policy.model import Policy
+from gateway.profiles import UserProfile, cs_window, opted_out
+from gateway.store.records import KillSwitch
+
+
+class Skip(StrEnum):
+    NO_CONTACT = "no_contact"
+    NOT_FOLLOWING = "not_following"
+    WINDOW_CLOSED = "window_closed"
+    OPTED_OUT = "opted_out"
+    KILLED = "killed"
+
+
+@dataclass(frozen=True)
+class Route:
+    plan: tuple[Channel, ...]
+    skipped: tuple[tuple[Channel, Skip], ...]
+
+    def explain(self) -> str:
+        return ", ".join(f"{channel} {why}" for channel, why in self.skipped)
+
+
+def _reachable(channel: Channel, profile: UserProfile, policy: Policy, now: datetime) -> Skip | None:
+    if channel in (Channel.WECHAT_TEMPLATE, Channel.WECHAT_CS, Channel.WECHAT_MASS):
+        if profile.wechat is None or not profile.wechat.openid:
+            return Skip.NO_CONTACT
+        if not profile.wechat.following:
+            return Skip.NOT_FOLLOWING
+        if channel is Channel.WECHAT_CS:
+            windows = policy.channels[channel].cs_windows
+            if cs_window(profile.interactions, windows, now) is None:
+                return Skip.WINDOW_CLOSED
+        return None
+    if channel is Channel.SMS:
+        return None if profile.phone else Skip.NO_CONTACT
+    if channel is Channel.EMAIL:
+        return None if profile.email else Skip.NO_CONTACT
+    return None if profile.device_tokens else Skip.NO_CONTACT
+
+
+def route(
+    scenario_name: str,
+    category: Category,
+    profile: UserProfile,
+    policy: Policy,
+    switches: Iterable[KillSwitch],
+    now: datetime,
+) -> Route:
+    scenario = policy.scenarios[scenario_name]
+    killed = killed_channels(switches, now)
+    plan: list[Channel] = []
+    skipped: list[tuple[Channel, Skip]] = []
+    for channel in scenario.channels:
+        why = _reachable(channel, profile, policy, now)
+        if why is None and opted_out(profile, category, channel) is not None:
+            why = Skip.OPTED_OUT
+        if why is None and channel in killed:
+            why = Skip.KILLED
+        if why is None:
+            plan.append(channel)
+        else:
+            skipped.append((channel, why))
+    if not scenario.keep_order:
+        plan.sort(key=lambda c: policy.channels[c].cost > 0)  # stable: free first
+    return Route(tuple(plan), tuple(skipped))

@@ -1,0 +1,140 @@
+"""Profiles: validation of what callers send, and the operations of ProfileService."""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.core.validate import USER_ID_RE, check_id
+from gateway.domain import Category, Channel, InteractionKind
+from gateway.errors import InvalidArgument, NotFound
+from gateway.policy.holder import PolicyHolder
+from gateway.profiles import (
+    PROFILE_SECTIONS,
+    CsWindowState,
+    Interaction,
+    OptOut,
+    Rfm,
+    UserProfile,
+    WeChat,
+    cs_window,
+    interaction_retention,
+)
+from gateway.store.base import Store
+
+PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+OPENID_RE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
+LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+MAX_DEVICE_TOKENS = 10
+INTERACTIONS_KEPT = 20
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def validate_user_id(user_id: str, field: str = "user_id") -> None:
+    check_id(field, user_id, USER_ID_RE, "must be 1-128 characters of letters, digits and . _ : @ -")
+
+
+def validate_patch(patch: Mapping[str, Any], now: datetime, prefix: str = "user") -> None:
+    """Check every section a caller sets; errors name the field (``user.phone``)."""
+    for name in patch:
+        if name not in PROFILE_SECTIONS:
+            raise InvalidArgument("update_mask", f"unknown path '{name}'; use {', '.join(PROFILE_SECTIONS)}")
+    wechat = patch.get("wechat")
+    if isinstance(wechat, WeChat):
+        if not OPENID_RE.match(wechat.openid):
+            raise InvalidArgument(f"{prefix}.wechat.openid", "must be 6-64 characters of letters, digits, _ and -")
+        if wechat.unionid and not OPENID_RE.match(wechat.unionid):
+            raise InvalidArgument(f"{prefix}.wechat.unionid", "must be 6-64 characters of letters, digits, _ and -")
+    phone = patch.get("phone")
+    if phone and not PHONE_RE.match(phone):
+        raise InvalidArgument(f"{prefix}.phone", "must be E.164: + then country code and number, e.g. +8613800138000")
+    email = patch.get("email")
+    if email and (len(email) > 254 or not EMAIL_RE.match(email)):
+        raise InvalidArgument(f"{prefix}.email", "is not an email address")
+    tokens = patch.get("device_tokens") or ()
+    if len(tokens) > MAX_DEVICE_TOKENS:
+        raise InvalidArgument(f"{prefix}.device_tokens", f"has {len(tokens)}; at most {MAX_DEVICE_TOKENS}")
+    for index, token in enumerate(tokens):
+        if not token.token or len(token.token) > 4096 or not token.token.isprintable():
+            raise InvalidArgument(f"{prefix}.device_tokens[{index}].token", "must be 1-4096 printable characters")
+    timezone = patch.get("timezone")
+    if timezone:
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise InvalidArgument(
+                f"{prefix}.timezone", "is not an IANA time zone (e.g. Asia/Shanghai, Europe/Berlin)"
+            ) from None
+    locale = patch.get("locale")
+    if locale and not LOCALE_RE.match(locale):
+        raise InvalidArgument(f"{prefix}.locale", "must be a BCP 47 tag such as zh-CN")
+    rfm = patch.get("rfm")
+    if isinstance(rfm, Rfm):
+        if rfm.orders_in_period < 0:
+            raise InvalidArgument(f"{prefix}.rfm.orders_in_period", "must be 0 or more")
+        if rfm.spend_in_period_minor < 0:
+            raise InvalidArgument(f"{prefix}.rfm.spend_in_period_minor", "must be 0 or more")
+        if rfm.last_purchase_at is not None and rfm.last_purchase_at > now + CLOCK_SKEW:
+            raise InvalidArgument(f"{prefix}.rfm.last_purchase_at", "is in the future")
+
+
+class Users:
+    def __init__(self, store: Store, policies: PolicyHolder, clock: Clock) -> None:
+        self._store = store
+        self._policies = policies
+        self._clock = clock
+
+    async def upsert(self, user_id: str, patch: Mapping[str, Any]) -> UserProfile:
+        validate_user_id(user_id, "user.user_id")
+        now = self._clock.now()
+        validate_patch(patch, now)
+        return await self._store.upsert_user(user_id, patch, now, self._policies.current.defaults.profile_retention)
+
+    async def get(self, user_id: str) -> UserProfile:
+        validate_user_id(user_id)
+        profile = await self._store.get_user(user_id)
+        if profile is None:
+            raise NotFound(f"no user '{user_id}'; create it with UpsertUser")
+        return profile
+
+    async def record_interaction(
+        self, user_id: str, kind: InteractionKind, at: datetime | None
+    ) -> CsWindowState | None:
+        validate_user_id(user_id)
+        now = self._clock.now()
+        when = at or now
+        if when > now + CLOCK_SKEW:
+            raise InvalidArgument("at", "is in the future")
+        windows = self._policies.current.channels.get(Channel.WECHAT_CS)
+        cs_windows = windows.cs_windows if windows else {}
+        profile = await self._store.record_interaction(
+            user_id, Interaction(kind, when), INTERACTIONS_KEPT, interaction_retention(cs_windows)
+        )
+        if profile is None:
+            raise NotFound(f"no user '{user_id}'; create it with UpsertUser before recording interactions")
+        return cs_window(profile.interactions, cs_windows, now)
+
+    async def set_opt_out(
+        self, user_id: str, category: Category | None, channel: Channel | None, opted_out: bool, source: str
+    ) -> UserProfile:
+        validate_user_id(user_id)
+        if category is None and channel is None:
+            raise InvalidArgument("category", "give a category, a channel, or both")
+        if category is Category.BASIC and channel is None and opted_out:
+            raise InvalidArgument(
+                "category", "basic (transactional) messages cannot be opted out of; opt out of a channel instead"
+            )
+        if len(source) > 64:
+            raise InvalidArgument("source", "at most 64 characters")
+        entry = OptOut(category, channel, self._clock.now(), source)
+        profile = await self._store.set_opt_out(
+            user_id, entry, opted_out, self._policies.current.defaults.profile_retention
+        )
+        if profile is None:
+            raise NotFound(f"no user '{user_id}'; create it with UpsertUser")
+        return profile

@@ -1,0 +1,80 @@
+"""Every Prometheus metric Herald exports, in one place (prefix ``herald_``).
+
+Label values are bounded sets (business units, categories, channels, reasons from
+policy and the enums); never a user id, phone or message id. Known label combinations
+are created at start-up (``prime``) so that zeros export before the first event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.domain import Category, Channel, Outcome, Reason
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.decisions = Counter(
+            "herald_decisions_total",
+            "Decisions made, by business unit, category, outcome and reason (none when not suppressed).",
+            ["bu", "category", "outcome", "reason"],
+            registry=registry,
+        )
+        self.decision_seconds = Histogram(
+            "herald_decision_seconds",
+            "Time from a request's arrival to its answer, by method (Push, PushBatch).",
+            ["method"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self.refused = Counter(
+            "herald_requests_refused_total",
+            "Requests answered with a gRPC error instead of a decision, by status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.sends = Counter(
+            "herald_sends_total",
+            "Send attempts by channel, provider and result (delivered, retry, fallback, failed).",
+            ["channel", "provider", "result"],
+            registry=registry,
+        )
+        self.policy_info = Gauge(
+            "herald_policy_info", "The serving policy version (value 1).", ["version"], registry=registry
+        )
+        self.policy_reloads = Counter(
+            "herald_policy_reloads_total", "Policy reloads by result (ok, refused).", ["result"], registry=registry
+        )
+        self.store_errors = Counter(
+            "herald_store_errors_total", "State store calls that failed, by operation.", ["op"], registry=registry
+        )
+        self.delivery_queue_depth = Gauge(
+            "herald_delivery_queue_depth", "Deliveries waiting in this process's queue.", registry=registry
+        )
+        self.scheduled = Gauge(
+            "herald_scheduled_claims", "Claims held for a later time (all replicas).", registry=registry
+        )
+        self.kill_switches = Gauge(
+            "herald_kill_switches_active", "Active kill switches by scope.", ["scope"], registry=registry
+        )
+
+    def prime(self, business_units: list[str]) -> None:
+        for method in ("Push", "PushBatch"):
+            self.decision_seconds.labels(method)
+        for category in Category:
+            for bu in business_units:
+                self.decisions.labels(bu, str(category), str(Outcome.ACCEPTED), "")
+                self.decisions.labels(bu, str(category), str(Outcome.SCHEDULED), "")
+                for reason in Reason:
+                    self.decisions.labels(bu, str(category), str(Outcome.SUPPRESSED), str(reason))
+        for channel in Channel:
+            for result in ("delivered", "retry", "fallback", "failed"):
+                self.sends.labels(str(channel), "sandbox", result)
+        for result in ("ok", "refused"):
+            self.policy_reloads.labels(result)
+
+
+def fresh_metrics() -> Metrics:
+    """Metrics on their own registry (tests, several gateways in one process)."""
+    return Metrics(CollectorRegistry())
