@@ -5,7 +5,6 @@ gRPC server and the admin HTTP endpoints; started and stopped as one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import grpc
@@ -26,6 +25,7 @@ from gateway.delivery import Dispatcher
 from gateway.errors import HeraldError, PolicyError
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
+from gateway.loops import stop_tasks
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.scheduler import Scheduler
@@ -82,6 +82,7 @@ class Gateway:
         self.admin_port = 0
         self._admin: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self.metrics.prime(sorted(self.policies.current.business_units))
 
     def _load_credentials(self) -> Credentials:
@@ -106,9 +107,9 @@ class Gateway:
         await self.switches.refresh()
         self.dispatcher.start()
         self._tasks = [
-            asyncio.create_task(self.switches.run(), name="kill-switches"),
-            asyncio.create_task(self.scheduler.run(), name="scheduler"),
-            asyncio.create_task(self.policies.watch(), name="policy-watch"),
+            asyncio.create_task(self.switches.run(self._stopping), name="kill-switches"),
+            asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler"),
+            asyncio.create_task(self.policies.watch(self._stopping), name="policy-watch"),
         ]
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         push_pb2_grpc.add_PushServiceServicer_to_server(
@@ -168,11 +169,7 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(grace)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks, self._stopping, grace)
         if not await self.dispatcher.drain(grace):
             log.warning("shutdown_with_deliveries_queued", detail="grace period ran out")
         await self.dispatcher.stop()

@@ -8,7 +8,6 @@ lands in the message's timeline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,11 +84,12 @@ class Dispatcher:
             return False
 
     async def stop(self) -> None:
+        # Workers idle on the in-process queue here (drain came first), where
+        # cancellation is prompt; the wait is bounded all the same.
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         self._tasks = []
 
     async def _work(self) -> None:

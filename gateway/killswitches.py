@@ -8,9 +8,9 @@ import asyncio
 from datetime import datetime
 
 from gateway.clock import Clock
-from gateway.errors import HeraldError
 from gateway.ids import new_id
 from gateway.logs import get_logger
+from gateway.loops import every
 from gateway.metrics import Metrics
 from gateway.store.base import Store
 from gateway.store.records import AuditEntry, KillSwitch, ScopeKind
@@ -36,13 +36,8 @@ class KillSwitches:
         for scope in ScopeKind:
             self._metrics.kill_switches.labels(str(scope)).set(sum(s.scope is scope for s in active))
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except HeraldError as exc:
-                log.warning("kill_switch_refresh_failed", error=exc.message)
-            await asyncio.sleep(self._refresh_seconds)
+    async def run(self, stopping: asyncio.Event) -> None:
+        await every(self._refresh_seconds, self.refresh, stopping, "kill-switches")
 
     async def set(
         self, scope: ScopeKind, value: str, reason: str, actor: str, expires_at: datetime | None = None

@@ -9,6 +9,7 @@ from gateway.clock import Clock
 from gateway.core.pipeline import PushPipeline
 from gateway.errors import HeraldError
 from gateway.logs import get_logger
+from gateway.loops import every
 from gateway.metrics import Metrics
 from gateway.store.base import Store
 
@@ -51,10 +52,5 @@ class Scheduler:
         self._metrics.scheduled.set(await self._store.scheduled_count())
         return released
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except HeraldError as exc:
-                log.warning("scheduler_tick_failed", error=exc.message)
-            await asyncio.sleep(self._interval)
+    async def run(self, stopping: asyncio.Event) -> None:
+        await every(self._interval, self.tick, stopping, "scheduler")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway.errors import PolicyError
 from gateway.logs import get_logger
+from gateway.loops import every
 from gateway.metrics import Metrics
 from gateway.policy.loader import load_policy, policy_files
 from gateway.policy.model import Policy
@@ -71,8 +72,11 @@ class PolicyHolder:
         log.info("policy_reloaded", old=old.version, new=policy.version)
         return True
 
-    async def watch(self, interval: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            if _stamp(self.directory) != self._stamp:
-                self.reload()
+    def reload_if_changed(self) -> bool:
+        return _stamp(self.directory) != self._stamp and self.reload()
+
+    async def watch(self, stopping: asyncio.Event, interval: float = 1.0) -> None:
+        async def step() -> None:
+            self.reload_if_changed()
+
+        await every(interval, step, stopping, "policy-watch")
