@@ -150,8 +150,11 @@ def csv_rows(stream: IO[str]) -> Iterator[Row]:
     sections = sorted({SECTION_OF_COLUMN[c] for c in header if c in SECTION_OF_COLUMN})
     for row in reader:
         line = reader.line_num
-        if None in row:
-            yield Row(line, None, f"has {len(header) + len(row[None])} fields; the header has {len(header)}")
+        extra = row.pop(None, None)
+        short = [name for name, value in row.items() if value is None]
+        if extra or short:
+            count = len(header) + len(extra or []) - len(short)
+            yield Row(line, None, f"has {count} fields; the header has {len(header)}")
             continue
         try:
             yield Row(line, _csv_request(row, sections))

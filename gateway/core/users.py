@@ -52,7 +52,7 @@ def validate_patch(patch: Mapping[str, Any], now: datetime, prefix: str = "user"
             raise InvalidArgument(f"{prefix}.wechat.unionid", "must be 6-64 characters of letters, digits, _ and -")
     phone = patch.get("phone")
     if phone and not PHONE_RE.match(phone):
-        raise InvalidArgument(f"{prefix}.phone", "must be E.164: + then country code and number, e.g. +8613800138000")
+        raise InvalidArgument(f"{prefix}.phone", "must be E.164: + then country code and number, e.g. +8613900001111")
     email = patch.get("email")
     if email and (len(email) > 254 or not EMAIL_RE.match(email)):
         raise InvalidArgument(f"{prefix}.email", "is not an email address")

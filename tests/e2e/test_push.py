@@ -36,7 +36,9 @@ def ts(when: datetime) -> Timestamp:
     return stamp
 
 
-async def wait_status(api: Api, message_id: str, status: str, bu: str = "order", within: float = 5.0) -> push_pb2.Message:
+async def wait_status(
+    api: Api, message_id: str, status: str, bu: str = "order", within: float = 5.0
+) -> push_pb2.Message:
     deadline = asyncio.get_running_loop().time() + within
     while True:
         message = await api.push.GetMessage(push_pb2.GetMessageRequest(message_id=message_id), metadata=auth(bu))
@@ -107,7 +109,9 @@ async def test_unauthenticated(api: Api, metadata: tuple[tuple[str, str], ...], 
 
 
 async def test_scenario_not_granted_is_permission_denied(api: Api) -> None:
-    request = push_pb2.PushRequest(request_id="r-1", user_id="u-1", scenario="order.paid", params={"order_id": "1", "amount": "9"})
+    request = push_pb2.PushRequest(
+        request_id="r-1", user_id="u-1", scenario="order.paid", params={"order_id": "1", "amount": "9"}
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await api.push.Push(request, metadata=auth("logistics"))
     assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -123,12 +127,24 @@ BAD_REQUESTS = [
     ("user_id hash tag", shipped(user_id="u{1}"), "user_id: must be 1-128 characters"),
     ("missing scenario", push_pb2.PushRequest(request_id="r", user_id="u"), "scenario: is required"),
     ("unknown scenario", push_pb2.PushRequest(request_id="r", user_id="u", scenario="nope"), "unknown scenario 'nope'"),
-    ("missing param", shipped(params={"order_id": "1", "carrier": "SF"}), "params: scenario 'order.shipped' needs tracking_no"),
+    (
+        "missing param",
+        shipped(params={"order_id": "1", "carrier": "SF"}),
+        "params: scenario 'order.shipped' needs tracking_no",
+    ),
     ("empty param", shipped(params={**SHIPPED, "carrier": ""}), "needs carrier (missing or empty)"),
     ("unknown param", shipped(params={**SHIPPED, "colour": "red"}), "does not take colour"),
     ("param too long", shipped(params={**SHIPPED, "carrier": "x" * 513}), "params.carrier: is 513 characters"),
-    ("control characters", shipped(params={**SHIPPED, "carrier": "S\x07F"}), "params.carrier: contains control characters"),
-    ("free text not allowed", shipped(content=push_pb2.Content(body="hi")), "content: scenario 'order.shipped' takes no free text"),
+    (
+        "control characters",
+        shipped(params={**SHIPPED, "carrier": "S\x07F"}),
+        "params.carrier: contains control characters",
+    ),
+    (
+        "free text not allowed",
+        shipped(content=push_pb2.Content(body="hi")),
+        "content: scenario 'order.shipped' takes no free text",
+    ),
     ("deadline in the past", shipped(deadline=ts(NOW - timedelta(minutes=1))), "deadline: is in the past"),
     (
         "deadline before not_before",
@@ -151,14 +167,34 @@ async def test_invalid_argument(api: Api, name: str, request_: push_pb2.PushRequ
 
 
 FREE_TEXT = [
-    ("guard zh", "account.security", {"event": "登录", "device": "iPhone"}, push_pb2.Content(body="限时秒杀，快来抢购"),
-     "content.body: reads as marketing ('限时', '秒杀', '抢购')"),
-    ("guard en", "account.security", {"event": "login", "device": "web"}, push_pb2.Content(title="Big SALE today"),
-     "content.title: reads as marketing ('sale')"),
-    ("bad url", "account.security", {"event": "login", "device": "web"}, push_pb2.Content(url="javascript:alert(1)"),
-     "content.url: must be an absolute http(s) URL"),
-    ("long title", "account.security", {"event": "login", "device": "web"}, push_pb2.Content(title="t" * 65),
-     "content.title: is 65 characters; at most 64"),
+    (
+        "guard zh",
+        "account.security",
+        {"event": "登录", "device": "iPhone"},
+        push_pb2.Content(body="限时秒杀，快来抢购"),
+        "content.body: reads as marketing ('限时', '秒杀', '抢购')",
+    ),
+    (
+        "guard en",
+        "account.security",
+        {"event": "login", "device": "web"},
+        push_pb2.Content(title="Big SALE today"),
+        "content.title: reads as marketing ('sale')",
+    ),
+    (
+        "bad url",
+        "account.security",
+        {"event": "login", "device": "web"},
+        push_pb2.Content(url="javascript:alert(1)"),
+        "content.url: must be an absolute http(s) URL",
+    ),
+    (
+        "long title",
+        "account.security",
+        {"event": "login", "device": "web"},
+        push_pb2.Content(title="t" * 65),
+        "content.title: is 65 characters; at most 64",
+    ),
 ]
 
 
@@ -176,7 +212,10 @@ async def test_free_text_rules(
 async def test_wholesale_is_not_sale(api: Api) -> None:
     await api.add_follower()
     request = push_pb2.PushRequest(
-        request_id="r", user_id="u-1", scenario="account.security", params={"event": "login", "device": "web"},
+        request_id="r",
+        user_id="u-1",
+        scenario="account.security",
+        params={"event": "login", "device": "web"},
         content=push_pb2.Content(body="Your wholesale account signed in"),
     )
     response = await api.push.Push(request, metadata=auth("order"))
@@ -214,7 +253,9 @@ async def test_kill_switch_suppresses(api: Api) -> None:
     assert response.outcome == types_pb2.SUPPRESSED
     assert response.reason == types_pb2.KILL_SWITCH
     assert "wrong tracking links" in response.detail
-    message = await api.push.GetMessage(push_pb2.GetMessageRequest(message_id=response.message_id), metadata=auth("order"))
+    message = await api.push.GetMessage(
+        push_pb2.GetMessageRequest(message_id=response.message_id), metadata=auth("order")
+    )
     assert message.status == "suppressed"
 
 
@@ -240,7 +281,10 @@ async def test_opted_out_of_a_channel_and_of_marketing(api: Api) -> None:
         metadata=auth("order"),
     )
     request = push_pb2.PushRequest(
-        request_id="r-m", user_id="u-4", scenario="coupon.flash", params={"amount": "10", "expires": "11-12"},
+        request_id="r-m",
+        user_id="u-4",
+        scenario="coupon.flash",
+        params={"amount": "10", "expires": "11-12"},
         campaign_id="winback-11",
     )
     response = await api.push.Push(request, metadata=auth("marketing"))

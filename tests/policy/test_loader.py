@@ -1,0 +1,235 @@
+"""Policy files: the sample set loads; every kind of mistake is named precisely."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.domain import Category, Channel
+from gateway.errors import PolicyError
+from gateway.policy.loader import load_policy
+from tests.conftest import POLICIES
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    return target
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def problems(directory: Path) -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        load_policy(directory)
+    return [str(p) for p in info.value.problems]
+
+
+def test_the_sample_set_is_valid_and_complete() -> None:
+    policy = load_policy(POLICIES)
+    assert set(policy.business_units) == {"order", "logistics", "growth", "marketing"}
+    by_category = {c: sorted(n for n, s in policy.scenarios.items() if s.category is c) for c in Category}
+    assert by_category[Category.BASIC] == ["account.security", "delivery.arrived", "order.paid", "order.shipped"]
+    assert by_category[Category.REMINDER] == ["back.in.stock", "cart.abandoned", "checkin", "price.drop"]
+    assert by_category[Category.MARKETING] == ["coupon.flash", "double11.presale", "new.arrivals"]
+    assert policy.categories[Category.MARKETING].caps[0].window.calendar == "day"
+    assert policy.categories[Category.REMINDER].caps[1].window.rolling == timedelta(days=7)
+    assert policy.arbitrates(Category.MARKETING) and not policy.arbitrates(Category.BASIC)
+    assert policy.channels[Channel.WECHAT_MASS].per_user_monthly_limit == 4
+    assert len(policy.version) == 12
+
+
+def test_version_is_a_content_hash(policy_dir: Path) -> None:
+    before = load_policy(policy_dir).version
+    assert load_policy(policy_dir).version == before
+    edit(policy_dir / "business_units.yaml", "weight: 40", "weight: 41")
+    assert load_policy(policy_dir).version != before
+
+
+CASES = [
+    (
+        "bad window unit",
+        "categories.yaml",
+        "{name: weekly, window: week, limit: 3,",
+        "{name: weekly, window: 1dya, limit: 3,",
+        "categories.yaml: categories.marketing.caps[1].window: unknown unit 'dya'",
+    ),
+    (
+        "unknown key",
+        "categories.yaml",
+        "    fail_mode: closed\n    dedup_window: 72h",
+        "    fail_mode: closed\n    dedup_windw: 72h",
+        "categories.yaml: categories.marketing: unknown key 'dedup_windw'",
+    ),
+    (
+        "unknown enum value",
+        "scenarios/basic.yaml",
+        "channels: [WECHAT_TEMPLATE, APP_PUSH, SMS]\n    content:\n      wechat_template:\n        template_id: TPL_ORDER_PAID_01",
+        "channels: [WECHAT_TEMPLATE, APP_PUSH, SMSS]\n    content:\n      wechat_template:\n        template_id: TPL_ORDER_PAID_01",
+        "scenarios/basic.yaml: scenarios['order.paid'].channels[2]: Input should be",
+    ),
+    (
+        "unknown scenario granted",
+        "business_units.yaml",
+        "scenarios: [order.shipped, delivery.arrived]",
+        "scenarios: [order.shiped, delivery.arrived]",
+        "business_units.yaml: business_units.logistics.scenarios[0]: unknown scenario 'order.shiped'",
+    ),
+    (
+        "marketing on template messages",
+        "scenarios/marketing.yaml",
+        "channels: [WECHAT_CS, APP_PUSH, SMS]",
+        "channels: [WECHAT_TEMPLATE, APP_PUSH, SMS]",
+        "marketing may never use WECHAT_TEMPLATE",
+    ),
+    (
+        "undeclared placeholder",
+        "scenarios/reminder.yaml",
+        'body: "已连续签到 {streak_days} 天"',
+        'body: "已连续签到 {streak} 天"',
+        "scenarios/reminder.yaml: scenarios.checkin.content.app_push.body: placeholder '{streak}' is not declared",
+    ),
+    (
+        "content placeholder without free text",
+        "scenarios/reminder.yaml",
+        'body: "已连续签到 {streak_days} 天"',
+        'body: "{content.body}"',
+        "set free_text: true",
+    ),
+    (
+        "missing content block",
+        "scenarios/reminder.yaml",
+        "    channels: [APP_PUSH]\n",
+        "    channels: [APP_PUSH, EMAIL]\n",
+        "scenarios.checkin.content: no 'email' block for channel EMAIL",
+    ),
+    (
+        "inline secret",
+        "channels.yaml",
+        "    secret_env: HERALD_WECHAT_SECRET",
+        "    secret: abc123",
+        "'secret' looks like a secret written inline",
+    ),
+    (
+        "unknown tier",
+        "categories.yaml",
+        "per_tier: {champion: 3, hibernating: 1}",
+        "per_tier: {champoin: 3, hibernating: 1}",
+        "categories.yaml: categories.reminder.caps[0].per_tier: unknown tier 'champoin'",
+    ),
+    (
+        "bad time zone",
+        "defaults.yaml",
+        "timezone: Asia/Shanghai",
+        "timezone: Asia/Shanghia",
+        "defaults.yaml: defaults.timezone: unknown time zone 'Asia/Shanghia'",
+    ),
+    (
+        "quiet hours need a period",
+        "categories.yaml",
+        '{mode: defer, start: "22:00", end: "08:00"}',
+        "{mode: defer}",
+        "categories.reminder.quiet_hours: mode 'defer' needs start and end",
+    ),
+    (
+        "unquoted time of day",
+        "categories.yaml",
+        '{mode: defer, start: "22:00", end: "08:00"}',
+        "{mode: defer, start: 22:00, end: 08:00}",
+        "quote times of day",
+    ),
+    (
+        "yes/no trap",
+        "scenarios/basic.yaml",
+        'tracking: "{tracking_no}"',
+        'no: "{tracking_no}"',
+        "YAML reads yes/no/on/off unquoted as true/false",
+    ),
+    (
+        "key written twice",
+        "business_units.yaml",
+        "    weight: 40\n",
+        "    weight: 40\n    weight: 41\n",
+        "business_units.yaml: line 24, column 5: not valid YAML: key 'weight' is written twice",
+    ),
+    (
+        "invalid YAML",
+        "business_units.yaml",
+        "    weight: 40\n",
+        "    weight: [40\n",
+        "business_units.yaml: line",
+    ),
+    (
+        "unknown provider",
+        "channels.yaml",
+        "EMAIL: {cost: 0.001, reach: 0.6, provider: smtp}",
+        "EMAIL: {cost: 0.001, reach: 0.6, provider: sendgrid}",
+        "channels.yaml: channels.EMAIL.provider: unknown provider 'sendgrid'",
+    ),
+    (
+        "reach out of range",
+        "channels.yaml",
+        "APP_PUSH: {cost: 0, reach: 0.75, provider: fcm}",
+        "APP_PUSH: {cost: 0, reach: 75, provider: fcm}",
+        "channels.yaml: channels.APP_PUSH.reach: Input should be less than or equal to 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "file", "old", "new", "needle"), CASES, ids=[c[0] for c in CASES])
+def test_each_mistake_is_named(policy_dir: Path, name: str, file: str, old: str, new: str, needle: str) -> None:
+    edit(policy_dir / file, old, new)
+    found = problems(policy_dir)
+    assert any(needle in p for p in found), found
+    assert all(p.startswith(str(policy_dir)) for p in found), found
+
+
+def test_every_problem_is_reported_not_just_the_first(policy_dir: Path) -> None:
+    edit(policy_dir / "defaults.yaml", "timezone: Asia/Shanghai", "timezone: Mars/Olympus")
+    edit(policy_dir / "business_units.yaml", "weight: 40", "weight: 0")
+    assert len(problems(policy_dir)) == 2
+
+
+def test_a_name_defined_in_two_files(policy_dir: Path) -> None:
+    (policy_dir / "extra.yaml").write_text("business_units:\n  order:\n    weight: 1\n", encoding="utf-8")
+    found = problems(policy_dir)
+    assert any(
+        "extra.yaml: business_units.order: already defined in" in p and "business_units.yaml" in p for p in found
+    )
+
+
+def test_empty_and_non_mapping_files(policy_dir: Path) -> None:
+    (policy_dir / "empty.yaml").write_text("# nothing\n", encoding="utf-8")
+    (policy_dir / "list.yaml").write_text("- a\n- b\n", encoding="utf-8")
+    found = problems(policy_dir)
+    assert any("empty.yaml: is empty" in p for p in found)
+    assert any("list.yaml: must be a mapping of sections" in p for p in found)
+
+
+def test_missing_directory_and_missing_sections(tmp_path: Path) -> None:
+    assert "is not a directory" in problems(tmp_path / "nope")[0]
+    (tmp_path / "only.yaml").write_text("defaults:\n  timezone: UTC\n", encoding="utf-8")
+    found = problems(tmp_path)
+    assert any("scenarios: no file defines this section" in p for p in found)
+    assert any("tiers: no file defines the RFM tiers" in p for p in found)
+
+
+def test_policy_check_command(policy_dir: Path) -> None:
+    herald = [sys.executable, "-m", "gateway.cli.main", "policy", "check"]
+    ok = subprocess.run([*herald, str(policy_dir)], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: policy ")
+    edit(policy_dir / "categories.yaml", "window: week", "window: 1dya")
+    bad = subprocess.run([*herald, str(policy_dir)], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "categories.marketing.caps[1].window: unknown unit 'dya'" in bad.stderr
+    assert "the gateway would refuse this set" in bad.stderr

@@ -1,0 +1,215 @@
+"""The herald command as a person runs it: real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import POLICIES, ROOT
+from tests.e2e.conftest import KEYS
+from tests.helpers import free_port, wait_for_port
+
+HERALD = [sys.executable, "-m", "gateway.cli.main"]
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+    data_dir: Path
+    policy_dir: Path
+
+    def run(self, *args: str, bu: str = "order", check: bool = False) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "HERALD_API_KEY": KEYS[bu]}
+        result = subprocess.run([*HERALD, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    port, admin = free_port(), free_port()
+    policy_dir = tmp_path / "policies"
+    shutil.copytree(POLICIES, policy_dir)
+    env = {
+        **os.environ,
+        "HERALD_LISTEN": f"127.0.0.1:{port}",
+        "HERALD_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        "HERALD_DATA_DIR": str(tmp_path / "var"),
+        "HERALD_POLICY_DIR": str(policy_dir),
+        "HERALD_TARGET": f"127.0.0.1:{port}",
+    }
+    env.pop("HERALD_REDIS_URL", None)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen([*HERALD, "serve"], env=env, cwd=ROOT, stderr=log_file)
+    try:
+        wait_for_port(port, timeout=20)
+        yield Served(proc, env, log, tmp_path / "var", policy_dir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_import_send_status_on_the_embedded_defaults(served: Served) -> None:
+    imported = served.run("users", "import", "examples/users.csv", "--quiet")
+    assert imported.returncode == 0, imported.stderr
+    assert "4 of 4 rows imported, 0 rejected" in imported.stdout
+
+    sent = served.run(
+        "send",
+        "-s",
+        "order.shipped",
+        "-u",
+        "u-1001",
+        "-p",
+        "order_id=O-1",
+        "-p",
+        "carrier=SF",
+        "-p",
+        "tracking_no=SF1",
+        "--json",
+        check=True,
+    )
+    answer = json.loads(sent.stdout)
+    assert answer["outcome"] == "ACCEPTED"
+    assert answer["channelPlan"] == ["WECHAT_TEMPLATE", "APP_PUSH", "SMS"]
+
+    for _ in range(50):
+        status = served.run("status", answer["messageId"], check=True)
+        if "status: delivered" in status.stdout:
+            break
+        time.sleep(0.1)
+    assert "status: delivered" in status.stdout
+    assert "WECHAT_TEMPLATE [SANDBOX]" in status.stdout
+    assert (served.data_dir / "outbox" / "WECHAT_TEMPLATE.jsonl").exists()
+
+    human = served.run(
+        "send",
+        "-s",
+        "order.shipped",
+        "-u",
+        "u-1002",
+        "-p",
+        "order_id=O-2",
+        "-p",
+        "carrier=SF",
+        "-p",
+        "tracking_no=SF2",
+        check=True,
+    )
+    assert human.stdout.startswith("ACCEPTED  message m_")
+    assert "plan:   SMS" in human.stdout  # u-1002 unfollowed: no WeChat
+
+
+def test_send_errors_are_explained(served: Served) -> None:
+    bad = served.run("send", "-s", "order.shipped", "-u", "u-1", "-p", "order_id=O-1")
+    assert bad.returncode == 1
+    assert "INVALID_ARGUMENT: params: scenario 'order.shipped' needs carrier, tracking_no" in bad.stderr
+    denied = served.run("send", "-s", "coupon.flash", "-u", "u-1", bu="logistics")
+    assert "PERMISSION_DENIED" in denied.stderr
+    nokey = subprocess.run([*HERALD, "info"], env={**served.env, "HERALD_API_KEY": ""}, capture_output=True, text=True)
+    assert nokey.returncode == 2 and "no API key" in nokey.stderr
+    unreachable = subprocess.run(
+        [*HERALD, "info", "--target", f"127.0.0.1:{free_port()}", "--api-key", "x"], capture_output=True, text=True
+    )
+    assert unreachable.returncode == 1 and "cannot reach the gateway" in unreachable.stderr
+
+
+def test_import_reports_rejected_rows_with_line_numbers(served: Served, tmp_path: Path) -> None:
+    rows = ["user_id,phone,email,following,openid"]
+    for i in range(2500):
+        rows.append(f"u-{i},+86139{i:08d},,true,oImport{i:021d}")
+    rows[101] = "u-bad,12345,,true,"  # line 102: not E.164
+    rows[2001] = "u-x,+8613900000000,,maybe,oImport000000000000000000001"  # line 2002: bad boolean
+    rows.append("u-short")  # line 2502: fewer fields than the header
+    path = tmp_path / "users.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rejects = tmp_path / "rejects.tsv"
+    result = served.run("users", "import", str(path), "--batch", "300", "--rejects", str(rejects), bu="growth")
+    assert result.returncode == 1
+    assert "2,498 of 2,501 rows imported, 3 rejected" in result.stdout
+    assert "line 102: user.phone: must be E.164" in result.stdout
+    assert "line 2002: following: 'maybe' is not true/false" in result.stdout
+    assert "12345" not in result.stdout  # the bad phone is not echoed
+    assert "line 2502: has 1 fields; the header has 5" in result.stdout
+    assert rejects.read_text().count("\n") == 3
+    assert "rows/s" in result.stderr  # the progress line
+
+
+def test_import_refuses_a_bad_header(served: Served, tmp_path: Path) -> None:
+    path = tmp_path / "users.csv"
+    path.write_text("user_id,phon\nu-1,+8613900000000\n", encoding="utf-8")
+    result = served.run("users", "import", str(path))
+    assert result.returncode == 2
+    assert "unknown column(s) phon" in result.stderr
+
+
+def test_import_json_lines(served: Served, tmp_path: Path) -> None:
+    result = served.run("users", "import", "examples/users.jsonl", "--quiet", check=True)
+    assert "2 of 2 rows imported" in result.stdout
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"userId": "u-1"}\nnot json\n{"userId": "u-2", "colour": "red"}\n', encoding="utf-8")
+    result = served.run("users", "import", str(path), "--quiet")
+    assert "line 2: not a User object" in result.stdout
+    assert "line 3: not a User object" in result.stdout
+
+
+def test_sighup_reloads_and_sigterm_flushes(served: Served) -> None:
+    before = json.loads(served.run("info", "--json", check=True).stdout)["version"]
+    path = served.policy_dir / "business_units.yaml"
+    path.write_text(path.read_text().replace("weight: 40", "weight: 45"))
+    served.proc.send_signal(signal.SIGHUP)
+    for _ in range(50):
+        after = json.loads(served.run("info", "--json", check=True).stdout)["version"]
+        if after != before:
+            break
+        time.sleep(0.1)
+    assert after != before
+
+    served.run("users", "import", "examples/users.csv", "--quiet", check=True)
+    for i in range(20):
+        served.run("send", "-s", "order.paid", "-u", "u-1001", "-p", f"order_id=O-{i}", "-p", "amount=9", check=True)
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=15) == 0
+    outbox = served.data_dir / "outbox" / "WECHAT_TEMPLATE.jsonl"
+    assert len(outbox.read_text().splitlines()) == 20  # everything accepted was delivered before exit
+    log = served.log.read_text(encoding="utf-8")
+    assert '"event": "stopped"' in log
+    assert "13900001001" not in log  # no phone number in the logs
+
+
+def test_a_bad_policy_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("scenarios: {}\n")
+    env = {**os.environ, "HERALD_POLICY_DIR": str(tmp_path), "HERALD_LISTEN": f"127.0.0.1:{free_port()}"}
+    result = subprocess.run([*HERALD, "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "business_units: no file defines this section" in result.stderr
+
+
+def test_bad_setting_is_named() -> None:
+    env = {**os.environ, "HERALD_DELIVERY_WORKERS": "many"}
+    result = subprocess.run([*HERALD, "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "HERALD_DELIVERY_WORKERS (--delivery-workers): 'many' is not a valid int" in result.stderr
+
+
+def test_keys_new_prints_a_credentials_entry() -> None:
+    result = subprocess.run([*HERALD, "keys", "new", "order"], capture_output=True, text=True, check=True)
+    key = result.stdout.splitlines()[1].strip("# ").strip()
+    import hashlib
+
+    assert f"sha256: {hashlib.sha256(key.encode()).hexdigest()}" in result.stdout
