@@ -5,7 +5,6 @@ gRPC server and the admin HTTP endpoints; started and stopped as one.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -173,11 +172,8 @@ class Gateway:
         if not await self.dispatcher.drain(grace):
             log.warning("shutdown_with_deliveries_queued", detail="grace period ran out")
         await self.dispatcher.stop()
+        await self.sandbox.close()
         if self._admin is not None:
             await self._admin.cleanup()
         await self.store.close()
         log.info("stopped")
-
-
-def outbox_path(settings: Settings) -> Path:
-    return settings.data_dir / "outbox"

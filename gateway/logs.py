@@ -7,11 +7,13 @@ openid or token reaches the output whatever a call site passes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 from gateway.masking import mask_email, mask_phone, mask_text, mask_token
@@ -20,12 +22,22 @@ _SECRET_KEYS = ("token", "secret", "password", "authorization", "api_key", "key"
 _MASK_BY_KEY = {"phone": mask_phone, "email": mask_email, "openid": mask_token, "unionid": mask_token}
 
 
-def _mask_value(key: str, value: Any) -> Any:
+@functools.lru_cache(maxsize=4096)
+def _key_kind(key: str) -> str:
     lowered = key.lower()
-    if lowered in _MASK_BY_KEY and isinstance(value, str):
-        return _MASK_BY_KEY[lowered](value)
+    if lowered in _MASK_BY_KEY:
+        return lowered
     if any(lowered == s or lowered.endswith("_" + s) for s in _SECRET_KEYS):
+        return "secret"
+    return ""
+
+
+def _mask_value(key: str, value: Any) -> Any:
+    kind = _key_kind(key)
+    if kind == "secret":
         return "***"
+    if kind and isinstance(value, str):
+        return _MASK_BY_KEY[kind](value)
     if isinstance(value, str):
         return mask_text(value)
     if isinstance(value, dict):
@@ -41,9 +53,15 @@ def mask_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) ->
     return event_dict
 
 
+def _orjson_text(value: Any, **_: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level)
-    renderer: Any = structlog.processors.JSONRenderer(ensure_ascii=False) if json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_orjson_text) if json else structlog.dev.ConsoleRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

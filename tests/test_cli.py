@@ -188,7 +188,7 @@ def test_sighup_reloads_and_sigterm_flushes(served: Served) -> None:
     outbox = served.data_dir / "outbox" / "WECHAT_TEMPLATE.jsonl"
     assert len(outbox.read_text().splitlines()) == 20  # everything accepted was delivered before exit
     log = served.log.read_text(encoding="utf-8")
-    assert '"event": "stopped"' in log
+    assert '"event":"stopped"' in log
     assert "13900001001" not in log  # no phone number in the logs
 
 

@@ -5,9 +5,10 @@ decision, hand the winners to delivery. The only part of ``core`` that does I/O.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, replace
 from datetime import datetime
+
+import orjson
 
 from gateway.clock import Clock
 from gateway.core.claims import Claim, Content, PushInput
@@ -43,7 +44,7 @@ class PushAnswer:
     policy_version: str
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return orjson.dumps(
             {
                 "m": self.message_id,
                 "c": str(self.category),
@@ -53,13 +54,12 @@ class PushAnswer:
                 "p": [str(c) for c in self.plan],
                 "s": None if self.scheduled_at is None else self.scheduled_at.isoformat(),
                 "v": self.policy_version,
-            },
-            ensure_ascii=False,
-        ).encode()
+            }
+        )
 
     @staticmethod
     def decode(raw: bytes) -> PushAnswer:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         return PushAnswer(
             message_id=data["m"],
             category=Category(data["c"]),

@@ -6,11 +6,12 @@ partial update is a plain field write, atomic on Redis without a read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from gateway.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
 from gateway.profiles import DeviceToken, Interaction, OptOut, Rfm, UserProfile, WeChat
@@ -33,7 +34,7 @@ def _text(value: str | bytes) -> str:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(value).decode()
 
 
 # --- profiles -----------------------------------------------------------------------
@@ -80,7 +81,7 @@ def decode_profile(
     opt_outs = []
     updated_at = None
     for raw_name, raw_value in fields.items():
-        name, data = _text(raw_name), json.loads(_text(raw_value))
+        name, data = _text(raw_name), orjson.loads(raw_value)
         if name.startswith(OPT_OUT_PREFIX):
             category, channel = name[len(OPT_OUT_PREFIX) :].split(":")
             opt_outs.append(
@@ -107,7 +108,7 @@ def decode_profile(
             )
         else:
             values[name] = data
-    decoded = [json.loads(_text(item)) for item in interactions]
+    decoded = [orjson.loads(item) for item in interactions]
     return UserProfile(
         user_id=user_id,
         opt_outs=tuple(sorted(opt_outs, key=lambda o: o.key)),
@@ -133,7 +134,7 @@ def encode_event(entry: TimelineEntry) -> str:
 
 
 def decode_event(raw: str | bytes) -> TimelineEntry:
-    data = json.loads(_text(raw))
+    data = orjson.loads(raw)
     return TimelineEntry(
         at=datetime.fromisoformat(data["at"]),
         kind=data["kind"],
@@ -171,7 +172,7 @@ def encode_message(record: MessageRecord) -> str:
 
 
 def decode_message(raw: str | bytes, events: Iterable[str | bytes] = (), status: str | None = None) -> MessageRecord:
-    data = json.loads(_text(raw))
+    data = orjson.loads(raw)
     timeline = tuple(decode_event(e) for e in events)
     return MessageRecord(
         message_id=data["message_id"],
@@ -230,7 +231,7 @@ def encode_switch(switch: KillSwitch) -> str:
 
 
 def decode_switch(raw: str | bytes) -> KillSwitch:
-    return _switch_from(json.loads(_text(raw)))
+    return _switch_from(orjson.loads(raw))
 
 
 def encode_audit(entry: AuditEntry) -> str:
@@ -246,7 +247,7 @@ def encode_audit(entry: AuditEntry) -> str:
 
 
 def decode_audit(raw: str | bytes) -> AuditEntry:
-    data = json.loads(_text(raw))
+    data = orjson.loads(raw)
     return AuditEntry(
         at=datetime.fromisoformat(data["at"]),
         action=data["action"],
