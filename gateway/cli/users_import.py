@@ -187,7 +187,7 @@ class Progress:
         self.out = out
         self.tty = out.isatty()
         self.started = time.monotonic()
-        self.last = 0.0
+        self.last = self.started
 
     def update(self, done_bytes: int, summary: Summary, final: bool = False) -> None:
         now = time.monotonic()

@@ -1,0 +1,86 @@
+"""Local-time arithmetic for arbitration (pure): quiet periods, send windows, calendar
+windows of caps, and the spread that keeps a million releases out of one second.
+
+Every function takes aware datetimes and a time zone and returns aware UTC datetimes;
+daylight-saving gaps and folds are resolved by zoneinfo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from gateway.policy.schema import TimeWindow
+
+
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _at(day: date, clock: time, tz: ZoneInfo) -> datetime:
+    return datetime.combine(day, clock, tzinfo=tz).astimezone(UTC)
+
+
+def _contains(window_start: time, window_end: time, clock: time) -> bool:
+    if window_start < window_end:
+        return window_start <= clock < window_end
+    return clock >= window_start or clock < window_end  # wraps past midnight
+
+
+def period_around(start: time, end: time, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime] | None:
+    """The occurrence of the daily period [start, end) that contains ``now``, if any."""
+    local = now.astimezone(tz)
+    if not _contains(start, end, local.time()):
+        return None
+    day = local.date()
+    if start < end:
+        return _at(day, start, tz), _at(day, end, tz)
+    if local.time() >= start:  # evening part: ends tomorrow
+        return _at(day, start, tz), _at(day + timedelta(days=1), end, tz)
+    return _at(day - timedelta(days=1), start, tz), _at(day, end, tz)
+
+
+def in_period(start: time, end: time, moment: datetime, tz: ZoneInfo) -> bool:
+    return _contains(start, end, moment.astimezone(tz).time())
+
+
+def next_window(windows: Sequence[TimeWindow], now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime] | None:
+    """The send window open at ``now`` (returned as is) or the next one to open."""
+    best: tuple[datetime, datetime] | None = None
+    local_day = now.astimezone(tz).date()
+    for window in windows:
+        current = period_around(window.start, window.end, now, tz)
+        if current is not None:
+            return current
+        for offset in (0, 1, 2):
+            day = local_day + timedelta(days=offset)
+            opens = _at(day, window.start, tz)
+            if opens > now:
+                closes_day = day if window.start < window.end else day + timedelta(days=1)
+                candidate = (opens, _at(closes_day, window.end, tz))
+                if best is None or candidate[0] < best[0]:
+                    best = candidate
+                break
+    return best
+
+
+def calendar_start(unit: str, now: datetime, tz: ZoneInfo) -> datetime:
+    """Start of the user's current day, ISO week (Monday) or month."""
+    local = now.astimezone(tz)
+    day = local.date()
+    if unit == "week":
+        day = day - timedelta(days=day.weekday())
+    elif unit == "month":
+        day = day.replace(day=1)
+    return _at(day, time(0, 0), tz)
+
+
+def spread(key: str, span: timedelta) -> timedelta:
+    """A stable offset in [0, span) for ``key``: the same user always lands on the same
+    second, different users spread evenly."""
+    if span <= timedelta(0):
+        return timedelta(0)
+    digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+    return timedelta(seconds=digest % max(1, int(span.total_seconds())))
