@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 from channels.base import ChannelAdapter, Delivery, SendStatus
 from gateway.clock import Clock
+from gateway.core.caps import retention
 from gateway.core.claims import Claim
 from gateway.core.killswitch import blocking_switch, killed_channels
 from gateway.core.render import render
-from gateway.domain import Channel
+from gateway.core.state import Commit, Release
+from gateway.domain import Channel, Outcome, Reason
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
@@ -24,7 +26,7 @@ from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.profiles import UserProfile
 from gateway.store.base import Store
-from gateway.store.records import TimelineEntry
+from gateway.store.records import Final, TimelineEntry
 
 log = get_logger(__name__)
 
@@ -103,18 +105,30 @@ class Dispatcher:
                 self._queue.task_done()
                 self._metrics.delivery_queue_depth.set(self._queue.qsize())
 
-    async def _record(self, message_id: str, events: list[TimelineEntry], status: str | None) -> None:
-        retention = self._policies.current.defaults.message_retention
+    async def _finish(self, job: Job, events: list[TimelineEntry], status: str, settle: Commit | Release) -> None:
+        """Record the outcome and settle the cap reservation: committed on delivery,
+        given back when nothing was sent."""
+        policy = self._policies.current
         try:
-            await self._store.add_events(message_id, events, status, retention)
+            await self._store.apply(job.claim.user_id, None, [settle], self._clock.now(), retention(policy))
+        except HeraldError as exc:
+            self._metrics.store_errors.labels("apply").inc()
+            log.error("reservation_settle_failed", message_id=job.message_id, error=exc.message)
+        final = None
+        if isinstance(settle, Release):
+            reason = Reason.KILL_SWITCH if status == "suppressed" else Reason.EXPIRED if status == "expired" else None
+            final = Final(Outcome.SUPPRESSED, reason, events[-1].detail) if reason else None
+        try:
+            await self._store.add_events(job.message_id, events, status, policy.defaults.message_retention, final)
         except HeraldError as exc:
             self._metrics.store_errors.labels("add_events").inc()
-            log.error("timeline_write_failed", message_id=message_id, error=exc.message)
+            log.error("timeline_write_failed", message_id=job.message_id, error=exc.message)
 
     async def deliver(self, job: Job) -> None:
         policy = self._policies.current
         claim = job.claim
         now = self._clock.now()
+        release = Release(job.message_id)
         switches = self._switches.current()
         switch = blocking_switch(
             switches,
@@ -125,19 +139,20 @@ class Dispatcher:
             campaign_id=claim.campaign_id,
         )
         if switch is not None:
-            await self._record(job.message_id, [TimelineEntry(now, "killed", detail=switch.describe())], "suppressed")
+            await self._finish(job, [TimelineEntry(now, "killed", detail=switch.describe())], "suppressed", release)
             return
         if claim.deadline is not None and claim.deadline <= now:
-            await self._record(
-                job.message_id, [TimelineEntry(now, "expired", detail="deadline passed before sending")], "expired"
+            await self._finish(
+                job, [TimelineEntry(now, "expired", detail="deadline passed before sending")], "expired", release
             )
             return
         scenario = policy.scenarios.get(claim.scenario)
         if scenario is None:
-            await self._record(
-                job.message_id,
+            await self._finish(
+                job,
                 [TimelineEntry(now, "failed", detail=f"scenario '{claim.scenario}' no longer exists in policy")],
                 "failed",
+                release,
             )
             return
         killed = killed_channels(switches, now)
@@ -171,13 +186,13 @@ class Dispatcher:
             at = self._clock.now()
             if result.status is SendStatus.DELIVERED:
                 events.append(TimelineEntry(at, "delivered", channel, result.code, result.detail))
-                await self._record(job.message_id, events, "delivered")
+                await self._finish(job, events, "delivered", Commit(job.message_id, channel))
                 return
             events.append(TimelineEntry(at, "failed", channel, result.code, result.detail))
             if result.status is SendStatus.FAILED:
-                await self._record(job.message_id, events, "failed")
+                await self._finish(job, events, "failed", release)
                 return
             if index + 1 < len(job.plan):
                 events.append(TimelineEntry(at, "fallback", job.plan[index + 1], detail=f"after {channel}"))
         events.append(TimelineEntry(self._clock.now(), "failed", detail="no channel of the plan delivered"))
-        await self._record(job.message_id, events, "failed")
+        await self._finish(job, events, "failed", release)

@@ -53,7 +53,14 @@ class Metrics:
             "herald_delivery_queue_depth", "Deliveries waiting in this process's queue.", registry=registry
         )
         self.scheduled = Gauge(
-            "herald_scheduled_claims", "Claims held for a later time (all replicas).", registry=registry
+            "herald_scheduled_users",
+            "Users with held claims (deferred, scheduled or waiting for a send window), all replicas.",
+            registry=registry,
+        )
+        self.state_conflicts = Counter(
+            "herald_state_conflicts_total",
+            "Decisions made again because another decision changed the same user first.",
+            registry=registry,
         )
         self.kill_switches = Gauge(
             "herald_kill_switches_active", "Active kill switches by scope.", ["scope"], registry=registry

@@ -1,9 +1,15 @@
-"""Releases scheduled claims when their time comes, on whichever replica takes them
-first (the store hands each due claim to exactly one caller)."""
+"""Releases held claims when their time comes.
+
+The store's due index lists users whose pending pool has something due. A tick leases
+due users (no other replica gets the same user while the lease runs), decides their
+due claims, and puts each user back at its next due time. A replica that dies mid-way
+loses nothing: its leases run out and another replica takes the users.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 
 from gateway.clock import Clock
 from gateway.core.pipeline import PushPipeline
@@ -14,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.store.base import Store
 
 log = get_logger(__name__)
+LEASE = timedelta(seconds=60)
 
 
 class Scheduler:
@@ -25,6 +32,7 @@ class Scheduler:
         metrics: Metrics,
         interval: float = 0.5,
         batch: int = 200,
+        concurrency: int = 32,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
@@ -32,25 +40,30 @@ class Scheduler:
         self._metrics = metrics
         self._interval = interval
         self._batch = batch
+        self._gate = asyncio.Semaphore(concurrency)
+
+    async def _release(self, user_id: str, leased_until: datetime) -> bool:
+        async with self._gate:
+            try:
+                next_due = await self._pipeline.release_user(user_id)
+            except HeraldError as exc:
+                # The lease runs out and this user is taken again, here or elsewhere.
+                log.error("release_failed", user_id=user_id, error=exc.message)
+                return False
+            await self._store.finish_due(user_id, leased_until, next_due)
+            return True
 
     async def tick(self) -> int:
-        """Release what is due now; returns how many claims were released."""
-        released = 0
+        """Release what is due now; returns how many users were handled."""
+        handled = 0
         while True:
-            due = await self._store.take_due(self._clock.now(), self._batch)
-            for message_id in due:
-                try:
-                    await self._pipeline.release(message_id)
-                except HeraldError as exc:
-                    # Put it back so another tick (or replica) tries again.
-                    log.error("release_failed", message_id=message_id, error=exc.message)
-                    await self._store.schedule(message_id, self._clock.now())
-                    return released
-            released += len(due)
+            due = await self._store.take_due(self._clock.now(), self._batch, LEASE)
+            results = await asyncio.gather(*(self._release(user, until) for user, until in due))
+            handled += sum(results)
             if len(due) < self._batch:
                 break
-        self._metrics.scheduled.set(await self._store.scheduled_count())
-        return released
+        self._metrics.scheduled.set(await self._store.due_count())
+        return handled
 
     async def run(self, stopping: asyncio.Event) -> None:
         await every(self._interval, self.tick, stopping, "scheduler")

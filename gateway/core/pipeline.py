@@ -5,15 +5,18 @@ decision, hand the winners to delivery. The only part of ``core`` that does I/O.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
 
 from gateway.clock import Clock
+from gateway.core.caps import retention
 from gateway.core.claims import Claim, Content, PushInput
-from gateway.core.decide import Decision, decide
+from gateway.core.decide import Context, Decision, HeldClaim, decide_arrival, decide_release
+from gateway.core.keyed_lock import KeyedLock
 from gateway.core.ratelimit import RateLimiter
+from gateway.core.state import Hold, Mutation, Unhold, UserState
 from gateway.core.validate import validate_push
 from gateway.delivery import Dispatcher, Job
 from gateway.domain import Category, Channel, Outcome, Reason
@@ -23,12 +26,14 @@ from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
+from gateway.profiles import UserProfile
 from gateway.store.base import IdemKey, IdemState, Store
-from gateway.store.records import MessageRecord, TimelineEntry
+from gateway.store.records import Final, MessageRecord, TimelineEntry
 
 log = get_logger(__name__)
 
 PENDING_WAIT_SECONDS = 2.0
+MAX_TRIES = 8
 PENDING_POLL_SECONDS = 0.02
 
 
@@ -92,7 +97,7 @@ def claim_of(record: MessageRecord) -> Claim:
         content=content,
         campaign_id=record.campaign_id,
         dedup_key=record.dedup_key,
-        not_before=record.scheduled_at,
+        not_before=None,
         deadline=record.deadline,
         priority=record.priority,
     )
@@ -116,6 +121,7 @@ class PushPipeline:
         self._clock = clock
         self._metrics = metrics
         self._limiter = limiter
+        self._users = KeyedLock()
 
     async def push(self, bu: str, request: PushInput) -> PushAnswer:
         policy = self._policies.current
@@ -148,7 +154,8 @@ class PushPipeline:
                 f"request_id '{request.request_id}' is still being decided by another call; retry shortly"
             )
         try:
-            return await self._decide_new(claim, idem)
+            async with self._users.hold(claim.user_id):
+                return await self._decide_new(claim, idem)
         except BaseException:
             try:
                 await self._store.idem_abort(idem)
@@ -156,12 +163,27 @@ class PushPipeline:
                 log.warning("idempotency_abort_failed", request_id=request.request_id)
             raise
 
+    def _context(self, profile: UserProfile | None, state: UserState, now: datetime) -> Context:
+        return Context(self._policies.current, profile, state, self._switches.current(), now)
+
     async def _decide_new(self, claim: Claim, idem: IdemKey) -> PushAnswer:
         policy = self._policies.current
-        now = self._clock.now()
-        profile = await self._store.get_user(claim.user_id)
-        decision = decide(claim, profile, policy, self._switches.current(), now)
+        keep = retention(policy)
         message_id = new_message_id()
+        dedup = (claim.bu, claim.dedup_key) if claim.dedup_key else None
+        for _ in range(MAX_TRIES):
+            now = self._clock.now()
+            profile, state = await self._store.load_user(claim.user_id, dedup, now - keep)
+            decision = decide_arrival(claim, message_id, self._context(profile, state, now))
+            if not decision.mutations or await self._store.apply(
+                claim.user_id, state.version, decision.mutations, now, keep
+            ):
+                break
+            self._metrics.state_conflicts.inc()
+        else:
+            raise Unavailable(
+                f"user '{claim.user_id}' changed under {MAX_TRIES} concurrent decisions in a row; retry shortly"
+            )
         answer = PushAnswer(
             message_id=message_id,
             category=claim.category,
@@ -196,15 +218,13 @@ class PushPipeline:
             priority=claim.priority,
             dedup_key=claim.dedup_key,
             deadline=claim.deadline,
-            timeline=(TimelineEntry(now, status if status != "queued" else "queued", detail=decision.detail),),
+            trace=decision.trace,
+            timeline=(TimelineEntry(now, status, detail=decision.detail),),
         )
         await self._store.save_decision(
             record, idem, answer.encode(), policy.defaults.idempotency_window, policy.defaults.message_retention
         )
-        if decision.outcome is Outcome.SCHEDULED:
-            assert decision.scheduled_at is not None
-            await self._store.schedule(message_id, decision.scheduled_at)
-        elif decision.outcome is Outcome.ACCEPTED:
+        if decision.outcome is Outcome.ACCEPTED:
             assert profile is not None
             self._dispatcher.submit(Job(message_id, claim, decision.plan, profile))
         self._count(claim, decision)
@@ -221,6 +241,15 @@ class PushPipeline:
         )
         return answer
 
+    async def explain(self, bu: str, request: PushInput, at: datetime) -> Decision:
+        """What would be decided for ``request`` at ``at`` on the current state; no
+        state changes, nothing sent."""
+        policy = self._policies.current
+        claim = validate_push(bu, request, policy, at)
+        dedup = (claim.bu, claim.dedup_key) if claim.dedup_key else None
+        profile, state = await self._store.load_user(claim.user_id, dedup, at - retention(policy))
+        return decide_arrival(claim, "m_explain", self._context(profile, state, at))
+
     def _count(self, claim: Claim, decision: Decision) -> None:
         self._metrics.decisions.labels(
             claim.bu,
@@ -229,39 +258,66 @@ class PushPipeline:
             "" if decision.reason is None else str(decision.reason),
         ).inc()
 
-    async def release(self, message_id: str) -> None:
-        """A scheduled claim's time has come: decide again with what is true now."""
-        record = await self._store.get_message(message_id)
-        if record is None:
-            log.warning("release_of_unknown_message", message_id=message_id)
-            return
+    async def release_user(self, user_id: str) -> datetime | None:
+        """Decide the user's held claims that are due; returns when the next one is."""
+        async with self._users.hold(user_id):
+            return await self._release_user(user_id)
+
+    async def _release_user(self, user_id: str) -> datetime | None:
         policy = self._policies.current
-        now = self._clock.now()
-        claim = claim_of(record)
-        if claim.scenario not in policy.scenarios:
-            await self._store.add_events(
-                message_id,
-                [TimelineEntry(now, "failed", detail=f"scenario '{claim.scenario}' no longer exists in policy")],
-                "failed",
-                policy.defaults.message_retention,
-            )
-            return
-        profile = await self._store.get_user(claim.user_id)
-        decision = decide(replace(claim, not_before=None), profile, policy, self._switches.current(), now)
+        keep = retention(policy)
+        for _ in range(MAX_TRIES):
+            now = self._clock.now()
+            profile, state = await self._store.load_user(user_id, None, now - keep)
+            due = [h for h in state.held if h.due <= now]
+            if not due:
+                return state.next_due()
+            records = await self._store.get_messages([h.message_id for h in due])
+            gone: list[Mutation] = [Unhold(h.message_id) for h, r in zip(due, records, strict=True) if r is None]
+            held = [HeldClaim(r.message_id, claim_of(r), r.created_at) for r in records if r is not None]
+            verdicts = decide_release(held, self._context(profile, state, now))
+            mutations = [*gone, *(m for _, d in verdicts for m in d.mutations)]
+            if await self._store.apply(user_id, state.version, mutations, now, keep):
+                break
+            self._metrics.state_conflicts.inc()
+        else:
+            raise Unavailable(f"user '{user_id}' changed under {MAX_TRIES} concurrent releases in a row")
+        by_id = {r.message_id: r for r in records if r is not None}
+        for message_id, decision in verdicts:
+            await self._after_release(by_id[message_id], decision, profile, now)
+        touched = {m.message_id for m in mutations if isinstance(m, Hold | Unhold)}
+        remaining = [h.due for h in state.held if h.message_id not in touched]
+        remaining += [m.due for m in mutations if isinstance(m, Hold)]
+        return min(remaining, default=None)
+
+    async def _after_release(
+        self, record: MessageRecord, decision: Decision, profile: UserProfile | None, now: datetime
+    ) -> None:
         status = status_of(decision)
-        kind = "released" if decision.outcome is Outcome.ACCEPTED else status
-        await self._store.add_events(
-            message_id, [TimelineEntry(now, kind, detail=decision.detail)], status, policy.defaults.message_retention
+        kind = {Outcome.ACCEPTED: "released", Outcome.SCHEDULED: "carried"}.get(decision.outcome, status)
+        final = (
+            None if decision.outcome is Outcome.SCHEDULED else Final(decision.outcome, decision.reason, decision.detail)
         )
+        await self._store.add_events(
+            record.message_id,
+            [TimelineEntry(now, kind, detail=decision.detail)],
+            status,
+            self._policies.current.defaults.message_retention,
+            final=final,
+        )
+        claim = claim_of(record)
         if decision.outcome is Outcome.ACCEPTED:
             assert profile is not None
-            self._dispatcher.submit(Job(message_id, claim, decision.plan, profile))
+            self._dispatcher.submit(Job(record.message_id, claim, decision.plan, profile))
+        if decision.outcome is not Outcome.SCHEDULED:
+            self._count(claim, decision)
         log.info(
             "released",
-            message_id=message_id,
+            message_id=record.message_id,
             bu=claim.bu,
             outcome=str(decision.outcome),
             reason=None if decision.reason is None else str(decision.reason),
+            detail=decision.detail,
         )
 
     async def get_message(self, bu: str, message_id: str) -> MessageRecord:

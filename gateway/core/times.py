@@ -84,3 +84,66 @@ def spread(key: str, span: timedelta) -> timedelta:
         return timedelta(0)
     digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
     return timedelta(seconds=digest % max(1, int(span.total_seconds())))
+
+
+def _occurrences(start: time, end: time, first: date, days: int, tz: ZoneInfo) -> list[tuple[datetime, datetime]]:
+    out = []
+    for offset in range(days):
+        day = first + timedelta(days=offset)
+        end_day = day if start < end else day + timedelta(days=1)
+        out.append((_at(day, start, tz), _at(end_day, end, tz)))
+    return out
+
+
+def _subtract(
+    piece: tuple[datetime, datetime], holes: Sequence[tuple[datetime, datetime]]
+) -> list[tuple[datetime, datetime]]:
+    pieces = [piece]
+    for hole_start, hole_end in holes:
+        kept = []
+        for start, end in pieces:
+            if hole_end <= start or hole_start >= end:
+                kept.append((start, end))
+                continue
+            if start < hole_start:
+                kept.append((start, hole_start))
+            if hole_end < end:
+                kept.append((hole_end, end))
+        pieces = kept
+    return pieces
+
+
+def open_windows(
+    windows: Sequence[TimeWindow], quiet: tuple[time, time] | None, now: datetime, tz: ZoneInfo, days: int = 4
+) -> list[tuple[datetime, datetime]]:
+    """The send windows from ``now`` on (over ``days`` local days), minus quiet hours,
+    earliest first. A window that overlaps quiet hours keeps only its quiet-free part."""
+    first = now.astimezone(tz).date() - timedelta(days=1)
+    holes = _occurrences(quiet[0], quiet[1], first - timedelta(days=1), days + 2, tz) if quiet else []
+    out: list[tuple[datetime, datetime]] = []
+    for window in windows:
+        for occurrence in _occurrences(window.start, window.end, first, days + 1, tz):
+            out.extend(p for p in _subtract(occurrence, holes) if p[1] > now)
+    return sorted(set(out))
+
+
+def release_time(
+    windows: Sequence[TimeWindow],
+    quiet: tuple[time, time] | None,
+    now: datetime,
+    tz: ZoneInfo,
+    *,
+    collection_delay: timedelta,
+    spread_key: str,
+    spread_span: timedelta,
+) -> datetime | None:
+    """When a competing claim is released: after the collection delay if a window is
+    open and stays open that long, else at the next window's opening plus the user's
+    stable spread (at most half the window)."""
+    for start, end in open_windows(windows, quiet, now, tz):
+        if start <= now:
+            if now + collection_delay < end:
+                return now + collection_delay
+            continue
+        return start + spread(spread_key, min(spread_span, (end - start) / 2))
+    return None

@@ -289,6 +289,31 @@ def cross_check(policy: Policy, file_of: Any) -> list[PolicyProblem]:
                 problems.append(
                     PolicyProblem(file, format_loc([*loc, "channel"]), f"channel {cap.channel} is not configured")
                 )
+    basic = policy.categories[Category.BASIC]
+    if basic.arbitrate:
+        problems.append(
+            PolicyProblem(
+                file_of("categories", Category.BASIC),
+                "categories.basic.arbitrate",
+                "basic messages never wait for a send window or compete; remove it",
+            )
+        )
+    if basic.quiet_hours.mode == "drop":
+        problems.append(
+            PolicyProblem(
+                file_of("categories", Category.BASIC),
+                "categories.basic.quiet_hours.mode",
+                "basic messages are never dropped for quiet hours; use exempt or defer",
+            )
+        )
+    if any(policy.arbitrates(c) for c in Category) and not policy.defaults.send_windows:
+        problems.append(
+            PolicyProblem(
+                file_of("defaults"),
+                "defaults.send_windows",
+                'a category arbitrates, so send windows are required (e.g. ["07:30-09:30", "18:00-22:00"])',
+            )
+        )
     for channel, chan_policy in policy.channels.items():
         if chan_policy.provider not in policy.providers:
             problems.append(

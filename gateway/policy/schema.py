@@ -102,6 +102,12 @@ class Defaults(Strict):
     profile_retention: Duration = timedelta(days=400)
     send_windows: tuple[TimeWindow, ...] = ()
     collection_delay: Duration = timedelta(minutes=5)
+    # Releases at a window's opening or a quiet period's end are spread over this much
+    # time (each user on a stable offset), so a million deferred claims do not fire in
+    # the same second.
+    release_spread: Duration = timedelta(minutes=20)
+    # How long a claim without a deadline may wait for a send window.
+    max_hold: Duration = timedelta(hours=48)
 
     _tz = field_validator("timezone")(_check_timezone)
 

@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gateway.core.state import Mutation, UserState
 from gateway.profiles import Interaction, OptOut, UserProfile
-from gateway.store.records import AuditEntry, KillSwitch, MessageRecord, TimelineEntry
+from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, TimelineEntry
 
 
 class IdemState(StrEnum):
@@ -67,9 +68,15 @@ class Store(Protocol):
         ...
 
     async def add_events(
-        self, message_id: str, events: Sequence[TimelineEntry], status: str | None, retention: timedelta
+        self,
+        message_id: str,
+        events: Sequence[TimelineEntry],
+        status: str | None,
+        retention: timedelta,
+        final: Final | None = None,
     ) -> None:
-        """Append to a message's timeline and, when given, set its status."""
+        """Append to a message's timeline and, when given, set its status and its
+        final outcome."""
         ...
 
     async def get_message(self, message_id: str) -> MessageRecord | None: ...
@@ -104,12 +111,40 @@ class Store(Protocol):
         """Most recent first."""
         ...
 
-    # --- scheduled claims ----------------------------------------------------------
-    async def schedule(self, message_id: str, at: datetime) -> None: ...
-
-    async def take_due(self, now: datetime, limit: int) -> list[str]:
-        """Remove and return up to ``limit`` message ids due at ``now``, earliest
-        first. Each id is returned to exactly one caller, across processes."""
+    async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
+        """Several messages in one round trip, in order (None where unknown)."""
         ...
 
-    async def scheduled_count(self) -> int: ...
+    # --- arbitration state ---------------------------------------------------------
+    async def load_user(
+        self, user_id: str, dedup: tuple[str, str] | None, since: datetime
+    ) -> tuple[UserProfile | None, UserState]:
+        """The profile and the arbitration state (reservations at or after ``since``,
+        the pending pool, whether ``(bu, dedup_key)`` was seen), in one round trip."""
+        ...
+
+    async def apply(
+        self,
+        user_id: str,
+        expected_version: int | None,
+        mutations: Sequence[Mutation],
+        now: datetime,
+        retention: timedelta,
+    ) -> bool:
+        """Apply a decision's mutations atomically, only if the user's state is still
+        at ``expected_version`` (None: unconditionally). False when it moved on.
+        Holds also bring the user forward in the due index."""
+        ...
+
+    # --- due index (users whose pending pool has something due) ---------------------
+    async def take_due(self, now: datetime, limit: int, lease: timedelta) -> list[tuple[str, datetime]]:
+        """Up to ``limit`` users due at ``now``, each leased until the returned time:
+        no other caller gets the same user until the lease ends or ``finish_due``."""
+        ...
+
+    async def finish_due(self, user_id: str, leased_until: datetime, next_due: datetime | None) -> None:
+        """End a lease: the user is due again at ``next_due`` (or leaves the index).
+        A hold added meanwhile for an earlier time is kept."""
+        ...
+
+    async def due_count(self) -> int: ...

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from gateway.core.state import SentEntry
 from gateway.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
 from gateway.profiles import DeviceToken, Interaction, OptOut, Rfm, UserProfile, WeChat
-from gateway.store.records import AuditEntry, KillSwitch, MessageRecord, ScopeKind, TimelineEntry
+from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, ScopeKind, TimelineEntry
 
 OPT_OUT_PREFIX = "optout:"
 UPDATED_AT = "updated_at"
@@ -29,7 +30,7 @@ def _parse_dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _text(value: str | bytes) -> str:
+def text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -81,7 +82,7 @@ def decode_profile(
     opt_outs = []
     updated_at = None
     for raw_name, raw_value in fields.items():
-        name, data = _text(raw_name), orjson.loads(raw_value)
+        name, data = text(raw_name), orjson.loads(raw_value)
         if name.startswith(OPT_OUT_PREFIX):
             category, channel = name[len(OPT_OUT_PREFIX) :].split(":")
             opt_outs.append(
@@ -167,12 +168,25 @@ def encode_message(record: MessageRecord) -> str:
             "priority": record.priority,
             "dedup_key": record.dedup_key,
             "deadline": _dt(record.deadline),
+            "trace": list(record.trace),
         }
     )
 
 
-def decode_message(raw: str | bytes, events: Iterable[str | bytes] = (), status: str | None = None) -> MessageRecord:
+def encode_final(final: Final) -> str:
+    return dumps({"o": str(final.outcome), "r": None if final.reason is None else str(final.reason), "d": final.detail})
+
+
+def decode_message(
+    raw: str | bytes,
+    events: Iterable[str | bytes] = (),
+    status: str | None = None,
+    final: str | bytes | None = None,
+) -> MessageRecord:
     data = orjson.loads(raw)
+    if final is not None:
+        last = orjson.loads(final)
+        data["outcome"], data["reason"], data["detail"] = last["o"], last["r"], last["d"]
     timeline = tuple(decode_event(e) for e in events)
     return MessageRecord(
         message_id=data["message_id"],
@@ -195,6 +209,7 @@ def decode_message(raw: str | bytes, events: Iterable[str | bytes] = (), status:
         priority=data["priority"],
         dedup_key=data["dedup_key"],
         deadline=_parse_dt(data["deadline"]),
+        trace=tuple(data.get("trace", ())),
         timeline=timeline,
     )
 
@@ -254,4 +269,23 @@ def decode_audit(raw: str | bytes) -> AuditEntry:
         actor=data["actor"],
         note=data["note"],
         switch=_switch_from(data["switch"]),
+    )
+
+
+# --- arbitration state --------------------------------------------------------------
+
+
+def encode_sent_info(category: Category, channel: Channel, bu: str, committed: bool) -> str:
+    return f"{category}|{channel}|{bu}|{int(committed)}"
+
+
+def decode_sent(message_id: str | bytes, at_seconds: float, info: str | bytes) -> SentEntry:
+    category, channel, bu, committed = text(info).split("|")
+    return SentEntry(
+        message_id=text(message_id),
+        at=datetime.fromtimestamp(at_seconds, UTC),
+        category=Category(category),
+        channel=Channel(channel),
+        bu=bu,
+        committed=committed == "1",
     )

@@ -9,14 +9,22 @@ timeline share ``{<message_id>}`` for the same reason. User ids cannot contain b
 |---------------------------------------|--------|-------------------------------------------|
 | herald:{u:<user>}:profile             | hash   | profile_ttl, renewed on every write       |
 | herald:{u:<user>}:ix                  | list   | the longest CS window, renewed on write   |
+| herald:{u:<user>}:sent                | zset   | reservations by time: the longest cap     |
+|                                       |        | window (caps.retention), renewed on write |
+| herald:{u:<user>}:sentinfo            | hash   | as :sent (category, channel, unit of each)|
+| herald:{u:<user>}:held                | zset   | the user's pending pool: as :sent         |
+| herald:{u:<user>}:ver                 | string | as :sent; bumped by every state change    |
+| herald:{u:<user>}:dd:<bu>:<key>       | string | the category's dedup_window               |
 | herald:idem:<bu>:<request_id>         | string | the policy's idempotency_window           |
 | herald:msg:{<message_id>}             | string | the policy's message_retention            |
 | herald:msg:{<message_id>}:ev          | list   | the policy's message_retention            |
 | herald:msg:{<message_id>}:status      | string | the policy's message_retention            |
+| herald:msg:{<message_id>}:final       | string | the policy's message_retention            |
 | herald:ks                             | hash   | none: a switch lives until cleared; its   |
 |                                       |        | own expiry is applied when read           |
 | herald:ks:audit                       | list   | none: capped to KILL_AUDIT_KEEP entries   |
-| herald:due                            | zset   | none: members are removed when released   |
+| herald:due                            | zset   | none: a user leaves it when their pool is |
+|                                       |        | empty; scores are epoch milliseconds      |
 """
 
 from __future__ import annotations
@@ -54,3 +62,27 @@ def message_events(message_id: str) -> str:
 
 def message_status(message_id: str) -> str:
     return f"{PREFIX}:msg:{{{message_id}}}:status"
+
+
+def user_sent(user_id: str) -> str:
+    return f"{PREFIX}:{user_tag(user_id)}:sent"
+
+
+def user_sent_info(user_id: str) -> str:
+    return f"{PREFIX}:{user_tag(user_id)}:sentinfo"
+
+
+def user_held(user_id: str) -> str:
+    return f"{PREFIX}:{user_tag(user_id)}:held"
+
+
+def user_version(user_id: str) -> str:
+    return f"{PREFIX}:{user_tag(user_id)}:ver"
+
+
+def user_dedup(user_id: str, bu: str, key: str) -> str:
+    return f"{PREFIX}:{user_tag(user_id)}:dd:{bu}:{key}"
+
+
+def message_final(message_id: str) -> str:
+    return f"{PREFIX}:msg:{{{message_id}}}:final"

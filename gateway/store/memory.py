@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from gateway.clock import Clock, SystemClock
+from gateway.core.state import Commit, Held, Hold, MarkDedup, Mutation, Release, Reserve, SentEntry, Unhold, UserState
 from gateway.profiles import Interaction, OptOut, UserProfile
 from gateway.store import codec
 from gateway.store.base import IdemKey, IdemResult, IdemState
-from gateway.store.records import AuditEntry, KillSwitch, MessageRecord, TimelineEntry
+from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, TimelineEntry
 
 V = TypeVar("V")
 _SWEEP_EVERY = 10_000
@@ -67,13 +69,17 @@ class MemoryStore:
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
         self._idem: _Expiring[tuple[str, bytes | None]] = _Expiring(self._clock)
-        self._messages: _Expiring[tuple[str, list[str], str]] = _Expiring(self._clock)
+        self._messages: _Expiring[tuple[str, list[str], str, str | None]] = _Expiring(self._clock)
         self._profiles: _Expiring[dict[str, str]] = _Expiring(self._clock)
         self._interactions: _Expiring[list[str]] = _Expiring(self._clock)
         self._switches: dict[str, str] = {}
         self._audit: list[str] = []
-        self._due: list[tuple[float, str]] = []
-        self._due_members: dict[str, float] = {}
+        self._due: list[tuple[int, str]] = []
+        self._due_members: dict[str, int] = {}
+        self._sent: dict[str, dict[str, SentEntry]] = {}
+        self._held: dict[str, dict[str, datetime]] = {}
+        self._versions: dict[str, int] = {}
+        self._dedup: _Expiring[bool] = _Expiring(self._clock)
 
     async def ping(self) -> None:
         return None
@@ -111,26 +117,32 @@ class MemoryStore:
         retention: timedelta,
     ) -> None:
         events = [codec.encode_event(e) for e in record.timeline]
-        self._messages.set(record.message_id, (codec.encode_message(record), events, record.status), retention)
+        self._messages.set(record.message_id, (codec.encode_message(record), events, record.status, None), retention)
         if idem is not None:
             self._idem.set(f"{idem.bu}\0{idem.request_id}", (idem.fingerprint, answer), idem_ttl)
 
     async def add_events(
-        self, message_id: str, events: Sequence[TimelineEntry], status: str | None, retention: timedelta
+        self,
+        message_id: str,
+        events: Sequence[TimelineEntry],
+        status: str | None,
+        retention: timedelta,
+        final: Final | None = None,
     ) -> None:
         stored = self._messages.get(message_id)
         if stored is None:
             return
-        raw, old_events, old_status = stored
+        raw, old_events, old_status, old_final = stored
         new_events = old_events + [codec.encode_event(e) for e in events]
-        self._messages.set(message_id, (raw, new_events, status or old_status), retention)
+        new_final = codec.encode_final(final) if final is not None else old_final
+        self._messages.set(message_id, (raw, new_events, status or old_status, new_final), retention)
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         stored = self._messages.get(message_id)
         if stored is None:
             return None
-        raw, events, status = stored
-        return codec.decode_message(raw, events, status)
+        raw, events, status, final = stored
+        return codec.decode_message(raw, events, status, final)
 
     # --- users ---------------------------------------------------------------------
     def _profile(self, user_id: str) -> UserProfile | None:
@@ -199,21 +211,87 @@ class MemoryStore:
     async def kill_audit(self, limit: int) -> list[AuditEntry]:
         return [codec.decode_audit(raw) for raw in self._audit[:limit]]
 
-    # --- scheduled claims ----------------------------------------------------------
-    async def schedule(self, message_id: str, at: datetime) -> None:
-        score = at.timestamp()
-        self._due_members[message_id] = score
-        heapq.heappush(self._due, (score, message_id))
+    async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
+        return [await self.get_message(m) for m in message_ids]
 
-    async def take_due(self, now: datetime, limit: int) -> list[str]:
-        out: list[str] = []
-        cutoff = now.timestamp()
-        while self._due and self._due[0][0] <= cutoff and len(out) < limit:
-            score, message_id = heapq.heappop(self._due)
-            if self._due_members.get(message_id) == score:  # skip superseded entries
-                del self._due_members[message_id]
-                out.append(message_id)
-        return out
+    # --- arbitration state ---------------------------------------------------------
+    async def load_user(
+        self, user_id: str, dedup: tuple[str, str] | None, since: datetime
+    ) -> tuple[UserProfile | None, UserState]:
+        sent = tuple(sorted((e for e in self._sent.get(user_id, {}).values() if e.at >= since), key=lambda e: e.at))
+        held = tuple(Held(m, due) for m, due in sorted(self._held.get(user_id, {}).items(), key=lambda i: i[1]))
+        seen = dedup is not None and self._dedup.get(f"{user_id}\0{dedup[0]}\0{dedup[1]}") is not None
+        state = UserState(self._versions.get(user_id, 0), sent, held, seen)
+        return self._profile(user_id), state
 
-    async def scheduled_count(self) -> int:
+    async def apply(
+        self,
+        user_id: str,
+        expected_version: int | None,
+        mutations: Sequence[Mutation],
+        now: datetime,
+        retention: timedelta,
+    ) -> bool:
+        version = self._versions.get(user_id, 0)
+        if expected_version is not None and expected_version != version:
+            return False
+        sent = self._sent.setdefault(user_id, {})
+        held = self._held.setdefault(user_id, {})
+        for change in mutations:
+            if isinstance(change, Reserve):
+                sent[change.entry.message_id] = change.entry
+            elif isinstance(change, Release):
+                sent.pop(change.message_id, None)
+            elif isinstance(change, Commit):
+                if change.message_id in sent:
+                    sent[change.message_id] = replace(sent[change.message_id], channel=change.channel, committed=True)
+            elif isinstance(change, MarkDedup):
+                self._dedup.set(f"{user_id}\0{change.bu}\0{change.key}", True, change.ttl)
+            elif isinstance(change, Hold):
+                held[change.message_id] = change.due
+                self._due_earlier(user_id, _ms(change.due))
+            elif isinstance(change, Unhold):
+                held.pop(change.message_id, None)
+        cutoff = now - retention
+        for message_id in [m for m, e in sent.items() if e.at < cutoff]:
+            del sent[message_id]
+        self._versions[user_id] = version + 1
+        return True
+
+    # --- due index -----------------------------------------------------------------
+    def _due_earlier(self, user_id: str, score: int) -> None:
+        current = self._due_members.get(user_id)
+        if current is None or score < current:
+            self._due_set(user_id, score)
+
+    def _due_set(self, user_id: str, score: int) -> None:
+        self._due_members[user_id] = score
+        heapq.heappush(self._due, (score, user_id))
+
+    async def take_due(self, now: datetime, limit: int, lease: timedelta) -> list[tuple[str, datetime]]:
+        cutoff, leased_until = _ms(now), now + lease
+        taken: list[tuple[str, datetime]] = []
+        while self._due and self._due[0][0] <= cutoff and len(taken) < limit:
+            score, user_id = heapq.heappop(self._due)
+            if self._due_members.get(user_id) != score:  # superseded entry
+                continue
+            self._due_set(user_id, _ms(leased_until))
+            taken.append((user_id, leased_until))
+        return taken
+
+    async def finish_due(self, user_id: str, leased_until: datetime, next_due: datetime | None) -> None:
+        current = self._due_members.get(user_id)
+        if current == _ms(leased_until):
+            if next_due is None:
+                del self._due_members[user_id]
+            else:
+                self._due_set(user_id, _ms(next_due))
+        elif next_due is not None:
+            self._due_earlier(user_id, _ms(next_due))
+
+    async def due_count(self) -> int:
         return len(self._due_members)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)

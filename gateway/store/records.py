@@ -40,7 +40,18 @@ class MessageRecord:
     priority: int = 50
     dedup_key: str = ""
     deadline: datetime | None = None
+    # How the decision was made, one step a line (DESIGN.md "explained").
+    trace: tuple[str, ...] = ()
     timeline: tuple[TimelineEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Final:
+    """The final outcome of a message decided later than its request (held claims)."""
+
+    outcome: Outcome
+    reason: Reason | None
+    detail: str
 
 
 class ScopeKind(StrEnum):

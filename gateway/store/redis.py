@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.core.state import Commit, Held, Hold, MarkDedup, Mutation, Release, Reserve, Unhold, UserState
 from gateway.errors import StoreUnavailable
 from gateway.profiles import Interaction, OptOut, UserProfile
 from gateway.store import codec, keys
 from gateway.store.base import IdemKey, IdemResult, IdemState
-from gateway.store.records import AuditEntry, KillSwitch, MessageRecord, TimelineEntry
+from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, TimelineEntry
 
 # KEYS[1] idempotency key; ARGV[1] fingerprint. Deletes only our own pending claim.
 _IDEM_ABORT = """
@@ -29,11 +31,52 @@ end
 return 0
 """
 
-# KEYS[1] due zset; ARGV[1] now (epoch seconds); ARGV[2] limit.
+# KEYS[1] due zset; ARGV[1] now ms; ARGV[2] limit; ARGV[3] lease end ms. Taking a user
+# moves its score to the lease end, so nobody else takes it meanwhile.
 _TAKE_DUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
 return ids
+"""
+
+# KEYS[1] due zset; ARGV[1] user; ARGV[2] lease end ms; ARGV[3] next due ms or ''.
+_FINISH_DUE = """
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if cur and tonumber(cur) == tonumber(ARGV[2]) then
+  if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+elseif ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[1], 'LT', ARGV[3], ARGV[1])
+end
+return 1
+"""
+
+# A decision's mutations, applied only at the expected version (one user's slot).
+# KEYS: 1 version, 2 sent, 3 sentinfo, 4 held, 5.. dedup keys.
+# ARGV: 1 expected version or '', 2 retention ms, 3 now (s), 4 ops (JSON).
+_APPLY = """
+local version = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then return -1 end
+for _, op in ipairs(cjson.decode(ARGV[4])) do
+  local kind = op[1]
+  if kind == 'reserve' then
+    redis.call('ZADD', KEYS[2], op[3], op[2]); redis.call('HSET', KEYS[3], op[2], op[4])
+  elseif kind == 'release' then
+    redis.call('ZREM', KEYS[2], op[2]); redis.call('HDEL', KEYS[3], op[2])
+  elseif kind == 'commit' then
+    if redis.call('HEXISTS', KEYS[3], op[2]) == 1 then redis.call('HSET', KEYS[3], op[2], op[3]) end
+  elseif kind == 'dedup' then
+    redis.call('SET', KEYS[4 + op[2]], '1', 'PX', op[3])
+  elseif kind == 'hold' then
+    redis.call('ZADD', KEYS[4], op[3], op[2])
+  elseif kind == 'unhold' then
+    redis.call('ZREM', KEYS[4], op[2])
+  end
+end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[2]) / 1000))
+if #old > 0 then redis.call('ZREM', KEYS[2], unpack(old)); redis.call('HDEL', KEYS[3], unpack(old)) end
+for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+redis.call('SET', KEYS[1], version + 1, 'PX', ARGV[2])
+return version + 1
 """
 
 # KEYS[1] profile hash; ARGV[1] ttl ms; ARGV[2] 'set' | 'del'; ARGV[3] field; ARGV[4] value.
@@ -86,6 +129,8 @@ class RedisStore:
         )
         self._idem_abort = self._redis.register_script(_IDEM_ABORT)
         self._take_due = self._redis.register_script(_TAKE_DUE)
+        self._finish_due = self._redis.register_script(_FINISH_DUE)
+        self._apply = self._redis.register_script(_APPLY)
         self._opt_out = self._redis.register_script(_OPT_OUT)
         self._interaction = self._redis.register_script(_INTERACTION)
 
@@ -162,7 +207,12 @@ class RedisStore:
             await pipe.execute()
 
     async def add_events(
-        self, message_id: str, events: Sequence[TimelineEntry], status: str | None, retention: timedelta
+        self,
+        message_id: str,
+        events: Sequence[TimelineEntry],
+        status: str | None,
+        retention: timedelta,
+        final: Final | None = None,
     ) -> None:
         pipe = self._redis.pipeline(transaction=True)
         events_key = keys.message_events(message_id)
@@ -170,21 +220,15 @@ class RedisStore:
             pipe.rpush(events_key, *[codec.encode_event(e) for e in events])
         if status:
             pipe.set(keys.message_status(message_id), status, px=_ms(retention))
+        if final is not None:
+            pipe.set(keys.message_final(message_id), codec.encode_final(final), px=_ms(retention))
         pipe.pexpire(events_key, _ms(retention))
         async with self._guard():
             await pipe.execute()
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
-        events_key = keys.message_events(message_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.get(keys.message(message_id))
-        pipe.lrange(events_key, 0, -1)
-        pipe.get(keys.message_status(message_id))
-        async with self._guard():
-            raw, events, status = await pipe.execute()
-        if raw is None:
-            return None
-        return codec.decode_message(raw, events, None if status is None else status.decode())
+        found = await self.get_messages([message_id])
+        return found[0]
 
     # --- users ---------------------------------------------------------------------
     async def _read_profile(self, user_id: str) -> UserProfile | None:
@@ -264,16 +308,133 @@ class RedisStore:
             raw = await self._redis.lrange(keys.KILL_AUDIT, 0, limit - 1)
         return [codec.decode_audit(item) for item in raw]
 
-    # --- scheduled claims ----------------------------------------------------------
-    async def schedule(self, message_id: str, at: datetime) -> None:
+    async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
+        if not message_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for message_id in message_ids:
+            pipe.get(keys.message(message_id))
+            pipe.lrange(keys.message_events(message_id), 0, -1)
+            pipe.get(keys.message_status(message_id))
+            pipe.get(keys.message_final(message_id))
         async with self._guard():
-            await self._redis.zadd(keys.DUE, {message_id: at.timestamp()})
+            raw = await pipe.execute()
+        out: list[MessageRecord | None] = []
+        for index in range(len(message_ids)):
+            body, events, status, final = raw[4 * index : 4 * index + 4]
+            decoded = None if status is None else codec.text(status)
+            out.append(None if body is None else codec.decode_message(body, events, decoded, final))
+        return out
 
-    async def take_due(self, now: datetime, limit: int) -> list[str]:
+    # --- arbitration state ---------------------------------------------------------
+    async def load_user(
+        self, user_id: str, dedup: tuple[str, str] | None, since: datetime
+    ) -> tuple[UserProfile | None, UserState]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(keys.user_profile(user_id))
+        pipe.lrange(keys.user_interactions(user_id), 0, -1)
+        pipe.get(keys.user_version(user_id))
+        pipe.zrangebyscore(keys.user_sent(user_id), since.timestamp(), "+inf", withscores=True)
+        pipe.hgetall(keys.user_sent_info(user_id))
+        pipe.zrange(keys.user_held(user_id), 0, -1, withscores=True)
+        if dedup is not None:
+            pipe.exists(keys.user_dedup(user_id, *dedup))
         async with self._guard():
-            ids = await self._take_due(keys=[keys.DUE], args=[now.timestamp(), limit])
-        return [i.decode() for i in ids]
+            fields, interactions, version, sent, info, held, *seen = await pipe.execute()
+        profile = codec.decode_profile(user_id, fields, interactions) if fields else None
+        state = UserState(
+            version=int(version or 0),
+            sent=tuple(codec.decode_sent(m, score, info[m]) for m, score in sent if m in info),
+            held=tuple(Held(m.decode(), datetime.fromtimestamp(score / 1000, UTC)) for m, score in held),
+            dedup_seen=bool(seen and seen[0]),
+        )
+        return profile, state
 
-    async def scheduled_count(self) -> int:
+    async def apply(
+        self,
+        user_id: str,
+        expected_version: int | None,
+        mutations: Sequence[Mutation],
+        now: datetime,
+        retention: timedelta,
+    ) -> bool:
+        dedup_keys: list[str] = []
+        ops: list[list[object]] = []
+        first_hold: int | None = None
+        for change in mutations:
+            if isinstance(change, Reserve):
+                e = change.entry
+                info = codec.encode_sent_info(e.category, e.channel, e.bu, e.committed)
+                ops.append(["reserve", e.message_id, e.at.timestamp(), info])
+            elif isinstance(change, Release):
+                ops.append(["release", change.message_id])
+            elif isinstance(change, Commit):
+                ops.append(["commit", change.message_id, None])  # filled below with the stored entry's fields
+            elif isinstance(change, MarkDedup):
+                dedup_keys.append(keys.user_dedup(user_id, change.bu, change.key))
+                ops.append(["dedup", len(dedup_keys), _ms(change.ttl)])
+            elif isinstance(change, Hold):
+                ops.append(["hold", change.message_id, _epoch_ms(change.due)])
+                first_hold = min(first_hold or _epoch_ms(change.due), _epoch_ms(change.due))
+            elif isinstance(change, Unhold):
+                ops.append(["unhold", change.message_id])
+        if any(op[0] == "commit" for op in ops):
+            await self._fill_commits(user_id, mutations, ops)
+        pipe = self._redis.pipeline(transaction=False)
+        await self._apply(
+            keys=[
+                keys.user_version(user_id),
+                keys.user_sent(user_id),
+                keys.user_sent_info(user_id),
+                keys.user_held(user_id),
+                *dedup_keys,
+            ],
+            args=[
+                "" if expected_version is None else expected_version,
+                _ms(retention),
+                now.timestamp(),
+                orjson.dumps(ops),
+            ],
+            client=pipe,
+        )
+        if first_hold is not None:
+            pipe.zadd(keys.DUE, {user_id: first_hold}, lt=True)
+        async with self._guard():
+            result, *_ = await pipe.execute()
+        return int(result) >= 0
+
+    async def _fill_commits(self, user_id: str, mutations: Sequence[Mutation], ops: list[list[object]]) -> None:
+        commits = [m for m in mutations if isinstance(m, Commit)]
+        async with self._guard():
+            stored = await self._redis.hmget(keys.user_sent_info(user_id), [c.message_id for c in commits])
+        infos = {}
+        for change, raw in zip(commits, stored, strict=True):
+            if raw is not None:
+                category, _, bu, _ = codec.text(raw).split("|")
+                infos[change.message_id] = f"{category}|{change.channel}|{bu}|1"
+        for op in ops:
+            if op[0] == "commit":
+                op[2] = infos.get(str(op[1]), "")
+        ops[:] = [op for op in ops if op[0] != "commit" or op[2]]
+
+    # --- due index -----------------------------------------------------------------
+    async def take_due(self, now: datetime, limit: int, lease: timedelta) -> list[tuple[str, datetime]]:
+        until = now + lease
+        async with self._guard():
+            ids = await self._take_due(keys=[keys.DUE], args=[_epoch_ms(now), limit, _epoch_ms(until)])
+        return [(i.decode(), until) for i in ids]
+
+    async def finish_due(self, user_id: str, leased_until: datetime, next_due: datetime | None) -> None:
+        async with self._guard():
+            await self._finish_due(
+                keys=[keys.DUE],
+                args=[user_id, _epoch_ms(leased_until), "" if next_due is None else _epoch_ms(next_due)],
+            )
+
+    async def due_count(self) -> int:
         async with self._guard():
             return int(await self._redis.zcard(keys.DUE))
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)

@@ -47,9 +47,10 @@ async def test_batch_size_limits(api: Api) -> None:
 
 
 async def test_a_full_batch_of_1000(api: Api) -> None:
-    for i in range(5):
+    for i in range(50):
         await api.add_follower(f"u-{i}")
-    requests = [shipped(f"r-{i}", user_id=f"u-{i % 5}") for i in range(1000)]
+    # 20 a user: under the basic safety cap (60 an hour), and concurrent for each user.
+    requests = [shipped(f"r-{i}", user_id=f"u-{i % 50}") for i in range(1000)]
     response = await api.push.PushBatch(push_pb2.PushBatchRequest(requests=requests), metadata=auth("logistics"))
     assert len(response.responses) == 1000
     assert all(r.outcome == types_pb2.ACCEPTED for r in response.responses)

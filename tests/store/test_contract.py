@@ -12,7 +12,8 @@ from gateway.clock import FixedClock
 from gateway.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
 from gateway.profiles import DeviceToken, Interaction, OptOut, Rfm, WeChat
 from gateway.store.base import IdemKey, IdemState, Store
-from gateway.store.records import AuditEntry, KillSwitch, MessageRecord, ScopeKind, TimelineEntry
+from gateway.core.state import Commit, Held, Hold, MarkDedup, Release, Reserve, SentEntry, UserState
+from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, ScopeKind, TimelineEntry
 
 DAY = timedelta(days=1)
 FP_A = "a" * 64
@@ -176,26 +177,116 @@ async def test_kill_switches_and_audit(store: Store, clock: FixedClock) -> None:
     assert [(a.action, a.actor) for a in audit] == [("clear", "bob"), ("set", "alice")]
 
 
-async def test_due_claims_are_taken_once_in_time_order(store: Store, clock: FixedClock) -> None:
-    now = clock.now()
-    await store.schedule("m_late", now + timedelta(minutes=10))
-    await store.schedule("m_b", now + timedelta(seconds=2))
-    await store.schedule("m_a", now + timedelta(seconds=1))
-    assert await store.scheduled_count() == 3
-    assert await store.take_due(now, 10) == []
-    due = now + timedelta(minutes=1)
-    taken = await asyncio.gather(*(store.take_due(due, 10) for _ in range(5)))
-    flat = [m for batch in taken for m in batch]
-    assert flat == ["m_a", "m_b"]  # each once, earliest first
-    assert await store.scheduled_count() == 1
+def sent(message_id: str, at: datetime, channel: Channel = Channel.SMS, bu: str = "growth") -> SentEntry:
+    return SentEntry(message_id, at, Category.REMINDER, channel, bu)
 
 
-async def test_rescheduling_moves_a_claim(store: Store, clock: FixedClock) -> None:
+async def test_load_and_apply_arbitration_state(store: Store, clock: FixedClock) -> None:
     now = clock.now()
-    await store.schedule("m_1", now + timedelta(seconds=1))
-    await store.schedule("m_1", now + timedelta(hours=1))
-    assert await store.take_due(now + timedelta(minutes=1), 10) == []
-    assert await store.take_due(now + timedelta(hours=2), 10) == ["m_1"]
+    await store.upsert_user("u-1", {"phone": "+8613800138000"}, now, DAY)
+    profile, state = await store.load_user("u-1", ("growth", "k1"), now - DAY)
+    assert profile is not None and state == UserState()
+    ok = await store.apply(
+        "u-1",
+        0,
+        [Reserve(sent("m_1", now)), MarkDedup("growth", "k1", DAY), Hold("m_2", now + timedelta(hours=1))],
+        now,
+        timedelta(days=32),
+    )
+    assert ok
+    _, state = await store.load_user("u-1", ("growth", "k1"), now - DAY)
+    assert state.version == 1 and state.dedup_seen
+    assert state.sent == (sent("m_1", now),)
+    assert state.held == (Held("m_2", now + timedelta(hours=1)),)
+    _, other = await store.load_user("u-1", ("order", "k1"), now - DAY)
+    assert not other.dedup_seen  # dedup is per business unit
+
+
+async def test_apply_refuses_a_stale_version(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    assert await store.apply("u-1", 0, [Reserve(sent("m_1", now))], now, DAY)
+    assert not await store.apply("u-1", 0, [Reserve(sent("m_2", now))], now, DAY)
+    _, state = await store.load_user("u-1", None, now - DAY)
+    assert [e.message_id for e in state.sent] == ["m_1"]
+
+
+async def test_concurrent_applies_at_one_version_have_one_winner(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    results = await asyncio.gather(
+        *(store.apply("u-1", 0, [Reserve(sent(f"m_{i}", now))], now, DAY) for i in range(20))
+    )
+    assert sum(results) == 1
+
+
+async def test_commit_and_release(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await store.apply("u-1", None, [Reserve(sent("m_1", now)), Reserve(sent("m_2", now))], now, DAY)
+    await store.apply(
+        "u-1", None, [Commit("m_1", Channel.APP_PUSH), Release("m_2"), Commit("m_gone", Channel.SMS)], now, DAY
+    )
+    _, state = await store.load_user("u-1", None, now - DAY)
+    assert state.sent == (SentEntry("m_1", now, Category.REMINDER, Channel.APP_PUSH, "growth", committed=True),)
+
+
+async def test_old_reservations_are_trimmed(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await store.apply("u-1", None, [Reserve(sent("m_old", now - timedelta(days=40)))], now, timedelta(days=32))
+    await store.apply("u-1", None, [Reserve(sent("m_new", now))], now, timedelta(days=32))
+    _, state = await store.load_user("u-1", None, now - timedelta(days=60))
+    assert [e.message_id for e in state.sent] == ["m_new"]
+
+
+async def test_holds_put_the_user_in_the_due_index(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await store.apply("u-1", None, [Hold("m_1", now + timedelta(minutes=10))], now, DAY)
+    await store.apply("u-2", None, [Hold("m_2", now + timedelta(minutes=1))], now, DAY)
+    assert await store.due_count() == 2
+    assert await store.take_due(now, 10, timedelta(seconds=60)) == []
+    later = now + timedelta(minutes=5)
+    taken = await asyncio.gather(*(store.take_due(later, 10, timedelta(seconds=60)) for _ in range(5)))
+    flat = [user for batch in taken for user, _ in batch]
+    assert flat == ["u-2"]  # each due user to exactly one caller
+
+
+async def test_a_lease_that_runs_out_is_taken_again(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await store.apply("u-1", None, [Hold("m_1", now)], now, DAY)
+    [(user, until)] = await store.take_due(now, 10, timedelta(seconds=60))
+    assert await store.take_due(now + timedelta(seconds=30), 10, timedelta(seconds=60)) == []
+    again = await store.take_due(now + timedelta(seconds=61), 10, timedelta(seconds=60))
+    assert [u for u, _ in again] == ["u-1"]
+
+
+async def test_finish_due_moves_or_removes_the_user(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await store.apply("u-1", None, [Hold("m_1", now)], now, DAY)
+    [(_, until)] = await store.take_due(now, 10, timedelta(seconds=60))
+    await store.finish_due("u-1", until, now + timedelta(hours=1))
+    assert await store.take_due(now + timedelta(minutes=59), 10, timedelta(seconds=60)) == []
+    [(_, until)] = await store.take_due(now + timedelta(hours=1), 10, timedelta(seconds=60))
+    await store.finish_due("u-1", until, None)
+    assert await store.due_count() == 0
+
+
+async def test_a_hold_added_during_a_lease_is_not_lost(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await store.apply("u-1", None, [Hold("m_1", now)], now, DAY)
+    [(_, until)] = await store.take_due(now, 10, timedelta(seconds=60))
+    # Meanwhile another replica holds a new claim due in 5 s.
+    await store.apply("u-1", None, [Hold("m_2", now + timedelta(seconds=5))], now, DAY)
+    await store.finish_due("u-1", until, None)  # the releaser saw no more due claims
+    taken = await store.take_due(now + timedelta(seconds=5), 10, timedelta(seconds=60))
+    assert [u for u, _ in taken] == ["u-1"]
+
+
+async def test_final_outcome_overrides_the_first_decision(store: Store, clock: FixedClock) -> None:
+    await store.save_decision(record("m_1", clock, outcome=Outcome.SCHEDULED, status="scheduled"), None, b"", DAY, DAY)
+    final = Final(Outcome.SUPPRESSED, Reason.LOST_ARBITRATION, "lost to double11.presale")
+    await store.add_events("m_1", [TimelineEntry(clock.now(), "suppressed")], "suppressed", DAY, final)
+    [got, missing] = await store.get_messages(["m_1", "m_none"])
+    assert missing is None
+    assert got is not None and got.outcome is Outcome.SUPPRESSED and got.reason is Reason.LOST_ARBITRATION
+    assert got.detail == "lost to double11.presale"
 
 
 async def test_idempotency_expires(store: Store, clock: FixedClock) -> None:
@@ -226,14 +317,17 @@ async def test_every_redis_key_has_a_ttl_or_a_reason(clean_redis: str, clock: Fi
         await store.set_opt_out("u-1", OptOut(Category.MARKETING, None, now), True, DAY)
         switch = KillSwitch("ks_1", ScopeKind.GLOBAL, "", "r", "a", now)
         await store.put_kill_switch(switch, AuditEntry(now, "set", "a", switch))
-        await store.schedule("m_1", now + DAY)
+        await store.apply(
+            "u-1", None, [Reserve(sent("m_9", now)), MarkDedup("order", "k", DAY), Hold("m_9", now + DAY)], now, DAY
+        )
     finally:
         await store.close()
     client = redis.Redis.from_url(clean_redis)
     without_ttl = sorted(k.decode() for k in client.scan_iter() if client.pttl(k) < 0)
     assert without_ttl == ["herald:due", "herald:ks", "herald:ks:audit"]
-    user_keys = [k.decode() for k in client.scan_iter("*{u:u-1}*")]
-    assert len(user_keys) == 2  # profile and interactions share the user's hash tag
+    user_keys = sorted(k.decode().split("}:")[1] for k in client.scan_iter("*{u:u-1}*"))
+    # Every per-user key shares the user's hash tag (one cluster slot, one script).
+    assert user_keys == ["dd:order:k", "held", "ix", "profile", "sent", "sentinfo", "ver"]
 
 
 async def test_unreachable_redis_raises_store_unavailable() -> None:
