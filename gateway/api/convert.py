@@ -134,6 +134,7 @@ def message(record: MessageRecord) -> push_pb2.Message:
         channel_plan=[channel_to_pb(c) for c in record.channel_plan],
         status=record.status,
         policy_version=record.policy_version,
+        trace=list(record.trace),
     )
     out.created_at.CopyFrom(dt_to_ts(record.created_at))
     if record.scheduled_at is not None:

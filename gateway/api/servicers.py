@@ -15,7 +15,7 @@ import structlog
 
 from gateway.api import convert
 from gateway.api.auth import Credentials
-from gateway.core.pipeline import PushPipeline
+from gateway.core.pipeline import PushAnswer, PushPipeline
 from gateway.core.users import Users
 from gateway.errors import HeraldError, InvalidArgument, PermissionDenied, status_of
 from gateway.logs import get_logger
@@ -152,6 +152,26 @@ class PushServicer(_Base, push_pb2_grpc.PushServiceServicer):
         )
         info.loaded_at.CopyFrom(convert.dt_to_ts(policy.loaded_at))
         return info
+
+    @_answer("Explain")
+    async def Explain(
+        self, request: push_pb2.ExplainRequest, context: grpc.aio.ServicerContext
+    ) -> push_pb2.ExplainResponse:
+        bu = self.authenticate(context)
+        at = convert.ts_to_dt(request, "at")
+        decision = await self._pipeline.explain(bu, convert.push_input(request.request), at)
+        policy = self.policies.current
+        answer = PushAnswer(
+            message_id="",
+            category=policy.scenarios[request.request.scenario].category,
+            outcome=decision.outcome,
+            reason=decision.reason,
+            detail=decision.detail,
+            plan=decision.plan,
+            scheduled_at=decision.scheduled_at,
+            policy_version=policy.version,
+        )
+        return push_pb2.ExplainResponse(decision=convert.push_response(answer), trace=list(decision.trace))
 
 
 class ProfileServicer(_Base, profile_pb2_grpc.ProfileServiceServicer):

@@ -65,7 +65,8 @@ def print_response(response: push_pb2.PushResponse) -> None:
     outcome = enum_name(types_pb2.Outcome, response.outcome)
     reason = f"/{enum_name(types_pb2.Reason, response.reason)}" if response.reason else ""
     category = enum_name(types_pb2.Category, response.category).lower()
-    print(f"{outcome}{reason}  message {response.message_id}  ({category}, policy {response.policy_version})")
+    what = f"message {response.message_id}" if response.message_id else "explained, nothing sent"
+    print(f"{outcome}{reason}  {what}  ({category}, policy {response.policy_version})")
     if response.channel_plan:
         print("  plan:   " + " -> ".join(enum_name(types_pb2.Channel, c) for c in response.channel_plan))
     if response.HasField("scheduled_at"):
@@ -163,4 +164,33 @@ def info(target: str, api_key: str, as_json: bool) -> int:
         category = enum_name(types_pb2.Category, scenario.category).lower()
         free = " +free text" if scenario.free_text else ""
         print(f"  {scenario.name:<20} {category:<9} params: {params or '-'}{free}")
+    return 0
+
+
+def explain(
+    target: str, api_key: str, *, user: str, scenario: str, at: str | None, params: list[str], campaign: str,
+    dedup_key: str, priority: int | None, as_json: bool,
+) -> int:
+    request = push_pb2.ExplainRequest(
+        request=push_pb2.PushRequest(
+            request_id=f"explain-{uuid.uuid4().hex[:12]}", user_id=user, scenario=scenario,
+            params=parse_params(params), campaign_id=campaign, dedup_key=dedup_key,
+        )
+    )
+    if priority is not None:
+        request.request.priority = priority
+    if at:
+        request.at.CopyFrom(dt_to_ts(parse_time(at, "--at")))
+    with channel(target) as chan:
+        try:
+            answer = push_pb2_grpc.PushServiceStub(chan).Explain(request, metadata=metadata(api_key), timeout=10)
+        except grpc.RpcError as exc:
+            print(f"herald: {explain_rpc_error(exc, target)}", file=sys.stderr)
+            return 1
+    if as_json:
+        print(json_format.MessageToJson(answer))
+        return 0
+    for line in answer.trace:
+        print(f"  {line}")
+    print_response(answer.decision)
     return 0

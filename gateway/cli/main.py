@@ -59,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
         "problem as FILE: PATH: PROBLEM and exits 1, or prints the version and exits 0.",
     )
     check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    explain = policy.add_parser(
+        "explain",
+        help="print the whole decision trace for a user, scenario and time; sends nothing",
+        description="Ask the gateway what Push would decide (PushService.Explain) on the user's current "
+        "state at a given time, and print every step: rule, counter and value, competitor.",
+    )
+    explain.add_argument("--user", "-u", required=True)
+    explain.add_argument("--scenario", "-s", required=True)
+    explain.add_argument("--at", help="ISO-8601 time (default: now), e.g. 2026-11-11T23:00:00+08:00")
+    explain.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    explain.add_argument("--campaign", default="")
+    explain.add_argument("--dedup-key", default="")
+    explain.add_argument("--priority", type=int)
+    _add_client_options(explain)
 
     send = commands.add_parser(
         "send",
@@ -131,10 +145,21 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
         return run(settings)
-    if args.command == "policy":
+    if args.command == "policy" and args.policy_command == "check":
         from gateway.cli.policy import check
 
         return check(args.directory)
+    if args.command == "policy" and args.policy_command == "explain":
+        from gateway.cli import client
+
+        try:
+            return client.explain(
+                args.target, args.api_key, user=args.user, scenario=args.scenario, at=args.at, params=args.param,
+                campaign=args.campaign, dedup_key=args.dedup_key, priority=args.priority, as_json=args.json,
+            )
+        except client.ClientError as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 2
     if args.command in ("send", "status", "info"):
         from gateway.cli import client
 

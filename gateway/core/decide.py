@@ -193,7 +193,7 @@ def _quiet(
     return trace.done(
         Outcome.SCHEDULED,
         None,
-        f"quiet hours in {ctx.tz.key}; deferred to {_local(at, ctx.tz)}",
+        f"quiet hours {period[0]:%H:%M}-{period[1]:%H:%M} in {ctx.tz.key}; deferred to {_local(at, ctx.tz)}",
         plan=plan,
         at=at,
         mutations=[Hold(message_id, at)],

@@ -241,10 +241,11 @@ class PushPipeline:
         )
         return answer
 
-    async def explain(self, bu: str, request: PushInput, at: datetime) -> Decision:
-        """What would be decided for ``request`` at ``at`` on the current state; no
-        state changes, nothing sent."""
+    async def explain(self, bu: str, request: PushInput, at: datetime | None) -> Decision:
+        """What would be decided for ``request`` at ``at`` (default now) on the current
+        state; no state changes, nothing sent."""
         policy = self._policies.current
+        at = at or self._clock.now()
         claim = validate_push(bu, request, policy, at)
         dedup = (claim.bu, claim.dedup_key) if claim.dedup_key else None
         profile, state = await self._store.load_user(claim.user_id, dedup, at - retention(policy))

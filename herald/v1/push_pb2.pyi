@@ -355,6 +355,7 @@ class Message(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TIMELINE_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    TRACE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     request_id: _builtins.str
     user_id: _builtins.str
@@ -379,6 +380,12 @@ class Message(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEvent]: ...
+    @_builtins.property
+    def trace(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """How the first decision was made, one step a line (rule, counter and value,
+        competitor).
+        """
+
     def __init__(
         self,
         *,
@@ -398,14 +405,67 @@ class Message(_message.Message):
         status: _builtins.str = ...,
         timeline: _abc.Iterable[Global___TimelineEvent] | None = ...,
         policy_version: _builtins.str = ...,
+        trace: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "scheduled_at", b"scheduled_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_unit", b"business_unit", "campaign_id", b"campaign_id", "category", b"category", "channel_plan", b"channel_plan", "created_at", b"created_at", "detail", b"detail", "message_id", b"message_id", "outcome", b"outcome", "policy_version", b"policy_version", "reason", b"reason", "request_id", b"request_id", "scenario", b"scenario", "scheduled_at", b"scheduled_at", "status", b"status", "timeline", b"timeline", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_unit", b"business_unit", "campaign_id", b"campaign_id", "category", b"category", "channel_plan", b"channel_plan", "created_at", b"created_at", "detail", b"detail", "message_id", b"message_id", "outcome", b"outcome", "policy_version", b"policy_version", "reason", b"reason", "request_id", b"request_id", "scenario", b"scenario", "scheduled_at", b"scheduled_at", "status", b"status", "timeline", b"timeline", "trace", b"trace", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class ExplainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___PushRequest: ...
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: now."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___PushRequest | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainRequest: _TypeAlias = ExplainRequest  # noqa: Y015
+
+@_typing.final
+class ExplainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    TRACE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> Global___PushResponse:
+        """The decision Push would answer (message_id empty)."""
+
+    @_builtins.property
+    def trace(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        decision: Global___PushResponse | None = ...,
+        trace: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "trace", b"trace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainResponse: _TypeAlias = ExplainResponse  # noqa: Y015
 
 @_typing.final
 class GetPolicyInfoRequest(_message.Message):

@@ -54,6 +54,11 @@ class PushServiceStub:
                 request_serializer=herald_dot_v1_dot_push__pb2.GetPolicyInfoRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_push__pb2.PolicyInfo.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/herald.v1.PushService/Explain',
+                request_serializer=herald_dot_v1_dot_push__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_push__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class PushServiceServicer:
@@ -92,6 +97,15 @@ class PushServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """What Push would decide for a request at a given time, on the user's current
+        state, with every step of the decision. Nothing is recorded or sent and the
+        request_id stays unused. Same errors as Push.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PushServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +128,11 @@ def add_PushServiceServicer_to_server(servicer, server):
                     servicer.GetPolicyInfo,
                     request_deserializer=herald_dot_v1_dot_push__pb2.GetPolicyInfoRequest.FromString,
                     response_serializer=herald_dot_v1_dot_push__pb2.PolicyInfo.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=herald_dot_v1_dot_push__pb2.ExplainRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_push__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +243,33 @@ class PushService:
             '/herald.v1.PushService/GetPolicyInfo',
             herald_dot_v1_dot_push__pb2.GetPolicyInfoRequest.SerializeToString,
             herald_dot_v1_dot_push__pb2.PolicyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.PushService/Explain',
+            herald_dot_v1_dot_push__pb2.ExplainRequest.SerializeToString,
+            herald_dot_v1_dot_push__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class PushServiceStub:
     """
     GetPolicyInfo: _grpc.UnaryUnaryMultiCallable[_push_pb2.GetPolicyInfoRequest, _push_pb2.PolicyInfo]
     """The serving policy version and the scenarios granted to the caller."""
+    Explain: _grpc.UnaryUnaryMultiCallable[_push_pb2.ExplainRequest, _push_pb2.ExplainResponse]
+    """What Push would decide for a request at a given time, on the user's current
+    state, with every step of the decision. Nothing is recorded or sent and the
+    request_id stays unused. Same errors as Push.
+    """
 
 @_typing.type_check_only
 class PushServiceAsyncStub(PushServiceStub):
@@ -69,6 +74,11 @@ class PushServiceAsyncStub(PushServiceStub):
     """
     GetPolicyInfo: _aio.UnaryUnaryMultiCallable[_push_pb2.GetPolicyInfoRequest, _push_pb2.PolicyInfo]  # type: ignore[assignment]
     """The serving policy version and the scenarios granted to the caller."""
+    Explain: _aio.UnaryUnaryMultiCallable[_push_pb2.ExplainRequest, _push_pb2.ExplainResponse]  # type: ignore[assignment]
+    """What Push would decide for a request at a given time, on the user's current
+    state, with every step of the decision. Nothing is recorded or sent and the
+    request_id stays unused. Same errors as Push.
+    """
 
 class PushServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -110,5 +120,16 @@ class PushServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_push_pb2.PolicyInfo, _abc.Awaitable[_push_pb2.PolicyInfo]]:
         """The serving policy version and the scenarios granted to the caller."""
+
+    @_abc_1.abstractmethod
+    def Explain(
+        self,
+        request: _push_pb2.ExplainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_push_pb2.ExplainResponse, _abc.Awaitable[_push_pb2.ExplainResponse]]:
+        """What Push would decide for a request at a given time, on the user's current
+        state, with every step of the decision. Nothing is recorded or sent and the
+        request_id stays unused. Same errors as Push.
+        """
 
 def add_PushServiceServicer_to_server(servicer: PushServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,10 +9,10 @@ import pytest
 import redis
 
 from gateway.clock import FixedClock
+from gateway.core.state import Commit, Held, Hold, MarkDedup, Release, Reserve, SentEntry, UserState
 from gateway.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
 from gateway.profiles import DeviceToken, Interaction, OptOut, Rfm, WeChat
 from gateway.store.base import IdemKey, IdemState, Store
-from gateway.core.state import Commit, Held, Hold, MarkDedup, Release, Reserve, SentEntry, UserState
 from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, ScopeKind, TimelineEntry
 
 DAY = timedelta(days=1)
@@ -251,7 +251,7 @@ async def test_holds_put_the_user_in_the_due_index(store: Store, clock: FixedClo
 async def test_a_lease_that_runs_out_is_taken_again(store: Store, clock: FixedClock) -> None:
     now = clock.now()
     await store.apply("u-1", None, [Hold("m_1", now)], now, DAY)
-    [(user, until)] = await store.take_due(now, 10, timedelta(seconds=60))
+    assert [u for u, _ in await store.take_due(now, 10, timedelta(seconds=60))] == ["u-1"]
     assert await store.take_due(now + timedelta(seconds=30), 10, timedelta(seconds=60)) == []
     again = await store.take_due(now + timedelta(seconds=61), 10, timedelta(seconds=60))
     assert [u for u, _ in again] == ["u-1"]
