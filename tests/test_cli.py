@@ -118,8 +118,20 @@ def test_import_send_status_on_the_embedded_defaults(served: Served) -> None:
 def test_policy_explain_prints_the_trace(served: Served) -> None:
     served.run("users", "import", "examples/users.csv", "--quiet", check=True)
     result = served.run(
-        "policy", "explain", "-u", "u-1001", "-s", "price.drop", "-p", "item_name=kettle", "-p", "new_price=99",
-        "--at", "2099-11-11T23:00:00+08:00", bu="growth", check=True,
+        "policy",
+        "explain",
+        "-u",
+        "u-1001",
+        "-s",
+        "price.drop",
+        "-p",
+        "item_name=kettle",
+        "-p",
+        "new_price=99",
+        "--at",
+        "2099-11-11T23:00:00+08:00",
+        bu="growth",
+        check=True,
     )
     assert "quiet hours 22:00-08:00" in result.stdout
     assert "SCHEDULED  explained, nothing sent" in result.stdout

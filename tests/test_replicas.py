@@ -45,7 +45,9 @@ def two_gateways(clean_redis: str, tmp_path: Path) -> Iterator[list[str]]:
             "HERALD_LOG_LEVEL": "WARNING",
         }
         with (tmp_path / f"gw{index}.log").open("wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "serve"], env=env, cwd=ROOT, stderr=log))
+            procs.append(
+                subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "serve"], env=env, cwd=ROOT, stderr=log)
+            )
         targets.append(f"127.0.0.1:{port}")
     try:
         for target in targets:
@@ -66,8 +68,11 @@ async def test_caps_hold_exactly_across_two_processes(two_gateways: list[str]) -
         users = [
             profile_pb2.UpsertUserRequest(
                 user=profile_pb2.User(
-                    user_id=f"u-{i}", timezone=zone,
-                    device_tokens=[profile_pb2.DeviceToken(token=f"t{i}", platform=profile_pb2.IOS, provider=profile_pb2.APNS)],
+                    user_id=f"u-{i}",
+                    timezone=zone,
+                    device_tokens=[
+                        profile_pb2.DeviceToken(token=f"t{i}", platform=profile_pb2.IOS, provider=profile_pb2.APNS)
+                    ],
                 )
             )
             for i in range(USERS)
@@ -77,7 +82,9 @@ async def test_caps_hold_exactly_across_two_processes(two_gateways: list[str]) -
 
         async def claim(user: int, n: int) -> tuple[int, int]:
             request = push_pb2.PushRequest(
-                request_id=f"r-{user}-{n}", user_id=f"u-{user}", scenario="price.drop",
+                request_id=f"r-{user}-{n}",
+                user_id=f"u-{user}",
+                scenario="price.drop",
                 params={"item_name": "kettle", "new_price": "99"},
             )
             answer = await stubs[n % 2].Push(request, metadata=auth("growth"))
