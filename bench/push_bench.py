@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,16 +77,16 @@ def redis_server() -> Iterator[str]:
 
 
 @contextmanager
-def gateway(redis_url: str, workdir: Path) -> Iterator[str]:
+def gateway(redis_url: str, workdir: Path) -> Iterator[tuple[str, str]]:
     policies = workdir / "policies"
     shutil.copytree(ROOT / "policies", policies)
     units = policies / "business_units.yaml"
     units.write_text(re.sub(r"rate_limit: \{requests: \d+", "rate_limit: {requests: 100000000", units.read_text()))
-    port = free_port()
+    port, admin = free_port(), free_port()
     env = {
         **os.environ,
         "HERALD_LISTEN": f"127.0.0.1:{port}",
-        "HERALD_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+        "HERALD_ADMIN_LISTEN": f"127.0.0.1:{admin}",
         "HERALD_POLICY_DIR": str(policies),
         "HERALD_DATA_DIR": str(workdir / "var"),
         "HERALD_REDIS_URL": redis_url,
@@ -94,18 +95,21 @@ def gateway(redis_url: str, workdir: Path) -> Iterator[str]:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "serve"], env=env, cwd=ROOT, stderr=log)
     try:
         wait_port(port)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{admin}/metrics"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
 
 
 def shipped(i: int, run: str) -> push_pb2.PushRequest:
+    # Basic with a dedup key: the full decision path (dedup, quiet hours, safety cap,
+    # reservation), every one accepted and delivered to the sandbox.
     return push_pb2.PushRequest(
         request_id=f"{run}-{i}",
         user_id=f"bench-{i % USERS}",
         scenario="order.shipped",
         params={"order_id": f"O-{i}", "carrier": "SF", "tracking_no": f"SF{i:010d}"},
+        dedup_key=f"{run}-O-{i}-shipped",
     )
 
 
@@ -161,17 +165,31 @@ def redis_commands(url: str) -> int:
     return int(redis.Redis.from_url(url).info("stats")["total_commands_processed"])
 
 
-async def measure(target: str, args: argparse.Namespace, redis_url: str) -> None:
+def round_trips(metrics_url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    found = re.findall(r'herald_store_round_trips_total\{op="(\w+)"\} ([0-9.e+]+)', text)
+    return {op: float(value) for op, value in found}
+
+
+async def measure(target: str, metrics_url: str, args: argparse.Namespace, redis_url: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         await load_users(channel)
         await unary(channel, 500, 8, "warmup")
         before = redis_commands(redis_url) if redis_url else 0
+        trips_before = round_trips(metrics_url)
         seconds, latencies = await unary(channel, args.requests, args.concurrency, "unary")
+        await asyncio.sleep(1)  # let the last deliveries settle
         commands = (redis_commands(redis_url) - before) / args.requests if redis_url else 0
+        trips = {op: n - trips_before.get(op, 0) for op, n in round_trips(metrics_url).items()}
         latencies.sort()
         p50 = statistics.median(latencies) * 1000
         p99 = latencies[int(len(latencies) * 0.99)] * 1000
-        extra = f", {commands:.1f} redis commands/decision" if redis_url else ""
+        per_op = ", ".join(
+            f"{op} {trips[op] / args.requests:.1f}" for op in sorted(trips) if trips[op] >= args.requests / 10
+        )
+        extra = (
+            f", Redis round trips per request: {per_op}; {commands:.1f} commands per request" if redis_url else ""
+        )
         print(
             f"{args.store:6} Push       {args.requests / seconds:8.0f} decisions/s  "
             f"(concurrency {args.concurrency}, p50 {p50:.2f} ms, p99 {p99:.2f} ms{extra})"
@@ -193,11 +211,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="herald-bench-") as tmp:
         if args.store == "redis":
-            with redis_server() as url, gateway(url, Path(tmp)) as target:
-                asyncio.run(measure(target, args, url))
+            with redis_server() as url, gateway(url, Path(tmp)) as (target, metrics_url):
+                asyncio.run(measure(target, metrics_url, args, url))
         else:
-            with gateway("", Path(tmp)) as target:
-                asyncio.run(measure(target, args, ""))
+            with gateway("", Path(tmp)) as (target, metrics_url):
+                asyncio.run(measure(target, metrics_url, args, ""))
 
 
 if __name__ == "__main__":

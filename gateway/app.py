@@ -40,8 +40,10 @@ SERVICES = (
 )
 
 
-def build_store(settings: Settings, clock: Clock) -> Store:
-    return RedisStore(settings.redis_url) if settings.redis_url else MemoryStore(clock)
+def build_store(settings: Settings, clock: Clock, metrics: Metrics) -> Store:
+    if not settings.redis_url:
+        return MemoryStore(clock)
+    return RedisStore(settings.redis_url, on_round_trip=lambda op: metrics.store_round_trips.labels(op).inc())
 
 
 class Gateway:
@@ -56,7 +58,7 @@ class Gateway:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
-        self.store = store or build_store(settings, self.clock)
+        self.store = store or build_store(settings, self.clock, self.metrics)
         self.policies = PolicyHolder(settings.policy_dir, self.metrics)
         self.credentials = self._load_credentials()
         self.switches = KillSwitches(self.store, self.clock, self.metrics)

@@ -46,6 +46,12 @@ class Metrics:
         self.policy_reloads = Counter(
             "herald_policy_reloads_total", "Policy reloads by result (ok, refused).", ["result"], registry=registry
         )
+        self.store_round_trips = Counter(
+            "herald_store_round_trips_total",
+            "Round trips to the state store (Redis) by operation.",
+            ["op"],
+            registry=registry,
+        )
         self.store_errors = Counter(
             "herald_store_errors_total", "State store calls that failed, by operation.", ["op"], registry=registry
         )

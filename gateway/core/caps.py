@@ -112,9 +112,4 @@ def pick_channel(
 
 def retention(policy: Policy) -> timedelta:
     """How long reservations must be kept: the longest window of any rule."""
-    longest = timedelta(days=32)  # a calendar month, with room for time zones
-    for cat in policy.categories.values():
-        for cap in cat.caps:
-            if cap.window.rolling is not None:
-                longest = max(longest, cap.window.rolling + timedelta(days=1))
-    return longest
+    return policy.cap_retention

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import orjson
 
 from gateway.domain import Category
 
@@ -51,7 +52,7 @@ class PushInput:
             "deadline": None if self.deadline is None else self.deadline.timestamp(),
             "priority": self.priority,
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True)

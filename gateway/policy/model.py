@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import cached_property
 
 from gateway.domain import Category, Channel
 from gateway.policy.providers import Provider
@@ -64,6 +65,17 @@ class Policy:
     tiers: TierPolicy
     channels: Mapping[Channel, ChannelPolicy]
     providers: Mapping[str, Provider]
+
+    @cached_property
+    def cap_retention(self) -> timedelta:
+        """How long reservations must be kept: the longest cap window (at least a
+        calendar month, with room for time zones)."""
+        longest = timedelta(days=32)
+        for category in self.categories.values():
+            for cap in category.caps:
+                if cap.window.rolling is not None:
+                    longest = max(longest, cap.window.rolling + timedelta(days=1))
+        return longest
 
     def arbitrates(self, category: Category) -> bool:
         """Whether claims of this category wait for the user's send window."""

@@ -63,7 +63,11 @@ for _, op in ipairs(cjson.decode(ARGV[4])) do
   elseif kind == 'release' then
     redis.call('ZREM', KEYS[2], op[2]); redis.call('HDEL', KEYS[3], op[2])
   elseif kind == 'commit' then
-    if redis.call('HEXISTS', KEYS[3], op[2]) == 1 then redis.call('HSET', KEYS[3], op[2], op[3]) end
+    local info = redis.call('HGET', KEYS[3], op[2])
+    if info then
+      local category, _, bu = string.match(info, '^([^|]*)|([^|]*)|([^|]*)|')
+      redis.call('HSET', KEYS[3], op[2], category .. '|' .. op[3] .. '|' .. bu .. '|1')
+    end
   elseif kind == 'dedup' then
     redis.call('SET', KEYS[4 + op[2]], '1', 'PX', op[3])
   elseif kind == 'hold' then
@@ -119,8 +123,11 @@ def redacted(url: str) -> str:
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 2.0, on_round_trip: Callable[[str], None] | None = None
+    ) -> None:
         self._where = redacted(url)
+        self._on_round_trip = on_round_trip or (lambda op: None)
         self._redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -139,7 +146,9 @@ class RedisStore:
         return self._redis
 
     @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
+    async def _guard(self, op: str) -> AsyncIterator[None]:
+        """One round trip to Redis: counted by operation, errors made StoreUnavailable."""
+        self._on_round_trip(op)
         try:
             yield
         except RedisError as exc:
@@ -150,7 +159,7 @@ class RedisStore:
             raise StoreUnavailable(f"state store {self._where} is unreachable ({exc.strerror or exc})") from exc
 
     async def ping(self) -> None:
-        async with self._guard():
+        async with self._guard("ping"):
             await self._redis.ping()
 
     async def close(self) -> None:
@@ -158,7 +167,7 @@ class RedisStore:
 
     # --- idempotency ---------------------------------------------------------------
     async def idem_begin(self, key: IdemKey, ttl: timedelta) -> IdemResult:
-        async with self._guard():
+        async with self._guard("idem_begin"):
             old = await self._redis.set(
                 keys.idempotency(key.bu, key.request_id),
                 b"P" + key.fingerprint.encode(),
@@ -177,7 +186,7 @@ class RedisStore:
         return IdemResult(IdemState.SAME, bytes(old[1 + _FINGERPRINT_LEN :]))
 
     async def idem_abort(self, key: IdemKey) -> None:
-        async with self._guard():
+        async with self._guard("idem_abort"):
             await self._idem_abort(keys=[keys.idempotency(key.bu, key.request_id)], args=[key.fingerprint])
 
     # --- messages ------------------------------------------------------------------
@@ -203,7 +212,7 @@ class RedisStore:
                 b"D" + idem.fingerprint.encode() + answer,
                 px=_ms(idem_ttl),
             )
-        async with self._guard():
+        async with self._guard("save_decision"):
             await pipe.execute()
 
     async def add_events(
@@ -223,7 +232,7 @@ class RedisStore:
         if final is not None:
             pipe.set(keys.message_final(message_id), codec.encode_final(final), px=_ms(retention))
         pipe.pexpire(events_key, _ms(retention))
-        async with self._guard():
+        async with self._guard("add_events"):
             await pipe.execute()
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
@@ -235,7 +244,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys.user_profile(user_id))
         pipe.lrange(keys.user_interactions(user_id), 0, -1)
-        async with self._guard():
+        async with self._guard("read_profile"):
             fields, interactions = await pipe.execute()
         if not fields:
             return None
@@ -248,7 +257,7 @@ class RedisStore:
         pipe.pexpire(key, _ms(ttl))
         pipe.hgetall(key)
         pipe.lrange(keys.user_interactions(user_id), 0, -1)
-        async with self._guard():
+        async with self._guard("upsert_user"):
             *_, fields, interactions = await pipe.execute()
         return codec.decode_profile(user_id, fields, interactions)
 
@@ -257,7 +266,7 @@ class RedisStore:
 
     async def set_opt_out(self, user_id: str, entry: OptOut, opted_out: bool, ttl: timedelta) -> UserProfile | None:
         name, value = codec.encode_opt_out(entry)
-        async with self._guard():
+        async with self._guard("set_opt_out"):
             found = await self._opt_out(
                 keys=[keys.user_profile(user_id)],
                 args=[_ms(ttl), "set" if opted_out else "del", name, value],
@@ -267,7 +276,7 @@ class RedisStore:
     async def record_interaction(
         self, user_id: str, interaction: Interaction, keep: int, retention: timedelta
     ) -> UserProfile | None:
-        async with self._guard():
+        async with self._guard("record_interaction"):
             found = await self._interaction(
                 keys=[keys.user_profile(user_id), keys.user_interactions(user_id)],
                 args=[codec.encode_interaction(interaction), keep, _ms(retention)],
@@ -280,13 +289,13 @@ class RedisStore:
         pipe.hset(keys.KILL_SWITCHES, switch.switch_id, codec.encode_switch(switch))
         pipe.lpush(keys.KILL_AUDIT, codec.encode_audit(audit))
         pipe.ltrim(keys.KILL_AUDIT, 0, keys.KILL_AUDIT_KEEP - 1)
-        async with self._guard():
+        async with self._guard("put_kill_switch"):
             await pipe.execute()
 
     async def clear_kill_switch(
         self, switch_id: str, audit_of: Callable[[KillSwitch], AuditEntry]
     ) -> KillSwitch | None:
-        async with self._guard():
+        async with self._guard("clear_kill_switch"):
             raw = await self._redis.hget(keys.KILL_SWITCHES, switch_id)
             if raw is None:
                 return None
@@ -299,12 +308,12 @@ class RedisStore:
         return switch if removed else None
 
     async def kill_switches(self) -> list[KillSwitch]:
-        async with self._guard():
+        async with self._guard("kill_switches"):
             raw = await self._redis.hvals(keys.KILL_SWITCHES)
         return [codec.decode_switch(item) for item in raw]
 
     async def kill_audit(self, limit: int) -> list[AuditEntry]:
-        async with self._guard():
+        async with self._guard("kill_audit"):
             raw = await self._redis.lrange(keys.KILL_AUDIT, 0, limit - 1)
         return [codec.decode_audit(item) for item in raw]
 
@@ -317,7 +326,7 @@ class RedisStore:
             pipe.lrange(keys.message_events(message_id), 0, -1)
             pipe.get(keys.message_status(message_id))
             pipe.get(keys.message_final(message_id))
-        async with self._guard():
+        async with self._guard("get_messages"):
             raw = await pipe.execute()
         out: list[MessageRecord | None] = []
         for index in range(len(message_ids)):
@@ -339,7 +348,7 @@ class RedisStore:
         pipe.zrange(keys.user_held(user_id), 0, -1, withscores=True)
         if dedup is not None:
             pipe.exists(keys.user_dedup(user_id, *dedup))
-        async with self._guard():
+        async with self._guard("load_user"):
             fields, interactions, version, sent, info, held, *seen = await pipe.execute()
         profile = codec.decode_profile(user_id, fields, interactions) if fields else None
         state = UserState(
@@ -369,7 +378,7 @@ class RedisStore:
             elif isinstance(change, Release):
                 ops.append(["release", change.message_id])
             elif isinstance(change, Commit):
-                ops.append(["commit", change.message_id, None])  # filled below with the stored entry's fields
+                ops.append(["commit", change.message_id, str(change.channel)])
             elif isinstance(change, MarkDedup):
                 dedup_keys.append(keys.user_dedup(user_id, change.bu, change.key))
                 ops.append(["dedup", len(dedup_keys), _ms(change.ttl)])
@@ -378,8 +387,6 @@ class RedisStore:
                 first_hold = min(first_hold or _epoch_ms(change.due), _epoch_ms(change.due))
             elif isinstance(change, Unhold):
                 ops.append(["unhold", change.message_id])
-        if any(op[0] == "commit" for op in ops):
-            await self._fill_commits(user_id, mutations, ops)
         pipe = self._redis.pipeline(transaction=False)
         await self._apply(
             keys=[
@@ -399,40 +406,26 @@ class RedisStore:
         )
         if first_hold is not None:
             pipe.zadd(keys.DUE, {user_id: first_hold}, lt=True)
-        async with self._guard():
+        async with self._guard("apply"):
             result, *_ = await pipe.execute()
         return int(result) >= 0
-
-    async def _fill_commits(self, user_id: str, mutations: Sequence[Mutation], ops: list[list[object]]) -> None:
-        commits = [m for m in mutations if isinstance(m, Commit)]
-        async with self._guard():
-            stored = await self._redis.hmget(keys.user_sent_info(user_id), [c.message_id for c in commits])
-        infos = {}
-        for change, raw in zip(commits, stored, strict=True):
-            if raw is not None:
-                category, _, bu, _ = codec.text(raw).split("|")
-                infos[change.message_id] = f"{category}|{change.channel}|{bu}|1"
-        for op in ops:
-            if op[0] == "commit":
-                op[2] = infos.get(str(op[1]), "")
-        ops[:] = [op for op in ops if op[0] != "commit" or op[2]]
 
     # --- due index -----------------------------------------------------------------
     async def take_due(self, now: datetime, limit: int, lease: timedelta) -> list[tuple[str, datetime]]:
         until = now + lease
-        async with self._guard():
+        async with self._guard("take_due"):
             ids = await self._take_due(keys=[keys.DUE], args=[_epoch_ms(now), limit, _epoch_ms(until)])
         return [(i.decode(), until) for i in ids]
 
     async def finish_due(self, user_id: str, leased_until: datetime, next_due: datetime | None) -> None:
-        async with self._guard():
+        async with self._guard("finish_due"):
             await self._finish_due(
                 keys=[keys.DUE],
                 args=[user_id, _epoch_ms(leased_until), "" if next_due is None else _epoch_ms(next_due)],
             )
 
     async def due_count(self) -> int:
-        async with self._guard():
+        async with self._guard("due_count"):
             return int(await self._redis.zcard(keys.DUE))
 
 
