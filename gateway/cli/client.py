@@ -168,13 +168,26 @@ def info(target: str, api_key: str, as_json: bool) -> int:
 
 
 def explain(
-    target: str, api_key: str, *, user: str, scenario: str, at: str | None, params: list[str], campaign: str,
-    dedup_key: str, priority: int | None, as_json: bool,
+    target: str,
+    api_key: str,
+    *,
+    user: str,
+    scenario: str,
+    at: str | None,
+    params: list[str],
+    campaign: str,
+    dedup_key: str,
+    priority: int | None,
+    as_json: bool,
 ) -> int:
     request = push_pb2.ExplainRequest(
         request=push_pb2.PushRequest(
-            request_id=f"explain-{uuid.uuid4().hex[:12]}", user_id=user, scenario=scenario,
-            params=parse_params(params), campaign_id=campaign, dedup_key=dedup_key,
+            request_id=f"explain-{uuid.uuid4().hex[:12]}",
+            user_id=user,
+            scenario=scenario,
+            params=parse_params(params),
+            campaign_id=campaign,
+            dedup_key=dedup_key,
         )
     )
     if priority is not None:

@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
         "problem as FILE: PATH: PROBLEM and exits 1, or prints the version and exits 0.",
     )
     check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    simulate = policy.add_parser(
+        "simulate",
+        help="replay timestamped traffic against one or two policy sets and count the outcomes",
+        description='Replay a JSON Lines file of timestamped requests ({"at", "bu", "request"}) and '
+        'profiles ({"at", "user"}) against a policy set with the in-memory store and a simulated '
+        "clock; print per business unit, category and outcome how many would be sent, still scheduled and "
+        "suppressed, and how many users received how many messages. With two --policies, the difference.",
+    )
+    simulate.add_argument("--policies", type=Path, action="append", required=True, help="policy folder (once or twice)")
+    simulate.add_argument("--traffic", type=Path, required=True, help="JSON Lines traffic file")
     explain = policy.add_parser(
         "explain",
         help="print the whole decision trace for a user, scenario and time; sends nothing",
@@ -149,13 +159,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.cli.policy import check
 
         return check(args.directory)
+    if args.command == "policy" and args.policy_command == "simulate":
+        from gateway.cli.policy import run_simulation
+
+        return run_simulation(args.policies, args.traffic)
     if args.command == "policy" and args.policy_command == "explain":
         from gateway.cli import client
 
         try:
             return client.explain(
-                args.target, args.api_key, user=args.user, scenario=args.scenario, at=args.at, params=args.param,
-                campaign=args.campaign, dedup_key=args.dedup_key, priority=args.priority, as_json=args.json,
+                args.target,
+                args.api_key,
+                user=args.user,
+                scenario=args.scenario,
+                at=args.at,
+                params=args.param,
+                campaign=args.campaign,
+                dedup_key=args.dedup_key,
+                priority=args.priority,
+                as_json=args.json,
             )
         except client.ClientError as exc:
             print(f"herald: {exc}", file=sys.stderr)

@@ -22,3 +22,27 @@ def check(directory: Path) -> int:
         f"{len(policy.scenarios)} scenarios"
     )
     return 0
+
+
+def run_simulation(policy_dirs: list[Path], traffic: Path) -> int:
+    import asyncio
+
+    from gateway.logs import configure
+    from gateway.simulate import TrafficError, format_reports, read_traffic, simulate
+
+    if len(policy_dirs) > 2:
+        print("herald: give --policies once, or twice to compare", file=sys.stderr)
+        return 2
+    configure("ERROR")
+    try:
+        events = read_traffic(traffic)
+        reports = [asyncio.run(simulate(directory, events)) for directory in policy_dirs]
+    except TrafficError as exc:
+        print(f"herald: {exc}", file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(format_reports(reports, [str(d) for d in policy_dirs]))
+    return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from gateway.clock import Clock, SystemClock
@@ -291,6 +291,12 @@ class MemoryStore:
 
     async def due_count(self) -> int:
         return len(self._due_members)
+
+    def next_due(self) -> datetime | None:
+        """The earliest due time in the index (simulation steps its clock by it)."""
+        if not self._due_members:
+            return None
+        return datetime.fromtimestamp(min(self._due_members.values()) / 1000, UTC)
 
 
 def _ms(moment: datetime) -> int:

@@ -123,9 +123,7 @@ def redacted(url: str) -> str:
 class RedisStore:
     kind = "redis"
 
-    def __init__(
-        self, url: str, *, timeout: float = 2.0, on_round_trip: Callable[[str], None] | None = None
-    ) -> None:
+    def __init__(self, url: str, *, timeout: float = 2.0, on_round_trip: Callable[[str], None] | None = None) -> None:
         self._where = redacted(url)
         self._on_round_trip = on_round_trip or (lambda op: None)
         self._redis = aioredis.Redis.from_url(
