@@ -52,6 +52,12 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+        self.fail_open = Counter(
+            "herald_fail_open_decisions_total",
+            "Decisions made without the state store because the category's policy says fail open.",
+            ["category"],
+            registry=registry,
+        )
         self.store_errors = Counter(
             "herald_store_errors_total", "State store calls that failed, by operation.", ["op"], registry=registry
         )

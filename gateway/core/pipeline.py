@@ -5,6 +5,7 @@ decision, hand the winners to delivery. The only part of ``core`` that does I/O.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,7 +21,7 @@ from gateway.core.state import Hold, Mutation, Unhold, UserState
 from gateway.core.validate import validate_push
 from gateway.delivery import Dispatcher, Job
 from gateway.domain import Category, Channel, Outcome, Reason
-from gateway.errors import AlreadyExists, HeraldError, NotFound, ResourceExhausted, Unavailable
+from gateway.errors import AlreadyExists, HeraldError, NotFound, ResourceExhausted, StoreUnavailable, Unavailable
 from gateway.ids import new_message_id
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
@@ -103,6 +104,23 @@ def claim_of(record: MessageRecord) -> Claim:
     )
 
 
+class RecentProfiles:
+    """The profiles this process read last (bounded), for deciding fail-open."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._items: OrderedDict[str, UserProfile] = OrderedDict()
+
+    def put(self, user_id: str, profile: UserProfile) -> None:
+        self._items[user_id] = profile
+        self._items.move_to_end(user_id)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def get(self, user_id: str) -> UserProfile | None:
+        return self._items.get(user_id)
+
+
 class PushPipeline:
     def __init__(
         self,
@@ -122,6 +140,7 @@ class PushPipeline:
         self._metrics = metrics
         self._limiter = limiter
         self._users = KeyedLock()
+        self._recent = RecentProfiles()
 
     async def push(self, bu: str, request: PushInput) -> PushAnswer:
         policy = self._policies.current
@@ -133,6 +152,16 @@ class PushPipeline:
                 f"{limit.per.total_seconds():g}s; slow down or batch with PushBatch"
             )
         claim = validate_push(bu, request, policy, now)
+        try:
+            return await self._push_stateful(bu, request, claim)
+        except StoreUnavailable as exc:
+            self._metrics.store_errors.labels("push").inc()
+            if policy.categories[claim.category].fail_mode != "open":
+                raise
+            return await self._fail_open(claim, exc)
+
+    async def _push_stateful(self, bu: str, request: PushInput, claim: Claim) -> PushAnswer:
+        policy = self._policies.current
         idem = IdemKey(bu, request.request_id, request.fingerprint())
         window = policy.defaults.idempotency_window
         seen = await self._store.idem_begin(idem, window)
@@ -174,6 +203,8 @@ class PushPipeline:
         for _ in range(MAX_TRIES):
             now = self._clock.now()
             profile, state = await self._store.load_user(claim.user_id, dedup, now - keep)
+            if profile is not None:
+                self._recent.put(claim.user_id, profile)
             decision = decide_arrival(claim, message_id, self._context(profile, state, now))
             if not decision.mutations or await self._store.apply(
                 claim.user_id, state.version, decision.mutations, now, keep
@@ -221,9 +252,15 @@ class PushPipeline:
             trace=decision.trace,
             timeline=(TimelineEntry(now, status, detail=decision.detail),),
         )
-        await self._store.save_decision(
-            record, idem, answer.encode(), policy.defaults.idempotency_window, policy.defaults.message_retention
-        )
+        try:
+            await self._store.save_decision(
+                record, idem, answer.encode(), policy.defaults.idempotency_window, policy.defaults.message_retention
+            )
+        except StoreUnavailable as exc:
+            # The decision is made and the user's state changed: deliver it all the
+            # same; only GetMessage will not find it.
+            self._metrics.store_errors.labels("save_decision").inc()
+            log.error("decision_not_recorded", message_id=message_id, request_id=claim.request_id, error=exc.message)
         if decision.outcome is Outcome.ACCEPTED:
             assert profile is not None
             self._dispatcher.submit(Job(message_id, claim, decision.plan, profile))
@@ -240,6 +277,47 @@ class PushPipeline:
             detail=decision.detail,
         )
         return answer
+
+    async def _fail_open(self, claim: Claim, cause: StoreUnavailable) -> PushAnswer:
+        """The store does not answer and the category's policy says fail open: decide
+        without state (no caps, dedup or idempotency) on the user's profile as this
+        process last saw it, and send."""
+        profile = self._recent.get(claim.user_id)
+        if profile is None:
+            raise StoreUnavailable(
+                f"{cause.message}; failing open needs the user's profile and this process has not seen "
+                f"user '{claim.user_id}' recently"
+            )
+        policy = self._policies.current
+        now = self._clock.now()
+        message_id = new_message_id()
+        decision = decide_arrival(claim, message_id, self._context(profile, UserState(), now))
+        if decision.outcome is Outcome.SCHEDULED:
+            raise StoreUnavailable(f"{cause.message}; a held claim cannot be kept without the store")
+        detail = f"fail-open (state store unreachable; caps, dedup and idempotency not checked): {decision.detail}"
+        if decision.outcome is Outcome.ACCEPTED:
+            self._dispatcher.submit(Job(message_id, claim, decision.plan, profile))
+        self._metrics.fail_open.labels(str(claim.category)).inc()
+        self._count(claim, decision)
+        log.warning(
+            "decision_fail_open",
+            request_id=claim.request_id,
+            bu=claim.bu,
+            message_id=message_id,
+            category=str(claim.category),
+            outcome=str(decision.outcome),
+            error=cause.message,
+        )
+        return PushAnswer(
+            message_id=message_id,
+            category=claim.category,
+            outcome=decision.outcome,
+            reason=decision.reason,
+            detail=detail,
+            plan=decision.plan,
+            scheduled_at=None,
+            policy_version=policy.version,
+        )
 
     async def explain(self, bu: str, request: PushInput, at: datetime | None) -> Decision:
         """What would be decided for ``request`` at ``at`` (default now) on the current
