@@ -16,7 +16,7 @@ async def test_mixed_batch_answers_in_order(api: Api) -> None:
         shipped("b-0"),
         shipped("b-1", params={"order_id": "1"}),  # missing params
         shipped("b-2", user_id="ghost"),  # no profile: a decision, not an error
-        push_pb2.PushRequest(request_id="b-3", user_id="u-1", scenario="coupon.flash"),  # not granted to order
+        push_pb2.PushRequest(request_id="b-3", user_id="u-1", scenario="new.arrivals"),  # not granted to order
         shipped("b-4", priority=500),
         shipped("b-0"),  # the same request again: the same answer
     ]
