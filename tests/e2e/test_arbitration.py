@@ -195,3 +195,28 @@ async def test_explain_shows_the_trace_without_sending(clocked: Clocked) -> None
     assert any("quiet hours" in line for line in answer.trace)
     again = await api.push.Push(price_drop("x-1"), metadata=auth("growth"))  # the id was not used
     assert again.outcome == types_pb2.ACCEPTED
+
+
+async def test_the_pool_survives_a_gateway_restart(clean_redis: str, tmp_path: Path) -> None:
+    clock = FixedClock(local(10))
+    first = Gateway(settings_for(tmp_path, clean_redis), metrics=fresh_metrics(), clock=clock)
+    await first.start()
+    api = await open_api(first)
+    await add_user(api, "u-1")
+    held = await api.push.Push(marketing("m-1", "new.arrivals"), metadata=auth("growth"))
+    assert held.outcome == types_pb2.SCHEDULED
+    await api.channel.close()
+    await first.stop(grace=1.0)
+
+    clock.set(local(12, 25))  # the window opened while no gateway ran
+    second = Gateway(settings_for(tmp_path, clean_redis), metrics=fresh_metrics(), clock=clock)
+    await second.start()
+    api = await open_api(second)
+    try:
+        await second.scheduler.tick()
+        message = await wait_status(api, held.message_id, "delivered", bu="growth")
+        assert message.status == "delivered"
+        assert [e.kind for e in message.timeline] == ["scheduled", "released", "delivered"]
+    finally:
+        await api.channel.close()
+        await second.stop(grace=1.0)
