@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from gateway.api.convert import dt_to_ts
 from herald.v1 import push_pb2, push_pb2_grpc, types_pb2
@@ -37,6 +38,21 @@ def explain_rpc_error(exc: grpc.RpcError, target: str) -> str:
     if code is grpc.StatusCode.UNAVAILABLE and ("connect" in (details or "").lower() or "refused" in (details or "")):
         return f"cannot reach the gateway at {target}: is `herald serve` running there? ({details})"
     return f"{code.name}: {details}"
+
+
+class RpcFailed(Exception):
+    """A call the gateway refused or could not take; the message says why."""
+
+
+def call(target: str, api_key: str, method: str, request: Message) -> Any:
+    """One PushService call, its failure turned into a sentence for a person."""
+    with channel(target) as chan:
+        try:
+            return getattr(push_pb2_grpc.PushServiceStub(chan), method)(
+                request, metadata=metadata(api_key), timeout=10
+            )
+        except grpc.RpcError as exc:
+            raise RpcFailed(explain_rpc_error(exc, target)) from None
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -108,12 +124,7 @@ def send(
         request.deadline.CopyFrom(dt_to_ts(parse_time(deadline, "--deadline")))
     if priority is not None:
         request.priority = priority
-    with channel(target) as chan:
-        try:
-            response = push_pb2_grpc.PushServiceStub(chan).Push(request, metadata=metadata(api_key), timeout=10)
-        except grpc.RpcError as exc:
-            print(f"herald: {explain_rpc_error(exc, target)}", file=sys.stderr)
-            return 1
+    response = call(target, api_key, "Push", request)
     if as_json:
         print(json_format.MessageToJson(response))
     else:
@@ -122,14 +133,7 @@ def send(
 
 
 def status(target: str, api_key: str, message_id: str, as_json: bool) -> int:
-    with channel(target) as chan:
-        try:
-            message = push_pb2_grpc.PushServiceStub(chan).GetMessage(
-                push_pb2.GetMessageRequest(message_id=message_id), metadata=metadata(api_key), timeout=10
-            )
-        except grpc.RpcError as exc:
-            print(f"herald: {explain_rpc_error(exc, target)}", file=sys.stderr)
-            return 1
+    message = call(target, api_key, "GetMessage", push_pb2.GetMessageRequest(message_id=message_id))
     if as_json:
         print(json_format.MessageToJson(message))
         return 0
@@ -146,14 +150,7 @@ def status(target: str, api_key: str, message_id: str, as_json: bool) -> int:
 
 
 def info(target: str, api_key: str, as_json: bool) -> int:
-    with channel(target) as chan:
-        try:
-            policy = push_pb2_grpc.PushServiceStub(chan).GetPolicyInfo(
-                push_pb2.GetPolicyInfoRequest(), metadata=metadata(api_key), timeout=10
-            )
-        except grpc.RpcError as exc:
-            print(f"herald: {explain_rpc_error(exc, target)}", file=sys.stderr)
-            return 1
+    policy = call(target, api_key, "GetPolicyInfo", push_pb2.GetPolicyInfoRequest())
     if as_json:
         print(json_format.MessageToJson(policy))
         return 0
@@ -194,12 +191,7 @@ def explain(
         request.request.priority = priority
     if at:
         request.at.CopyFrom(dt_to_ts(parse_time(at, "--at")))
-    with channel(target) as chan:
-        try:
-            answer = push_pb2_grpc.PushServiceStub(chan).Explain(request, metadata=metadata(api_key), timeout=10)
-        except grpc.RpcError as exc:
-            print(f"herald: {explain_rpc_error(exc, target)}", file=sys.stderr)
-            return 1
+    answer = call(target, api_key, "Explain", request)
     if as_json:
         print(json_format.MessageToJson(answer))
         return 0

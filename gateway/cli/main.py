@@ -182,6 +182,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         except client.ClientError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
+        except client.RpcFailed as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 1
     if args.command in ("send", "status", "info"):
         from gateway.cli import client
 
@@ -210,6 +213,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         except client.ClientError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
+        except client.RpcFailed as exc:
+            print(f"herald: {exc}", file=sys.stderr)
+            return 1
     if args.command == "users":
         from gateway.cli import users_import
 
