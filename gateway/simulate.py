@@ -92,8 +92,7 @@ class Report:
     users: set[str] = field(default_factory=set)
 
     def histogram(self) -> Counter[int]:
-        counts: Counter[int] = Counter(self.per_user[u] for u in self.users)
-        return counts
+        return Counter(self.per_user[u] for u in self.users)
 
 
 async def simulate(policy_dir: Path, events: list[Event], horizon: timedelta = timedelta(days=3)) -> Report:
@@ -175,9 +174,9 @@ def format_reports(reports: list[Report], names: Iterable[str]) -> str:
             line += f"{counts[1] - counts[0]:>+12,}"
         out.append(line)
     out.append("messages received per user:")
-    buckets = sorted(set().union(*(r.histogram() for r in reports)))
-    for bucket in buckets:
-        counts = [r.histogram().get(bucket, 0) for r in reports]
+    histograms = [r.histogram() for r in reports]
+    for bucket in sorted(set().union(*histograms)):
+        counts = [h.get(bucket, 0) for h in histograms]
         line = f"  {bucket:>3} message(s): " + "  ".join(f"{c:>8,} users" for c in counts)
         if len(counts) == 2:
             line += f"  ({counts[1] - counts[0]:+,})"

@@ -24,7 +24,9 @@ def rows(output: str) -> dict[str, list[int]]:
 
 
 def test_one_policy_set(tmp_path: Path) -> None:
-    result = subprocess.run([*HERALD, "--policies", str(POLICIES), "--traffic", str(TRAFFIC)], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [*HERALD, "--policies", str(POLICIES), "--traffic", str(TRAFFIC)], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     table = rows(result.stdout)
     requests = int(re.search(r"(\d+) requests", result.stdout)[1])  # type: ignore[index]
@@ -42,7 +44,9 @@ def test_two_policy_sets_show_the_difference(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("at_risk: 1, hibernating: 0}", "at_risk: 1, hibernating: 1}"))
     result = subprocess.run(
         [*HERALD, "--policies", str(POLICIES), "--policies", str(looser), "--traffic", str(TRAFFIC)],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     table = rows(result.stdout)
@@ -55,6 +59,8 @@ def test_two_policy_sets_show_the_difference(tmp_path: Path) -> None:
 def test_bad_traffic_names_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"at": "2026-11-11T08:00:00+08:00", "bu": "growth", "request": {"userId": "u"}}\n{"at": "noon"}\n')
-    result = subprocess.run([*HERALD, "--policies", str(POLICIES), "--traffic", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [*HERALD, "--policies", str(POLICIES), "--traffic", str(bad)], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 2
     assert "bad.jsonl:2:" in result.stderr

@@ -48,9 +48,7 @@ def call(target: str, api_key: str, method: str, request: Message) -> Any:
     """One PushService call, its failure turned into a sentence for a person."""
     with channel(target) as chan:
         try:
-            return getattr(push_pb2_grpc.PushServiceStub(chan), method)(
-                request, metadata=metadata(api_key), timeout=10
-            )
+            return getattr(push_pb2_grpc.PushServiceStub(chan), method)(request, metadata=metadata(api_key), timeout=10)
         except grpc.RpcError as exc:
             raise RpcFailed(explain_rpc_error(exc, target)) from None
 

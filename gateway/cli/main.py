@@ -27,6 +27,18 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
 
 
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    """The fields of a push request that `send` and `policy explain` both take."""
+    parser.add_argument("--scenario", "-s", required=True, help="scenario name, e.g. order.shipped")
+    parser.add_argument("--user", "-u", required=True, help="user id")
+    parser.add_argument(
+        "--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="template parameter (repeat)"
+    )
+    parser.add_argument("--campaign", default="", help="campaign id (marketing)")
+    parser.add_argument("--dedup-key", default="", help="business dedup key")
+    parser.add_argument("--priority", type=int, help="0-100 (default 50)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herald",
@@ -75,13 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask the gateway what Push would decide (PushService.Explain) on the user's current "
         "state at a given time, and print every step: rule, counter and value, competitor.",
     )
-    explain.add_argument("--user", "-u", required=True)
-    explain.add_argument("--scenario", "-s", required=True)
+    _add_request_options(explain)
     explain.add_argument("--at", help="ISO-8601 time (default: now), e.g. 2026-11-11T23:00:00+08:00")
-    explain.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
-    explain.add_argument("--campaign", default="")
-    explain.add_argument("--dedup-key", default="")
-    explain.add_argument("--priority", type=int)
     _add_client_options(explain)
 
     send = commands.add_parser(
@@ -89,20 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="send one push request and print the decision",
         description="Call PushService.Push and print the decision.",
     )
-    send.add_argument("--scenario", "-s", required=True, help="scenario name, e.g. order.shipped")
-    send.add_argument("--user", "-u", required=True, help="user id")
-    send.add_argument(
-        "--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="template parameter (repeat)"
-    )
+    _add_request_options(send)
     send.add_argument("--request-id", help="idempotency key (default: a fresh one)")
     send.add_argument("--title", default="", help="free-text title (scenarios with free_text)")
     send.add_argument("--body", default="", help="free-text body")
     send.add_argument("--url", default="", help="free-text link")
-    send.add_argument("--campaign", default="", help="campaign id (marketing)")
-    send.add_argument("--dedup-key", default="", help="business dedup key")
     send.add_argument("--not-before", help="ISO-8601 time, e.g. 2026-11-11T08:00:00+08:00")
     send.add_argument("--deadline", help="ISO-8601 time")
-    send.add_argument("--priority", type=int, help="0-100 (default 50)")
     _add_client_options(send)
 
     status = commands.add_parser("status", help="show a message's decision and timeline (GetMessage)")

@@ -23,7 +23,7 @@ from gateway.core.claims import Claim
 from gateway.core.killswitch import blocking_switch
 from gateway.core.route import Skip, route
 from gateway.core.state import Hold, MarkDedup, Mutation, Reserve, SentEntry, Unhold, UserState
-from gateway.core.times import in_period, open_windows, period_around, release_time, spread, zone
+from gateway.core.times import open_windows, period_around, release_time, spread, zone
 from gateway.domain import Category, Channel, Outcome, Reason
 from gateway.policy.model import Policy
 from gateway.profiles import UserProfile, compute_tier, opted_out
@@ -430,9 +430,3 @@ def decide_release(held: Sequence[HeldClaim], ctx: Context) -> list[tuple[str, D
 def _entry_of(winner: tuple[HeldClaim, float, Channel], ctx: Context) -> SentEntry:
     item, _, channel = winner
     return SentEntry(item.message_id, ctx.now, item.claim.category, channel, item.claim.bu)
-
-
-def in_quiet_hours(claim: Claim, ctx: Context, moment: datetime) -> bool:
-    """For tests and explain: whether ``moment`` falls in the claim's quiet hours."""
-    period = _quiet_period(claim, ctx)
-    return period is not None and in_period(period[0], period[1], moment, ctx.tz)

@@ -42,30 +42,6 @@ def period_around(start: time, end: time, now: datetime, tz: ZoneInfo) -> tuple[
     return _at(day - timedelta(days=1), start, tz), _at(day, end, tz)
 
 
-def in_period(start: time, end: time, moment: datetime, tz: ZoneInfo) -> bool:
-    return _contains(start, end, moment.astimezone(tz).time())
-
-
-def next_window(windows: Sequence[TimeWindow], now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime] | None:
-    """The send window open at ``now`` (returned as is) or the next one to open."""
-    best: tuple[datetime, datetime] | None = None
-    local_day = now.astimezone(tz).date()
-    for window in windows:
-        current = period_around(window.start, window.end, now, tz)
-        if current is not None:
-            return current
-        for offset in (0, 1, 2):
-            day = local_day + timedelta(days=offset)
-            opens = _at(day, window.start, tz)
-            if opens > now:
-                closes_day = day if window.start < window.end else day + timedelta(days=1)
-                candidate = (opens, _at(closes_day, window.end, tz))
-                if best is None or candidate[0] < best[0]:
-                    best = candidate
-                break
-    return best
-
-
 def calendar_start(unit: str, now: datetime, tz: ZoneInfo) -> datetime:
     """Start of the user's current day, ISO week (Monday) or month."""
     local = now.astimezone(tz)

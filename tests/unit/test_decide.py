@@ -10,7 +10,7 @@ import pytest
 
 from gateway.core.claims import Claim
 from gateway.core.decide import Context, HeldClaim, decide_arrival, decide_release
-from gateway.core.state import Hold, MarkDedup, Mutation, Release, Reserve, SentEntry, Unhold, UserState
+from gateway.core.state import Hold, MarkDedup, Reserve, SentEntry, Unhold, UserState
 from gateway.domain import Category, Channel, Outcome, Platform, PushProvider, Reason
 from gateway.policy.loader import load_policy
 from gateway.profiles import DeviceToken, Rfm, UserProfile, WeChat
@@ -65,26 +65,6 @@ def claim(scenario: str, bu: str = "growth", **changes: object) -> Claim:
 
 def ctx(now: datetime, profile: UserProfile | None = None, state: UserState | None = None) -> Context:
     return Context(POLICY, profile if profile is not None else user(), state or UserState(), (), now)
-
-
-def apply(state: UserState, mutations: tuple[Mutation, ...] | list[Mutation], now: datetime) -> UserState:
-    sent = {e.message_id: e for e in state.sent}
-    held = {h.message_id: h.due for h in state.held}
-    seen = state.dedup_seen
-    for m in mutations:
-        if isinstance(m, Reserve):
-            sent[m.entry.message_id] = m.entry
-        elif isinstance(m, Release):
-            sent.pop(m.message_id, None)
-        elif isinstance(m, Hold):
-            held[m.message_id] = m.due
-        elif isinstance(m, Unhold):
-            held.pop(m.message_id, None)
-        elif isinstance(m, MarkDedup):
-            seen = True
-    from gateway.core.state import Held
-
-    return UserState(state.version + 1, tuple(sent.values()), tuple(Held(k, v) for k, v in held.items()), seen)
 
 
 def sent(
@@ -276,11 +256,6 @@ def test_release_rechecks_kill_switch_and_opt_out() -> None:
     opted = user(opt_outs=(OptOut(Category.REMINDER, None, local(1)),))
     [(_, decision)] = decide_release([HeldClaim("m_1", claim("price.drop"), local(1))], ctx(local(8, 30), opted))
     assert decision.reason is Reason.OPTED_OUT and Unhold("m_1") in decision.mutations
-
-
-def test_apply_helper_matches_mutations() -> None:
-    state = apply(UserState(), [Reserve(SentEntry("m", local(1), Category.BASIC, Channel.SMS, "order"))], local(1))
-    assert len(state.sent) == 1
 
 
 @pytest.mark.parametrize("hour", [0, 3, 7, 22, 23])
