@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from gateway.domain import Category, Channel
+from gateway.domain import Category, Channel, UserFact
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,10 @@ class Delivery:
     category: Category
     scenario: str
     user_id: str
+    campaign_id: str = ""
     # openid, phone, email or device token: the adapter's to send, nobody's to log.
-    recipient: str = field(repr=False)
-    payload: dict[str, Any]
+    recipient: str = field(default="", repr=False)
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 class SendStatus(StrEnum):
@@ -39,9 +40,26 @@ class SendResult:
     # The provider's answer code ("0", "43004", "isv.MOBILE_NUMBER_ILLEGAL", ...).
     code: str
     detail: str = ""
+    # RETRY: wait at least this long (Retry-After, WeChat 45066's minute).
+    retry_after: float | None = None
+    fact: UserFact | None = None
+    # The provider itself is at fault (credentials, quota, balance): open its breaker.
+    trip: bool = False
+    # What the provider calls this send (WeChat msgid, Alibaba BizId, FCM name), for
+    # matching receipts later.
+    provider_id: str = ""
+
+    @property
+    def code_class(self) -> str:
+        """A bounded label for metrics: ok, retry, fallback, failed."""
+        return "ok" if self.status is SendStatus.DELIVERED else str(self.status)
+
+
+__all__ = ["ChannelAdapter", "Delivery", "SendResult", "SendStatus", "UserFact"]
 
 
 class ChannelAdapter(Protocol):
+    # The provider's name in policy ("wechat", "aliyun_sms", ...): a metrics label.
     name: str
 
     async def send(self, delivery: Delivery) -> SendResult: ...

@@ -5,6 +5,8 @@ gRPC server and the admin HTTP endpoints; started and stopped as one.
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Mapping
 
 import grpc
 from aiohttp import web
@@ -12,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from channels.registry import Providers, build_providers
 from channels.sandbox import SandboxAdapter
 from gateway.api.auth import Credentials
 from gateway.api.servicers import ProfileServicer, PushServicer
@@ -20,11 +23,13 @@ from gateway.config import SAMPLE_CREDENTIALS, Settings
 from gateway.core.pipeline import PushPipeline
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.users import Users
-from gateway.delivery import Dispatcher
+from gateway.delivery.dispatcher import Dispatcher
+from gateway.delivery.queue import DeliveryQueue, MemoryQueue
+from gateway.delivery.streams import StreamQueue
 from gateway.errors import HeraldError, PolicyError
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
-from gateway.loops import stop_tasks
+from gateway.loops import every, stop_tasks
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.scheduler import Scheduler
@@ -46,7 +51,15 @@ def build_store(settings: Settings, clock: Clock, metrics: Metrics) -> Store:
     return RedisStore(settings.redis_url, on_round_trip=lambda op: metrics.store_round_trips.labels(op).inc())
 
 
+def build_queue(settings: Settings) -> DeliveryQueue:
+    if not settings.redis_url:
+        return MemoryQueue()
+    return StreamQueue(settings.redis_url, reclaim_after=settings.reclaim_seconds)
+
+
 class Gateway:
+    """``api`` False: a delivery worker (no gRPC API, no scheduler)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -54,28 +67,43 @@ class Gateway:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         store: Store | None = None,
+        environ: Mapping[str, str] | None = None,
+        api: bool = True,
     ) -> None:
         self.settings = settings
+        self.api = api
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
         self.store = store or build_store(settings, self.clock, self.metrics)
         self.policies = PolicyHolder(settings.policy_dir, self.metrics)
         self.credentials = self._load_credentials()
         self.switches = KillSwitches(self.store, self.clock, self.metrics)
-        self.sandbox = SandboxAdapter(settings.data_dir / "outbox")
+        self.providers: Providers = build_providers(
+            self.policies.current,
+            os.environ if environ is None else environ,
+            self.store,
+            self.clock,
+            SandboxAdapter(settings.data_dir / "outbox"),
+            on_mass_batch=self.metrics.mass_batch_size.observe,
+        )
+        for name, why in self.providers.sandboxed.items():
+            log.warning("provider_sandboxed", provider=name, detail=f"{why}: its deliveries go to the sandbox outbox")
+        self.users = Users(self.store, self.policies, self.clock)
+        self.queue = build_queue(settings)
         self.dispatcher = Dispatcher(
+            self.queue,
             self.store,
             self.policies,
             self.switches,
-            lambda channel: self.sandbox,
+            lambda channel: self.providers.for_channel(channel, self.policies.current),
+            self.users,
             self.clock,
             self.metrics,
-            workers=settings.delivery_workers,
+            in_flight=settings.delivery_workers,
         )
         self.pipeline = PushPipeline(
-            self.store, self.policies, self.switches, self.dispatcher, self.clock, self.metrics, RateLimiter()
+            self.store, self.policies, self.switches, self.queue, self.clock, self.metrics, RateLimiter()
         )
-        self.users = Users(self.store, self.policies, self.clock)
         self.scheduler = Scheduler(self.store, self.pipeline, self.clock, self.metrics)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -103,15 +131,45 @@ class Gateway:
         except PolicyError as exc:
             log.error("credentials_reload_refused", problems=[str(p) for p in exc.problems])
 
+    @property
+    def sandbox(self) -> SandboxAdapter:
+        return self.providers.sandbox
+
+    async def _update_gauges(self) -> None:
+        try:
+            self.metrics.delivery_queue_depth.set(await self.queue.depth())
+            self.metrics.delivery_queue_age.set(await self.queue.oldest_age(self.clock.now()))
+        except HeraldError:
+            self.metrics.store_errors.labels("queue_depth").inc()
+        for provider, state in self.dispatcher.breaker_states().items():
+            self.metrics.breaker_state.labels(provider).set(state)
+
     async def start(self) -> None:
         await self.store.ping()  # fail fast, with the store's own message
         await self.switches.refresh()
-        self.dispatcher.start()
+        if self.settings.deliver or not self.api:
+            self.dispatcher.start()
         self._tasks = [
             asyncio.create_task(self.switches.run(self._stopping), name="kill-switches"),
-            asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler"),
             asyncio.create_task(self.policies.watch(self._stopping), name="policy-watch"),
+            asyncio.create_task(every(1.0, self._update_gauges, self._stopping, "gauges"), name="gauges"),
         ]
+        if self.api:
+            self._tasks.append(asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler"))
+        await self._start_admin()
+        if self.api:
+            await self._start_grpc()
+        log.info(
+            "started",
+            role="gateway" if self.api else "worker",
+            grpc=f"{self.settings.listen.rsplit(':', 1)[0]}:{self.port}" if self.api else None,
+            admin=f"{self.settings.admin_listen.rsplit(':', 1)[0]}:{self.admin_port}",
+            store=self.store.kind,
+            queue=self.queue.kind,
+            policy=self.policies.current.version,
+        )
+
+    async def _start_grpc(self) -> None:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         push_pb2_grpc.add_PushServiceServicer_to_server(
             PushServicer(self.pipeline, lambda: self.credentials, self.policies, self.metrics), self.server
@@ -126,16 +184,8 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen} (in use, or not an address of this machine)")
         await self.server.start()
-        await self._start_admin()
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "started",
-            grpc=f"{self.settings.listen.rsplit(':', 1)[0]}:{self.port}",
-            admin=f"{self.settings.admin_listen.rsplit(':', 1)[0]}:{self.admin_port}",
-            store=self.store.kind,
-            policy=self.policies.current.version,
-        )
 
     async def _start_admin(self) -> None:
         app = web.Application()
@@ -171,10 +221,12 @@ class Gateway:
         if self.server is not None:
             await self.server.stop(grace)
         await stop_tasks(self._tasks, self._stopping, grace)
-        if not await self.dispatcher.drain(grace):
+        if self.queue.kind == "memory" and not await self.dispatcher.drain(grace):
+            # On Redis what is queued stays in the stream for the other workers.
             log.warning("shutdown_with_deliveries_queued", detail="grace period ran out")
-        await self.dispatcher.stop()
-        await self.sandbox.close()
+        await self.dispatcher.stop(grace)
+        await self.providers.close()
+        await self.queue.close()
         if self._admin is not None:
             await self._admin.cleanup()
         await self.store.close()

@@ -21,7 +21,10 @@ class Settings:
     policy_dir: Path = Path("policies")
     credentials: Path = SAMPLE_CREDENTIALS
     data_dir: Path = Path("var")
-    delivery_workers: int = 4
+    delivery_workers: int = 512
+    deliver: bool = True
+    reclaim_seconds: float = 60.0
+    public_url: str = ""
     log_level: str = "INFO"
     log_format: str = "json"
     grace_seconds: float = 10.0
@@ -39,7 +42,16 @@ ENV: dict[str, tuple[str, str]] = {
     "policy_dir": ("HERALD_POLICY_DIR", "folder of policy YAML files"),
     "credentials": ("HERALD_CREDENTIALS", "credentials file of hashed business-unit API keys"),
     "data_dir": ("HERALD_DATA_DIR", "data folder (sandbox outbox)"),
-    "delivery_workers": ("HERALD_DELIVERY_WORKERS", "concurrent delivery workers in this process"),
+    "delivery_workers": ("HERALD_DELIVERY_WORKERS", "deliveries in flight at once in this process"),
+    "deliver": ("HERALD_DELIVER", "run delivery in this process (false: API only; run `herald worker` elsewhere)"),
+    "reclaim_seconds": (
+        "HERALD_RECLAIM_SECONDS",
+        "Redis: a delivery a worker has held this long without finishing is taken over by another",
+    ),
+    "public_url": (
+        "HERALD_PUBLIC_URL",
+        "the address users reach the admin port's public paths at (one-click unsubscribe links)",
+    ),
     "log_level": ("HERALD_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
     "log_format": ("HERALD_LOG_FORMAT", "json (one event a line) or console (for people)"),
     "grace_seconds": ("HERALD_GRACE_SECONDS", "on SIGTERM: how long calls in flight and queued deliveries may finish"),

@@ -66,3 +66,13 @@ class PushProvider(StrEnum):
     FCM = "FCM"
     APNS = "APNS"
     JPUSH = "JPUSH"
+
+
+class UserFact(StrEnum):
+    """What a provider's answer tells about the user; the dispatcher updates the profile."""
+
+    UNFOLLOWED = "unfollowed"  # WeChat 43004/40003/user block: no longer reachable there
+    BAD_PHONE = "bad_phone"  # the number does not exist or is malformed
+    BAD_EMAIL = "bad_email"  # 5.1.x: the mailbox does not exist
+    DEAD_DEVICE_TOKEN = "dead_device_token"  # UNREGISTERED, 410, BadDeviceToken
+    SMS_OPTED_OUT = "sms_opted_out"  # replied STOP / on the provider's blacklist

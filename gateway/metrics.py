@@ -62,7 +62,82 @@ class Metrics:
             "herald_store_errors_total", "State store calls that failed, by operation.", ["op"], registry=registry
         )
         self.delivery_queue_depth = Gauge(
-            "herald_delivery_queue_depth", "Deliveries waiting in this process's queue.", registry=registry
+            "herald_delivery_queue_depth",
+            "Deliveries queued or in flight (the shared stream on Redis, this process's queue in memory).",
+            registry=registry,
+        )
+        self.delivery_queue_age = Gauge(
+            "herald_delivery_queue_oldest_seconds",
+            "Age of the oldest delivery still in the queue.",
+            registry=registry,
+        )
+        self.queue_seconds = Histogram(
+            "herald_delivery_queue_seconds",
+            "Time from a decision to the start of its delivery.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600),
+            registry=registry,
+        )
+        self.send_seconds = Histogram(
+            "herald_send_seconds",
+            "Time a provider took to answer one send, by channel.",
+            ["channel"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.provider_wait_seconds = Histogram(
+            "herald_provider_slot_wait_seconds",
+            "Time a send waited for one of its provider's concurrency slots.",
+            ["provider"],
+            buckets=(0.0001, 0.001, 0.01, 0.1, 0.5, 1, 5),
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "herald_fallbacks_total",
+            "Deliveries passed from one channel to the next.",
+            ["from", "to"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "herald_retries_total",
+            "Sends tried again on the same channel after a passing fault.",
+            ["channel"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "herald_dead_letters_total",
+            "Deliveries that no channel delivered, by the plan's first channel.",
+            ["channel"],
+            registry=registry,
+        )
+        self.breaker_skips = Counter(
+            "herald_breaker_skips_total",
+            "Sends skipped because the provider's breaker was open.",
+            ["provider"],
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "herald_breaker_state",
+            "Provider breaker: 0 closed, 1 half-open, 2 open.",
+            ["provider"],
+            registry=registry,
+        )
+        self.rate_limit_waits = Counter(
+            "herald_rate_limit_waits_total",
+            "Times a send waited for its provider's shared rate limit.",
+            ["provider"],
+            registry=registry,
+        )
+        self.user_facts = Counter(
+            "herald_user_updates_total",
+            "Profile updates from what a provider said (unfollowed, bad_phone, ...).",
+            ["fact"],
+            registry=registry,
+        )
+        self.mass_batch_size = Histogram(
+            "herald_wechat_mass_batch_size",
+            "Users in one WeChat mass-send call.",
+            buckets=(2, 10, 100, 1000, 5000, 10000),
+            registry=registry,
         )
         self.scheduled = Gauge(
             "herald_scheduled_users",

@@ -118,6 +118,7 @@ class CsWindowState:
     open_until: datetime
     # None: no limit.
     quota: int | None
+    opened_at: datetime | None = None
 
 
 def cs_window(
@@ -136,7 +137,7 @@ def cs_window(
         until = interaction.at + policy.window
         if until <= now:
             continue
-        state = CsWindowState(open_until=until, quota=policy.messages)
+        state = CsWindowState(open_until=until, quota=policy.messages, opened_at=interaction.at)
         if best is None or _window_rank(state) > _window_rank(best):
             best = state
     return best

@@ -23,7 +23,8 @@ from gateway.clock import FixedClock
 from gateway.core.pipeline import PushPipeline
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.users import Users
-from gateway.delivery import Dispatcher
+from gateway.delivery.dispatcher import Dispatcher
+from gateway.delivery.queue import MemoryQueue
 from gateway.errors import HeraldError, status_of
 from gateway.killswitches import KillSwitches
 from gateway.metrics import fresh_metrics
@@ -102,11 +103,12 @@ async def simulate(policy_dir: Path, events: list[Event], horizon: timedelta = t
     policies = PolicyHolder(policy_dir, metrics)
     switches = KillSwitches(store, clock, metrics)
     channel = _InstantChannel()
-    dispatcher = Dispatcher(store, policies, switches, lambda _: channel, clock, metrics, workers=1)
-    pipeline = PushPipeline(
-        store, policies, switches, dispatcher, clock, metrics, RateLimiter(lambda: clock.now().timestamp())
-    )
     users = Users(store, policies, clock)
+    queue = MemoryQueue()
+    dispatcher = Dispatcher(queue, store, policies, switches, lambda _: channel, users, clock, metrics, in_flight=1)
+    pipeline = PushPipeline(
+        store, policies, switches, queue, clock, metrics, RateLimiter(lambda: clock.now().timestamp())
+    )
     scheduler = Scheduler(store, pipeline, clock, metrics)
     report = Report(policies.current.version)
     message_ids: list[str] = []

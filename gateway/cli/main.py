@@ -52,14 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the gateway until SIGTERM or SIGINT (SIGHUP reloads policies and credentials). "
         "Each flag overrides its environment variable.",
     )
+    worker = commands.add_parser(
+        "worker",
+        help="run delivery only (no API), from the shared Redis queue",
+        description="Take deliveries from the Redis delivery stream and send them, without serving the API, "
+        "so that delivery scales apart from it. Needs --redis-url. Admin HTTP (/metrics, /healthz, /readyz) "
+        "as for serve.",
+    )
     defaults = Settings()
-    for name, (env_name, text) in ENV.items():
-        serve.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=None,
-            help=f"{text} (env {env_name}; default {getattr(defaults, name) or 'none'})",
-        )
+    for command in (serve, worker):
+        for name, (env_name, text) in ENV.items():
+            command.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                default=None,
+                help=f"{text} (env {env_name}; default {getattr(defaults, name) or 'none'})",
+            )
 
     policy = commands.add_parser("policy", help="policy files").add_subparsers(
         dest="policy_command", metavar="ACTION", required=True
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         from gateway.cli.serve import run
 
         try:
@@ -154,7 +162,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
-        return run(settings)
+        if args.command == "worker" and not settings.redis_url:
+            print(
+                "herald: worker needs the shared Redis queue: set --redis-url or HERALD_REDIS_URL "
+                "(in the embedded in-memory mode, `herald serve` delivers by itself)",
+                file=sys.stderr,
+            )
+            return 2
+        return run(settings, api=args.command == "serve")
     if args.command == "policy" and args.policy_command == "check":
         from gateway.cli.policy import check
 

@@ -23,8 +23,8 @@ def _install_loop() -> str:
     return "uvloop"
 
 
-async def _serve(settings: Settings) -> int:
-    gateway = Gateway(settings)
+async def _serve(settings: Settings, api: bool) -> int:
+    gateway = Gateway(settings, api=api)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -37,12 +37,18 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, api: bool = True) -> int:
     configure(settings.log_level, json=settings.log_format == "json")
     loop_kind = _install_loop()
-    log.info("starting", loop=loop_kind, store=settings.store_kind, policy_dir=str(settings.policy_dir))
+    log.info(
+        "starting",
+        role="gateway" if api else "worker",
+        loop=loop_kind,
+        store=settings.store_kind,
+        policy_dir=str(settings.policy_dir),
+    )
     try:
-        return asyncio.run(_serve(settings))
+        return asyncio.run(_serve(settings, api))
     except PolicyError as exc:
         print(f"herald: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,8 @@ from gateway.core.keyed_lock import KeyedLock
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.state import Hold, Mutation, Unhold, UserState
 from gateway.core.validate import validate_push
-from gateway.delivery import Dispatcher, Job
+from gateway.delivery.jobs import Job
+from gateway.delivery.queue import DeliveryQueue
 from gateway.domain import Category, Channel, Outcome, Reason
 from gateway.errors import AlreadyExists, HeraldError, NotFound, ResourceExhausted, StoreUnavailable, Unavailable
 from gateway.ids import new_message_id
@@ -127,7 +128,7 @@ class PushPipeline:
         store: Store,
         policies: PolicyHolder,
         switches: KillSwitches,
-        dispatcher: Dispatcher,
+        queue: DeliveryQueue,
         clock: Clock,
         metrics: Metrics,
         limiter: RateLimiter,
@@ -135,7 +136,7 @@ class PushPipeline:
         self._store = store
         self._policies = policies
         self._switches = switches
-        self._dispatcher = dispatcher
+        self._queue = queue
         self._clock = clock
         self._metrics = metrics
         self._limiter = limiter
@@ -263,7 +264,7 @@ class PushPipeline:
             log.error("decision_not_recorded", message_id=message_id, request_id=claim.request_id, error=exc.message)
         if decision.outcome is Outcome.ACCEPTED:
             assert profile is not None
-            self._dispatcher.submit(Job(message_id, claim, decision.plan, profile))
+            await self._queue.put(Job(message_id, claim, decision.plan, profile, now))
         self._count(claim, decision)
         log.info(
             "decision",
@@ -296,7 +297,7 @@ class PushPipeline:
             raise StoreUnavailable(f"{cause.message}; a held claim cannot be kept without the store")
         detail = f"fail-open (state store unreachable; caps, dedup and idempotency not checked): {decision.detail}"
         if decision.outcome is Outcome.ACCEPTED:
-            self._dispatcher.submit(Job(message_id, claim, decision.plan, profile))
+            await self._queue.put(Job(message_id, claim, decision.plan, profile, now))
         self._metrics.fail_open.labels(str(claim.category)).inc()
         self._count(claim, decision)
         log.warning(
@@ -387,7 +388,7 @@ class PushPipeline:
         claim = claim_of(record)
         if decision.outcome is Outcome.ACCEPTED:
             assert profile is not None
-            self._dispatcher.submit(Job(record.message_id, claim, decision.plan, profile))
+            await self._queue.put(Job(record.message_id, claim, decision.plan, profile, now))
         if decision.outcome is not Outcome.SCHEDULED:
             self._count(claim, decision)
         log.info(

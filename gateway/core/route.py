@@ -3,12 +3,13 @@ first (pure). See DESIGN.md "Channel routing semantics"."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from gateway.core.killswitch import killed_channels
+from gateway.core.state import SentEntry
 from gateway.domain import Category, Channel
 from gateway.policy.model import Policy
 from gateway.profiles import UserProfile, cs_window, opted_out
@@ -19,6 +20,7 @@ class Skip(StrEnum):
     NO_CONTACT = "no_contact"
     NOT_FOLLOWING = "not_following"
     WINDOW_CLOSED = "window_closed"
+    WINDOW_USED_UP = "window_used_up"
     OPTED_OUT = "opted_out"
     KILLED = "killed"
 
@@ -32,7 +34,11 @@ class Route:
         return ", ".join(f"{channel} {why}" for channel, why in self.skipped)
 
 
-def _reachable(channel: Channel, profile: UserProfile, policy: Policy, now: datetime) -> Skip | None:
+def reachable(
+    channel: Channel, profile: UserProfile, policy: Policy, now: datetime, sent: Sequence[SentEntry] = ()
+) -> Skip | None:
+    """Why ``channel`` cannot reach the user now (None: it can). ``sent``: the user's
+    reservations, which count against the customer-service window's quota."""
     if channel in (Channel.WECHAT_TEMPLATE, Channel.WECHAT_CS, Channel.WECHAT_MASS):
         if profile.wechat is None or not profile.wechat.openid:
             return Skip.NO_CONTACT
@@ -40,8 +46,13 @@ def _reachable(channel: Channel, profile: UserProfile, policy: Policy, now: date
             return Skip.NOT_FOLLOWING
         if channel is Channel.WECHAT_CS:
             windows = policy.channels[channel].cs_windows
-            if cs_window(profile.interactions, windows, now) is None:
+            window = cs_window(profile.interactions, windows, now)
+            if window is None:
                 return Skip.WINDOW_CLOSED
+            if window.quota is not None and window.opened_at is not None:
+                used = sum(1 for e in sent if e.channel is Channel.WECHAT_CS and e.at >= window.opened_at)
+                if used >= window.quota:
+                    return Skip.WINDOW_USED_UP
         return None
     if channel is Channel.SMS:
         return None if profile.phone else Skip.NO_CONTACT
@@ -57,13 +68,14 @@ def route(
     policy: Policy,
     switches: Iterable[KillSwitch],
     now: datetime,
+    sent: Sequence[SentEntry] = (),
 ) -> Route:
     scenario = policy.scenarios[scenario_name]
     killed = killed_channels(switches, now)
     plan: list[Channel] = []
     skipped: list[tuple[Channel, Skip]] = []
     for channel in scenario.channels:
-        why = _reachable(channel, profile, policy, now)
+        why = reachable(channel, profile, policy, now, sent)
         if why is None and opted_out(profile, category, channel) is not None:
             why = Skip.OPTED_OUT
         if why is None and channel in killed:

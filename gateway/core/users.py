@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.clock import Clock
 from gateway.core.validate import USER_ID_RE, check_id
-from gateway.domain import Category, Channel, InteractionKind
+from gateway.domain import Category, Channel, InteractionKind, UserFact
 from gateway.errors import InvalidArgument, NotFound
 from gateway.policy.holder import PolicyHolder
 from gateway.profiles import (
@@ -138,3 +138,24 @@ class Users:
         if profile is None:
             raise NotFound(f"no user '{user_id}'; create it with UpsertUser")
         return profile
+
+    async def apply_fact(self, profile: UserProfile, fact: UserFact, recipient: str) -> UserProfile:
+        """What a provider said about the user, kept (43004: no longer following; a bad
+        number or mailbox cleared; a dead device token removed; an SMS opt-out)."""
+        ttl = self._policies.current.defaults.profile_retention
+        now = self._clock.now()
+        patch: dict[str, Any] = {}
+        if fact is UserFact.UNFOLLOWED and profile.wechat is not None:
+            patch["wechat"] = WeChat(profile.wechat.openid, profile.wechat.unionid, following=False)
+        elif fact is UserFact.BAD_PHONE and profile.phone == recipient:
+            patch["phone"] = ""
+        elif fact is UserFact.BAD_EMAIL and profile.email == recipient:
+            patch["email"] = ""
+        elif fact is UserFact.DEAD_DEVICE_TOKEN:
+            patch["device_tokens"] = tuple(t for t in profile.device_tokens if t.token != recipient)
+        elif fact is UserFact.SMS_OPTED_OUT:
+            entry = OptOut(None, Channel.SMS, now, "provider")
+            return await self._store.set_opt_out(profile.user_id, entry, True, ttl) or profile
+        if not patch:
+            return profile
+        return await self._store.upsert_user(profile.user_id, patch, now, ttl)

@@ -19,6 +19,16 @@ ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 class _Provider(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Sends a second to this provider, shared by every replica (a token bucket in the
+    # store); None: no limit of ours.
+    rate: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    # Sends in flight to this provider from one process at a time.
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+    # Breaker: provider faults in a row that open it, and seconds until a probe.
+    breaker_faults: int = Field(default=5, ge=1)
+    breaker_cool_down: float = Field(default=30.0, gt=0)
+
     @model_validator(mode="before")
     @classmethod
     def _no_inline_secrets(cls, value: Any) -> Any:
@@ -48,6 +58,8 @@ class WechatProvider(_Provider):
     callback_token_env: EnvName | None = None
     encoding_aes_key_env: EnvName | None = None
     base_url: str = "https://api.weixin.qq.com"
+    # Mass send: how long to collect a campaign's users before one call (or 10,000).
+    mass_batch_wait: float = Field(default=2.0, gt=0, le=60)
 
 
 class AliyunSmsProvider(_Provider):

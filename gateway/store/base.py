@@ -148,3 +148,19 @@ class Store(Protocol):
         ...
 
     async def due_count(self) -> int: ...
+
+    # --- shared small state (provider tokens, locks, rate buckets) ------------------
+    async def shared_get(self, name: str) -> str | None: ...
+
+    async def shared_put(self, name: str, value: str, ttl: timedelta, *, only_if_absent: bool = False) -> bool:
+        """Set ``name`` for ``ttl``; with ``only_if_absent`` a lock: False when held."""
+        ...
+
+    async def shared_delete(self, name: str, only_if: str | None = None) -> bool:
+        """Remove ``name`` (only while it still holds ``only_if``, when given)."""
+        ...
+
+    async def take_token(self, bucket: str, rate: float, burst: int, now: datetime) -> float:
+        """One token from a bucket shared by every replica, refilled at ``rate`` a second
+        up to ``burst``: 0 when granted, else the seconds until one will be there."""
+        ...

@@ -25,6 +25,11 @@ timeline share ``{<message_id>}`` for the same reason. User ids cannot contain b
 | herald:ks:audit                       | list   | none: capped to KILL_AUDIT_KEEP entries   |
 | herald:due                            | zset   | none: a user leaves it when their pool is |
 |                                       |        | empty; scores are epoch milliseconds      |
+| herald:shared:<name>                  | string | set by the writer (a provider token: its  |
+|                                       |        | expiry; a lock: a few seconds)            |
+| herald:bucket:<name>                  | hash   | twice the bucket's refill time            |
+| herald:deliveries                     | stream | none: entries are deleted when acked      |
+| herald:deliveries:dead                | stream | capped to DEAD_LETTERS_KEEP entries       |
 """
 
 from __future__ import annotations
@@ -86,3 +91,17 @@ def user_dedup(user_id: str, bu: str, key: str) -> str:
 
 def message_final(message_id: str) -> str:
     return f"{PREFIX}:msg:{{{message_id}}}:final"
+
+
+def shared(name: str) -> str:
+    return f"{PREFIX}:shared:{name}"
+
+
+def bucket(name: str) -> str:
+    return f"{PREFIX}:bucket:{name}"
+
+
+DELIVERIES = f"{PREFIX}:deliveries"
+DELIVERY_GROUP = "workers"
+DEAD_LETTERS = f"{PREFIX}:deliveries:dead"
+DEAD_LETTERS_KEEP = 100_000

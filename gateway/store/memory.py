@@ -78,6 +78,8 @@ class MemoryStore:
         self._due_members: dict[str, int] = {}
         self._sent: dict[str, dict[str, SentEntry]] = {}
         self._held: dict[str, dict[str, datetime]] = {}
+        self._shared: _Expiring[str] = _Expiring(self._clock)
+        self._buckets: dict[str, tuple[float, float]] = {}
         self._versions: dict[str, int] = {}
         self._dedup: _Expiring[bool] = _Expiring(self._clock)
 
@@ -291,6 +293,33 @@ class MemoryStore:
 
     async def due_count(self) -> int:
         return len(self._due_members)
+
+    # --- shared small state ----------------------------------------------------------
+    async def shared_get(self, name: str) -> str | None:
+        return self._shared.get(name)
+
+    async def shared_put(self, name: str, value: str, ttl: timedelta, *, only_if_absent: bool = False) -> bool:
+        if only_if_absent and self._shared.get(name) is not None:
+            return False
+        self._shared.set(name, value, ttl)
+        return True
+
+    async def shared_delete(self, name: str, only_if: str | None = None) -> bool:
+        current = self._shared.get(name)
+        if current is None or (only_if is not None and current != only_if):
+            return False
+        self._shared.delete(name)
+        return True
+
+    async def take_token(self, bucket: str, rate: float, burst: int, now: datetime) -> float:
+        at = now.timestamp()
+        tokens, last = self._buckets.get(bucket, (float(burst), at))
+        tokens = min(float(burst), tokens + max(0.0, at - last) * rate)
+        if tokens >= 1:
+            self._buckets[bucket] = (tokens - 1, at)
+            return 0.0
+        self._buckets[bucket] = (tokens, at)
+        return (1 - tokens) / rate
 
     def next_due(self) -> datetime | None:
         """The earliest due time in the index (simulation steps its clock by it)."""

@@ -120,6 +120,30 @@ def redacted(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+# KEYS[1] lock or value; ARGV[1] the value it must still hold. Compare and delete.
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] bucket hash; ARGV: 1 rate a second, 2 burst, 3 now ms. Returns 0 when a token
+# was taken, else the milliseconds until one is there.
+_TAKE_TOKEN = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 't', 'at')
+local tokens = tonumber(state[1]) or burst
+local last = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.max(1000, math.ceil(2000 * burst / rate)))
+return wait
+"""
+
+
 class RedisStore:
     kind = "redis"
 
@@ -138,6 +162,8 @@ class RedisStore:
         self._apply = self._redis.register_script(_APPLY)
         self._opt_out = self._redis.register_script(_OPT_OUT)
         self._interaction = self._redis.register_script(_INTERACTION)
+        self._delete_if = self._redis.register_script(_DELETE_IF)
+        self._take_token = self._redis.register_script(_TAKE_TOKEN)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -211,7 +237,7 @@ class RedisStore:
                 px=_ms(idem_ttl),
             )
         async with self._guard("save_decision"):
-            await pipe.execute()
+            await execute(pipe)
 
     async def add_events(
         self,
@@ -231,7 +257,7 @@ class RedisStore:
             pipe.set(keys.message_final(message_id), codec.encode_final(final), px=_ms(retention))
         pipe.pexpire(events_key, _ms(retention))
         async with self._guard("add_events"):
-            await pipe.execute()
+            await execute(pipe)
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         found = await self.get_messages([message_id])
@@ -243,7 +269,7 @@ class RedisStore:
         pipe.hgetall(keys.user_profile(user_id))
         pipe.lrange(keys.user_interactions(user_id), 0, -1)
         async with self._guard("read_profile"):
-            fields, interactions = await pipe.execute()
+            fields, interactions = await execute(pipe)
         if not fields:
             return None
         return codec.decode_profile(user_id, fields, interactions)
@@ -256,7 +282,7 @@ class RedisStore:
         pipe.hgetall(key)
         pipe.lrange(keys.user_interactions(user_id), 0, -1)
         async with self._guard("upsert_user"):
-            *_, fields, interactions = await pipe.execute()
+            *_, fields, interactions = await execute(pipe)
         return codec.decode_profile(user_id, fields, interactions)
 
     async def get_user(self, user_id: str) -> UserProfile | None:
@@ -288,7 +314,7 @@ class RedisStore:
         pipe.lpush(keys.KILL_AUDIT, codec.encode_audit(audit))
         pipe.ltrim(keys.KILL_AUDIT, 0, keys.KILL_AUDIT_KEEP - 1)
         async with self._guard("put_kill_switch"):
-            await pipe.execute()
+            await execute(pipe)
 
     async def clear_kill_switch(
         self, switch_id: str, audit_of: Callable[[KillSwitch], AuditEntry]
@@ -302,7 +328,7 @@ class RedisStore:
             pipe.hdel(keys.KILL_SWITCHES, switch_id)
             pipe.lpush(keys.KILL_AUDIT, codec.encode_audit(audit_of(switch)))
             pipe.ltrim(keys.KILL_AUDIT, 0, keys.KILL_AUDIT_KEEP - 1)
-            removed, *_ = await pipe.execute()
+            removed, *_ = await execute(pipe)
         return switch if removed else None
 
     async def kill_switches(self) -> list[KillSwitch]:
@@ -325,7 +351,7 @@ class RedisStore:
             pipe.get(keys.message_status(message_id))
             pipe.get(keys.message_final(message_id))
         async with self._guard("get_messages"):
-            raw = await pipe.execute()
+            raw = await execute(pipe)
         out: list[MessageRecord | None] = []
         for index in range(len(message_ids)):
             body, events, status, final = raw[4 * index : 4 * index + 4]
@@ -347,7 +373,7 @@ class RedisStore:
         if dedup is not None:
             pipe.exists(keys.user_dedup(user_id, *dedup))
         async with self._guard("load_user"):
-            fields, interactions, version, sent, info, held, *seen = await pipe.execute()
+            fields, interactions, version, sent, info, held, *seen = await execute(pipe)
         profile = codec.decode_profile(user_id, fields, interactions) if fields else None
         state = UserState(
             version=int(version or 0),
@@ -405,7 +431,7 @@ class RedisStore:
         if first_hold is not None:
             pipe.zadd(keys.DUE, {user_id: first_hold}, lt=True)
         async with self._guard("apply"):
-            result, *_ = await pipe.execute()
+            result, *_ = await execute(pipe)
         return int(result) >= 0
 
     # --- due index -----------------------------------------------------------------
@@ -425,6 +451,39 @@ class RedisStore:
     async def due_count(self) -> int:
         async with self._guard("due_count"):
             return int(await self._redis.zcard(keys.DUE))
+
+    # --- shared small state ----------------------------------------------------------
+    async def shared_get(self, name: str) -> str | None:
+        async with self._guard("shared_get"):
+            raw = await self._redis.get(keys.shared(name))
+        return None if raw is None else codec.text(raw)
+
+    async def shared_put(self, name: str, value: str, ttl: timedelta, *, only_if_absent: bool = False) -> bool:
+        async with self._guard("shared_put"):
+            done = await self._redis.set(
+                keys.shared(name), value, px=max(1, int(ttl.total_seconds() * 1000)), nx=only_if_absent
+            )
+        return bool(done)
+
+    async def shared_delete(self, name: str, only_if: str | None = None) -> bool:
+        async with self._guard("shared_delete"):
+            if only_if is None:
+                return bool(await self._redis.delete(keys.shared(name)))
+            return bool(await self._delete_if(keys=[keys.shared(name)], args=[only_if]))
+
+    async def take_token(self, bucket: str, rate: float, burst: int, now: datetime) -> float:
+        async with self._guard("take_token"):
+            wait_ms = await self._take_token(keys=[keys.bucket(bucket)], args=[rate, burst, _epoch_ms(now)])
+        return int(wait_ms) / 1000
+
+
+async def execute(pipe: Any) -> list[Any]:
+    """Run a pipeline; on a fault give its connection back instead of leaking it."""
+    try:
+        result: list[Any] = await pipe.execute()
+        return result
+    finally:
+        await pipe.reset()
 
 
 def _epoch_ms(moment: datetime) -> int:

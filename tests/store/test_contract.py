@@ -349,3 +349,33 @@ def test_clock_is_timezone_aware() -> None:
     with pytest.raises(ValueError):
         FixedClock(datetime(2026, 1, 1))
     assert FixedClock(datetime(2026, 1, 1, tzinfo=UTC)).now().tzinfo is not None
+
+
+# --- shared small state -------------------------------------------------------------
+async def test_shared_lock_is_taken_once_and_released_only_by_its_owner(store: Store) -> None:
+    assert await store.shared_put("lock:x", "owner-a", timedelta(seconds=10), only_if_absent=True)
+    assert not await store.shared_put("lock:x", "owner-b", timedelta(seconds=10), only_if_absent=True)
+    assert not await store.shared_delete("lock:x", only_if="owner-b")
+    assert await store.shared_get("lock:x") == "owner-a"
+    assert await store.shared_delete("lock:x", only_if="owner-a")
+    assert await store.shared_get("lock:x") is None
+    assert await store.shared_put("lock:x", "owner-b", timedelta(seconds=10), only_if_absent=True)
+
+
+async def test_shared_value_is_overwritten_and_deleted(store: Store) -> None:
+    await store.shared_put("token", "one", timedelta(minutes=5))
+    await store.shared_put("token", "two", timedelta(minutes=5))
+    assert await store.shared_get("token") == "two"
+    assert await store.shared_delete("token")
+    assert not await store.shared_delete("token")
+
+
+async def test_token_bucket_grants_burst_then_says_how_long_to_wait(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    granted = [await store.take_token("wechat", 10.0, 3, now) for _ in range(4)]
+    assert granted[:3] == [0.0, 0.0, 0.0]
+    assert granted[3] == pytest.approx(0.1, abs=0.002)
+    # 0.25 s later two and a half tokens came back: two are granted, the third waits.
+    later = now + timedelta(milliseconds=250)
+    assert [await store.take_token("wechat", 10.0, 3, later) for _ in range(3)][:2] == [0.0, 0.0]
+    assert await store.take_token("other", 10.0, 3, later) == 0.0

@@ -1,0 +1,111 @@
+"""Which adapter serves which channel: the provider policy names for the channel, when
+its credentials are in the environment; the sandbox otherwise (said once at start)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from channels.aliyun_sms import AliyunSmsAdapter
+from channels.base import ChannelAdapter
+from channels.http import Http
+from channels.sandbox import SandboxAdapter
+from channels.wechat import WechatAdapter
+from channels.wechat_token import WechatToken
+from gateway.clock import Clock
+from gateway.domain import Channel
+from gateway.policy.model import Policy
+from gateway.policy.providers import AliyunSmsProvider, SandboxProvider, WechatProvider
+from gateway.store.base import Store
+
+
+class MissingCredentials(Exception):
+    pass
+
+
+def _env(environ: Mapping[str, str], name: str | None, provider: str) -> str:
+    if name is None:
+        return ""
+    value = environ.get(name, "")
+    if not value:
+        raise MissingCredentials(f"provider '{provider}': environment variable {name} is not set")
+    return value
+
+
+@dataclass
+class Providers:
+    sandbox: SandboxAdapter
+    adapters: dict[str, ChannelAdapter] = field(default_factory=dict)
+    # provider name -> why it is served by the sandbox
+    sandboxed: dict[str, str] = field(default_factory=dict)
+
+    def for_channel(self, channel: Channel, policy: Policy) -> ChannelAdapter:
+        settings = policy.channels.get(channel)
+        if settings is None:
+            return self.sandbox
+        return self.adapters.get(settings.provider, self.sandbox)
+
+    def wechat(self) -> WechatAdapter | None:
+        for adapter in self.adapters.values():
+            if isinstance(adapter, WechatAdapter):
+                return adapter
+        return None
+
+    async def close(self) -> None:
+        for adapter in self.adapters.values():
+            await adapter.close()
+        await self.sandbox.close()
+
+
+def build_providers(
+    policy: Policy,
+    environ: Mapping[str, str],
+    store: Store,
+    clock: Clock,
+    sandbox: SandboxAdapter,
+    on_mass_batch: Callable[[int], None] = lambda size: None,
+) -> Providers:
+    providers = Providers(sandbox)
+    used = {settings.provider for settings in policy.channels.values()}
+    for name in sorted(used):
+        config = policy.providers.get(name)
+        if config is None or isinstance(config, SandboxProvider):
+            continue
+        try:
+            adapter = _build(name, config, environ, store, clock, on_mass_batch)
+        except MissingCredentials as exc:
+            providers.sandboxed[name] = str(exc)
+            continue
+        if adapter is None:
+            providers.sandboxed[name] = f"provider '{name}' ({config.type}) has no adapter in this version"
+            continue
+        providers.adapters[name] = adapter
+    return providers
+
+
+def _build(
+    name: str,
+    config: object,
+    environ: Mapping[str, str],
+    store: Store,
+    clock: Clock,
+    on_mass_batch: Callable[[int], None],
+) -> ChannelAdapter | None:
+    if isinstance(config, WechatProvider):
+        http = Http()
+        appid = _env(environ, config.appid_env, name)
+        token = WechatToken(http, config.base_url, appid, _env(environ, config.secret_env, name), store, clock)
+        return WechatAdapter(
+            name, config.base_url, token, http, clock.now, mass_wait=config.mass_batch_wait, on_batch=on_mass_batch
+        )
+    if isinstance(config, AliyunSmsProvider):
+        return AliyunSmsAdapter(
+            name,
+            config.base_url,
+            _env(environ, config.access_key_id_env, name),
+            _env(environ, config.access_key_secret_env, name),
+            config.sign_name,
+            Http(),
+            clock.now,
+        )
+    return None

@@ -1,0 +1,1 @@
+"""Delivery: the queue between decisions and channels, and the dispatcher that drains it."""

@@ -1,0 +1,53 @@
+"""A circuit breaker per provider (pure, clock-injected through ``now`` arguments).
+
+Closed: sends go through; ``threshold`` provider faults in a row open it (a fault the
+provider names as its own, such as a refused credential or an empty balance, opens it
+at once). Open: the provider is skipped and traffic takes the fallback channels. After
+``cool_down`` seconds one probe send is let through (half-open): success closes the
+breaker, another fault opens it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class BreakerState(IntEnum):
+    # Numbers are what the herald_breaker_state gauge exports.
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+@dataclass
+class Breaker:
+    threshold: int = 5
+    cool_down: float = 30.0
+    state: BreakerState = BreakerState.CLOSED
+    faults: int = 0
+    opened_at: float = 0.0
+    probing: bool = False
+
+    def allow(self, now: float) -> bool:
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN and now - self.opened_at >= self.cool_down:
+            self.state = BreakerState.HALF_OPEN
+            self.probing = False
+        if self.state is BreakerState.HALF_OPEN and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.state = BreakerState.CLOSED
+        self.faults = 0
+        self.probing = False
+
+    def fault(self, now: float, *, trip: bool = False) -> None:
+        self.faults += 1
+        if trip or self.state is BreakerState.HALF_OPEN or self.faults >= self.threshold:
+            self.state = BreakerState.OPEN
+            self.opened_at = now
+            self.probing = False

@@ -1,0 +1,398 @@
+"""The dispatcher: takes jobs from the delivery queue and walks each one's channel plan.
+
+For each channel, right before each send: the kill switch and the deadline again, the
+user still reachable there (a provider may have said otherwise since the decision),
+the provider's breaker, its shared rate limit and its concurrency limit. A passing
+fault is retried with backoff (a provider's Retry-After honoured, never past the
+deadline); a channel that cannot reach the user passes the job to the next one. What
+a provider says about the user updates the profile. The cap reservation is committed
+on delivery and given back when nothing went out; a job no channel delivered goes to
+the dead letters with its reason. Every step lands in the message's timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from channels.base import ChannelAdapter, Delivery, SendResult, SendStatus, UserFact
+from gateway.clock import Clock
+from gateway.core.caps import retention
+from gateway.core.killswitch import blocking_switch, killed_channels
+from gateway.core.render import render
+from gateway.core.route import reachable
+from gateway.core.state import Commit, Release
+from gateway.core.users import Users
+from gateway.delivery.breaker import Breaker
+from gateway.delivery.jobs import Job
+from gateway.delivery.queue import DeliveryQueue, Lease
+from gateway.delivery.retry import backoff
+from gateway.domain import Channel, Outcome, Reason
+from gateway.errors import HeraldError
+from gateway.killswitches import KillSwitches
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.profiles import UserProfile
+from gateway.store.base import Store
+from gateway.store.records import Final, TimelineEntry
+
+log = get_logger(__name__)
+MAX_ATTEMPTS = 3  # per channel
+# A provider asking for a longer pause than this is treated as unavailable for now:
+# the job takes the next channel instead of holding its queue entry.
+MAX_RETRY_WAIT = 10.0
+
+
+def recipient_for(channel: Channel, profile: UserProfile) -> str:
+    if channel in (Channel.WECHAT_TEMPLATE, Channel.WECHAT_CS, Channel.WECHAT_MASS):
+        return profile.wechat.openid if profile.wechat else ""
+    if channel is Channel.SMS:
+        return profile.phone
+    if channel is Channel.EMAIL:
+        return profile.email
+    return profile.device_tokens[0].token if profile.device_tokens else ""
+
+
+@dataclass
+class _Provider:
+    breaker: Breaker
+    slots: asyncio.Semaphore
+    limit: int
+
+
+@dataclass
+class _Walk:
+    events: list[TimelineEntry] = field(default_factory=list)
+    last: SendResult | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        queue: DeliveryQueue,
+        store: Store,
+        policies: PolicyHolder,
+        switches: KillSwitches,
+        adapter_for: Callable[[Channel], ChannelAdapter],
+        users: Users,
+        clock: Clock,
+        metrics: Metrics,
+        in_flight: int = 512,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        self.queue = queue
+        self._store = store
+        self._policies = policies
+        self._switches = switches
+        self._adapter_for = adapter_for
+        self._users = users
+        self._clock = clock
+        self._metrics = metrics
+        self._in_flight = in_flight
+        self._providers: dict[str, _Provider] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._sleep = sleep or asyncio.sleep
+
+    # --- the loop ------------------------------------------------------------------
+    async def submit(self, job: Job) -> None:
+        await self.queue.put(job)
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._runner = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            free = self._in_flight - len(self._tasks)
+            if free <= 0:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                leases = await self.queue.take(min(free, 500), 0.2)
+            except HeraldError as exc:
+                self._metrics.store_errors.labels("delivery_take").inc()
+                log.error("delivery_queue_unavailable", error=exc.message)
+                await asyncio.sleep(1.0)
+                continue
+            for lease in leases:
+                task = asyncio.create_task(self._handle(lease))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, lease: Lease) -> None:
+        try:
+            await self.deliver(lease)
+        except HeraldError as exc:
+            # The store did not answer mid-delivery: leave the entry un-acked; it is
+            # taken again (the provider's dedup id makes a repeat harmless).
+            self._metrics.store_errors.labels("delivery").inc()
+            log.error("delivery_interrupted", message_id=lease.job.message_id, error=exc.message)
+            return
+        except Exception:
+            log.exception("delivery_crashed", message_id=lease.job.message_id)
+        with contextlib.suppress(HeraldError):
+            await self.queue.ack(lease)
+
+    async def drain(self, within: float) -> bool:
+        """Wait until the queue is empty and nothing is in flight; False on timeout."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                if not self._tasks and await self.queue.depth() == 0:
+                    return True
+            except HeraldError:
+                return False
+            await asyncio.sleep(0.002)
+        return False
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking jobs; let those in flight finish within ``grace`` seconds."""
+        self._stopping.set()
+        if self._runner is not None:
+            await asyncio.wait([self._runner], timeout=grace)
+            if not self._runner.done():
+                self._runner.cancel()
+            self._runner = None
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # --- one job -------------------------------------------------------------------
+    def _provider(self, adapter: ChannelAdapter) -> _Provider:
+        state = self._providers.get(adapter.name)
+        config = self._policies.current.providers.get(adapter.name)
+        limit = config.concurrency if config is not None else 64
+        if state is None or state.limit != limit:
+            breaker = state.breaker if state else Breaker()
+            if config is not None:
+                breaker.threshold, breaker.cool_down = config.breaker_faults, config.breaker_cool_down
+            state = self._providers[adapter.name] = _Provider(breaker, asyncio.Semaphore(limit), limit)
+        return state
+
+    def breaker_states(self) -> dict[str, int]:
+        return {name: int(p.breaker.state) for name, p in self._providers.items()}
+
+    async def _finish(self, job: Job, events: list[TimelineEntry], status: str, settle: Commit | Release) -> None:
+        """Record the outcome and settle the cap reservation. What was sent is sent: a
+        store fault here is logged and counted, not a reason to send again."""
+        policy = self._policies.current
+        try:
+            await self._store.apply(job.claim.user_id, None, [settle], self._clock.now(), retention(policy))
+        except HeraldError as exc:
+            self._metrics.store_errors.labels("apply").inc()
+            log.error("reservation_settle_failed", message_id=job.message_id, error=exc.message)
+        final = None
+        if isinstance(settle, Release):
+            reason = Reason.KILL_SWITCH if status == "suppressed" else Reason.EXPIRED if status == "expired" else None
+            final = Final(Outcome.SUPPRESSED, reason, events[-1].detail) if reason else None
+        try:
+            await self._store.add_events(job.message_id, events, status, policy.defaults.message_retention, final)
+        except HeraldError as exc:
+            self._metrics.store_errors.labels("add_events").inc()
+            log.error("timeline_write_failed", message_id=job.message_id, error=exc.message)
+
+    async def _profile(self, job: Job) -> UserProfile | None:
+        try:
+            return await self._store.get_user(job.claim.user_id) or job.profile
+        except HeraldError:
+            if job.profile is None:
+                raise
+            return job.profile
+
+    async def deliver(self, lease: Lease) -> None:
+        job = lease.job
+        policy = self._policies.current
+        claim = job.claim
+        now = self._clock.now()
+        release = Release(job.message_id)
+        if job.queued_at is not None:
+            self._metrics.queue_seconds.observe(max(0.0, (now - job.queued_at).total_seconds()))
+        stop = self._stopped(job)
+        if stop is not None:
+            await self._finish(job, [stop[0]], stop[1], release)
+            return
+        scenario = policy.scenarios.get(claim.scenario)
+        profile = await self._profile(job)
+        if scenario is None or profile is None:
+            why = (
+                f"scenario '{claim.scenario}' no longer exists in policy"
+                if scenario is None
+                else f"user '{claim.user_id}' no longer exists"
+            )
+            await self._finish(job, [TimelineEntry(now, "failed", detail=why)], "failed", release)
+            await self._dead(lease, why)
+            return
+        walk = _Walk()
+        for index, channel in enumerate(job.plan):
+            if index > 0 and walk.last is not None:
+                walk.events.append(
+                    TimelineEntry(self._clock.now(), "fallback", channel, detail=f"after {job.plan[index - 1]}")
+                )
+                self._metrics.fallbacks.labels(str(job.plan[index - 1]), str(channel)).inc()
+            stop = self._stopped(job)
+            if stop is not None:
+                walk.events.append(stop[0])
+                await self._finish(job, walk.events, stop[1], release)
+                return
+            unusable = self._unusable(channel, profile)
+            if unusable is not None:
+                walk.events.append(TimelineEntry(self._clock.now(), "skipped", channel, detail=unusable))
+                walk.last = None
+                continue
+            adapter = self._adapter_for(channel)
+            delivery = Delivery(
+                delivery_id=f"{job.message_id}.{channel.value.lower()}",
+                message_id=job.message_id,
+                channel=channel,
+                category=claim.category,
+                scenario=claim.scenario,
+                user_id=claim.user_id,
+                campaign_id=claim.campaign_id,
+                recipient=recipient_for(channel, profile),
+                payload=render(scenario, channel, claim.params, claim.content),
+            )
+            result = await self._try_channel(job, adapter, delivery, walk)
+            walk.last = result
+            if result is None:  # breaker open
+                continue
+            if result.fact is not None:
+                profile = await self._learn(profile, result.fact, channel, delivery.recipient)
+            if result.status is SendStatus.DELIVERED:
+                walk.events.append(
+                    TimelineEntry(self._clock.now(), "delivered", channel, result.code, _with_id(result))
+                )
+                await self._finish(job, walk.events, "delivered", Commit(job.message_id, channel))
+                return
+            if result.status is SendStatus.FAILED:
+                await self._finish(job, walk.events, "failed", release)
+                await self._dead(lease, f"{channel} {result.code}: {result.detail}")
+                return
+        reason = "no channel of the plan delivered"
+        if walk.last is not None:
+            reason += f" (last: {walk.last.code} {walk.last.detail})"
+        walk.events.append(TimelineEntry(self._clock.now(), "failed", detail=reason))
+        await self._finish(job, walk.events, "failed", release)
+        await self._dead(lease, reason)
+
+    def _stopped(self, job: Job) -> tuple[TimelineEntry, str] | None:
+        """A kill switch or the deadline, checked again right before each send."""
+        claim = job.claim
+        now = self._clock.now()
+        switch = blocking_switch(
+            self._switches.current(),
+            now=now,
+            category=str(claim.category),
+            bu=claim.bu,
+            scenario=claim.scenario,
+            campaign_id=claim.campaign_id,
+        )
+        if switch is not None:
+            return TimelineEntry(now, "killed", detail=switch.describe()), "suppressed"
+        if claim.deadline is not None and claim.deadline <= now:
+            return TimelineEntry(now, "expired", detail="deadline passed before sending"), "expired"
+        return None
+
+    def _unusable(self, channel: Channel, profile: UserProfile) -> str | None:
+        killed = killed_channels(self._switches.current(), self._clock.now())
+        if channel in killed:
+            return killed[channel].describe()
+        skip = reachable(channel, profile, self._policies.current, self._clock.now())
+        return None if skip is None else "user " + str(skip).replace("_", " ")
+
+    async def _try_channel(
+        self, job: Job, adapter: ChannelAdapter, delivery: Delivery, walk: _Walk
+    ) -> SendResult | None:
+        provider = self._provider(adapter)
+        channel = delivery.channel
+        result: SendResult | None = None
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            if not provider.breaker.allow(time.monotonic()):
+                walk.events.append(
+                    TimelineEntry(self._clock.now(), "skipped", channel, detail=f"provider {adapter.name} breaker open")
+                )
+                self._metrics.breaker_skips.labels(adapter.name).inc()
+                return None if result is None else result
+            await self._rate_limit(adapter.name)
+            waited = time.monotonic()
+            async with provider.slots:
+                self._metrics.provider_wait_seconds.labels(adapter.name).observe(time.monotonic() - waited)
+                started = time.monotonic()
+                result = await adapter.send(delivery)
+                self._metrics.send_seconds.labels(str(channel)).observe(time.monotonic() - started)
+            self._record(job, adapter, delivery, result, attempt)
+            if result.status is SendStatus.RETRY or result.trip:
+                provider.breaker.fault(time.monotonic(), trip=result.trip)
+            else:
+                provider.breaker.success()
+            if result.status is not SendStatus.DELIVERED:
+                walk.events.append(TimelineEntry(self._clock.now(), "attempt", channel, result.code, result.detail))
+            if result.status is not SendStatus.RETRY:
+                return result
+            if attempt == MAX_ATTEMPTS:
+                break
+            wait = backoff(attempt, result.retry_after)
+            deadline = job.claim.deadline
+            if wait > MAX_RETRY_WAIT or (
+                deadline is not None and (deadline - self._clock.now()).total_seconds() <= wait
+            ):
+                break
+            self._metrics.retries.labels(str(channel)).inc()
+            await self._sleep_for(wait)
+        return result
+
+    async def _sleep_for(self, seconds: float) -> None:
+        outcome = self._sleep(seconds)
+        if asyncio.iscoroutine(outcome):
+            await outcome
+
+    async def _rate_limit(self, provider: str) -> None:
+        config = self._policies.current.providers.get(provider)
+        if config is None or config.rate is None:
+            return
+        burst = config.burst or max(1, int(config.rate))
+        while True:
+            wait = await self._store.take_token(f"provider:{provider}", config.rate, burst, self._clock.now())
+            if wait <= 0:
+                return
+            self._metrics.rate_limit_waits.labels(provider).inc()
+            await asyncio.sleep(wait)
+
+    def _record(self, job: Job, adapter: ChannelAdapter, delivery: Delivery, result: SendResult, attempt: int) -> None:
+        self._metrics.sends.labels(str(delivery.channel), adapter.name, str(result.status)).inc()
+        log.info(
+            "send",
+            message_id=job.message_id,
+            bu=job.claim.bu,
+            channel=str(delivery.channel),
+            provider=adapter.name,
+            attempt=attempt,
+            result=str(result.status),
+            code=result.code,
+        )
+
+    async def _learn(self, profile: UserProfile, fact: UserFact, channel: Channel, recipient: str) -> UserProfile:
+        """Update the user from what a provider said (43004: no longer following...)."""
+        try:
+            updated = await self._users.apply_fact(profile, fact, recipient)
+        except HeraldError as exc:
+            self._metrics.store_errors.labels("apply_fact").inc()
+            log.error("user_update_failed", user_id=profile.user_id, fact=str(fact), error=exc.message)
+            return profile
+        self._metrics.user_facts.labels(str(fact)).inc()
+        log.info("user_updated_from_provider", user_id=profile.user_id, fact=str(fact), channel=str(channel))
+        return updated
+
+    async def _dead(self, lease: Lease, reason: str) -> None:
+        await self.queue.dead(lease, reason, self._clock.now())
+        self._metrics.dead_letters.labels(str(lease.job.plan[0]) if lease.job.plan else "none").inc()
+
+
+def _with_id(result: SendResult) -> str:
+    return f"{result.detail} (id {result.provider_id})" if result.provider_id else result.detail

@@ -1,0 +1,113 @@
+"""The delivery queue: what the pipeline puts decided claims into and the dispatcher
+takes them from. ``MemoryQueue`` in the embedded mode (one process, not durable);
+``streams.StreamQueue`` on Redis (durable, shared by replicas and workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from gateway.delivery.jobs import Job
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A job taken from the queue; it stays there until acked (or dead-lettered)."""
+
+    entry_id: str
+    job: Job
+    # How many times the queue handed this entry out (2+: a worker died holding it).
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message_id: str
+    reason: str
+    at: datetime
+
+
+class DeliveryQueue(Protocol):
+    kind: str
+
+    async def put(self, job: Job) -> None: ...
+
+    async def take(self, count: int, block: float) -> list[Lease]:
+        """Up to ``count`` jobs, waiting at most ``block`` seconds for the first."""
+        ...
+
+    async def ack(self, lease: Lease) -> None: ...
+
+    async def dead(self, lease: Lease, reason: str, at: datetime) -> None:
+        """Keep a job that will never be delivered, with why, and ack it."""
+        ...
+
+    async def depth(self) -> int:
+        """Jobs waiting or being delivered."""
+        ...
+
+    async def oldest_age(self, now: datetime) -> float:
+        """Seconds since the oldest job still in the queue was put (0 when empty)."""
+        ...
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """Most recent first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryQueue:
+    kind = "memory"
+
+    def __init__(self, dead_keep: int = 10_000) -> None:
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._open: dict[str, Job] = {}
+        self._seq = 0
+        self._dead: deque[DeadLetter] = deque(maxlen=dead_keep)
+
+    async def put(self, job: Job) -> None:
+        self._queue.put_nowait(job)
+
+    async def take(self, count: int, block: float) -> list[Lease]:
+        leases: list[Lease] = []
+        if self._queue.empty():
+            with contextlib.suppress(TimeoutError):
+                leases.append(self._lease(await asyncio.wait_for(self._queue.get(), block)))
+        while len(leases) < count and not self._queue.empty():
+            leases.append(self._lease(self._queue.get_nowait()))
+        return leases
+
+    def _lease(self, job: Job) -> Lease:
+        self._seq += 1
+        entry_id = str(self._seq)
+        self._open[entry_id] = job
+        return Lease(entry_id, job)
+
+    async def ack(self, lease: Lease) -> None:
+        self._open.pop(lease.entry_id, None)
+
+    async def dead(self, lease: Lease, reason: str, at: datetime) -> None:
+        self._dead.append(DeadLetter(lease.job.message_id, reason, at))
+        await self.ack(lease)
+
+    async def depth(self) -> int:
+        return self._queue.qsize() + len(self._open)
+
+    async def oldest_age(self, now: datetime) -> float:
+        times = [job.queued_at for job in self._open.values() if job.queued_at is not None]
+        if not self._queue.empty():
+            first = self._queue._queue[0]  # type: ignore[attr-defined]
+            if first.queued_at is not None:
+                times.append(first.queued_at)
+        return max(0.0, (now - min(times)).total_seconds()) if times else 0.0
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        return list(reversed(self._dead))[:limit]
+
+    async def close(self) -> None:
+        return None

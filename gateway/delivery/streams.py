@@ -1,0 +1,209 @@
+"""The durable delivery queue on Redis Streams.
+
+Every replica and ``herald worker`` reads the stream through one consumer group. An
+entry stays pending until the worker that took it acks it after the delivery (XACK and
+XDEL, so the stream holds only what is not done). A worker that dies leaves its entries
+pending; after ``reclaim_after`` seconds idle another worker takes them over with
+XAUTOCLAIM. Provider dedup ids (WeChat's client_msg_id is the delivery id) make a
+second attempt harmless. An entry handed out ``max_deliveries`` times goes to the
+dead-letter stream with its reason instead of looping forever.
+
+When Redis does not answer a put, the job is kept in this process's memory queue and
+delivered from there: the decision was made, losing it would be worse.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from gateway.delivery.jobs import BadJob, Job, decode_job, encode_job
+from gateway.delivery.queue import DeadLetter, Lease, MemoryQueue
+from gateway.errors import StoreUnavailable
+from gateway.logs import get_logger
+from gateway.store import keys
+from gateway.store.redis import execute, redacted
+
+log = get_logger(__name__)
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class StreamQueue:
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reclaim_after: float = 60.0,
+        max_deliveries: int = 5,
+        consumer: str | None = None,
+    ) -> None:
+        self._where = redacted(url)
+        # Its own connections: blocking reads must not wait behind the store's calls.
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+        self._reclaim_ms = int(reclaim_after * 1000)
+        self._max_deliveries = max_deliveries
+        self.consumer = consumer or consumer_name()
+        self._group_ready = False
+        self._local = MemoryQueue()
+        self._next_claim = "0-0"
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(f"delivery stream on {self._where} did not answer ({type(exc).__name__})")
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._redis.xgroup_create(keys.DELIVERIES, keys.DELIVERY_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def put(self, job: Job) -> None:
+        try:
+            await self._redis.xadd(keys.DELIVERIES, {"job": encode_job(job)})
+        except (RedisError, OSError) as exc:
+            log.error(
+                "delivery_stream_put_failed",
+                message_id=job.message_id,
+                error=str(self._unavailable(exc)),
+                detail="kept in this process's memory queue",
+            )
+            await self._local.put(job)
+
+    async def take(self, count: int, block: float) -> list[Lease]:
+        local = await self._local.take(count, 0) if await self._local.depth() else []
+        if local:
+            return [Lease("local:" + lease.entry_id, lease.job) for lease in local]
+        try:
+            await self._ensure_group()
+            leases = await self._reclaim(count)
+            if leases:
+                return leases
+            answer: Any = await self._redis.xreadgroup(
+                keys.DELIVERY_GROUP,
+                self.consumer,
+                {keys.DELIVERIES: ">"},
+                count=count,
+                block=max(1, int(block * 1000)),
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        leases = []
+        for _stream, entries in answer or []:
+            for entry_id, fields in entries:
+                lease = await self._lease(entry_id, fields, 1)
+                if lease is not None:
+                    leases.append(lease)
+        return leases
+
+    async def _reclaim(self, count: int) -> list[Lease]:
+        """Entries another worker took and left idle too long (it died): ours now."""
+        result: Any = await self._redis.xautoclaim(
+            keys.DELIVERIES,
+            keys.DELIVERY_GROUP,
+            self.consumer,
+            min_idle_time=self._reclaim_ms,
+            start_id=self._next_claim,
+            count=count,
+        )
+        next_start, entries = result[0], result[1]
+        self._next_claim = next_start.decode() if isinstance(next_start, bytes) else str(next_start)
+        leases = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted meanwhile
+                continue
+            pending = await self._redis.xpending_range(
+                keys.DELIVERIES, keys.DELIVERY_GROUP, min=entry_id, max=entry_id, count=1
+            )
+            times = int(pending[0]["times_delivered"]) if pending else 2
+            lease = await self._lease(entry_id, fields, times)
+            if lease is not None:
+                log.warning("delivery_reclaimed", message_id=lease.job.message_id, deliveries=times)
+                leases.append(lease)
+        return leases
+
+    async def _lease(self, entry_id: bytes | str, fields: dict[bytes, bytes], times: int) -> Lease | None:
+        entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        try:
+            job = decode_job(fields[b"job"])
+        except (BadJob, KeyError) as exc:
+            await self._dead_raw(entry, "?", f"undecodable entry: {exc}", datetime.now(UTC))
+            return None
+        lease = Lease(entry, job, times)
+        if times > self._max_deliveries:
+            await self.dead(
+                lease, f"handed out {times} times without finishing (workers dying on it?)", datetime.now(UTC)
+            )
+            return None
+        return lease
+
+    async def ack(self, lease: Lease) -> None:
+        if lease.entry_id.startswith("local:"):
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xack(keys.DELIVERIES, keys.DELIVERY_GROUP, lease.entry_id)
+            pipe.xdel(keys.DELIVERIES, lease.entry_id)
+            await execute(pipe)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _dead_raw(self, entry_id: str, message_id: str, reason: str, at: datetime) -> None:
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.xadd(
+                keys.DEAD_LETTERS,
+                {"message_id": message_id, "reason": reason, "at": at.isoformat()},
+                maxlen=keys.DEAD_LETTERS_KEEP,
+                approximate=True,
+            )
+            if not entry_id.startswith("local:"):
+                pipe.xack(keys.DELIVERIES, keys.DELIVERY_GROUP, entry_id)
+                pipe.xdel(keys.DELIVERIES, entry_id)
+            await execute(pipe)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def dead(self, lease: Lease, reason: str, at: datetime) -> None:
+        await self._dead_raw(lease.entry_id, lease.job.message_id, reason, at)
+
+    async def depth(self) -> int:
+        try:
+            return int(await self._redis.xlen(keys.DELIVERIES)) + await self._local.depth()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def oldest_age(self, now: datetime) -> float:
+        try:
+            first: Any = await self._redis.xrange(keys.DELIVERIES, count=1)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        if not first:
+            return await self._local.oldest_age(now)
+        entry_id = first[0][0].decode()
+        return max(0.0, now.timestamp() - int(entry_id.split("-")[0]) / 1000)
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        try:
+            entries: Any = await self._redis.xrevrange(keys.DEAD_LETTERS, count=limit)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return [
+            DeadLetter(f[b"message_id"].decode(), f[b"reason"].decode(), datetime.fromisoformat(f[b"at"].decode()))
+            for _, f in entries
+        ]
+
+    async def close(self) -> None:
+        await self._redis.aclose()
