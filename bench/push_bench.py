@@ -187,9 +187,7 @@ async def measure(target: str, metrics_url: str, args: argparse.Namespace, redis
         per_op = ", ".join(
             f"{op} {trips[op] / args.requests:.1f}" for op in sorted(trips) if trips[op] >= args.requests / 10
         )
-        extra = (
-            f", Redis round trips per request: {per_op}; {commands:.1f} commands per request" if redis_url else ""
-        )
+        extra = f", Redis round trips per request: {per_op}; {commands:.1f} commands per request" if redis_url else ""
         print(
             f"{args.store:6} Push       {args.requests / seconds:8.0f} decisions/s  "
             f"(concurrency {args.concurrency}, p50 {p50:.2f} ms, p99 {p99:.2f} ms{extra})"
