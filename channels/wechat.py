@@ -23,6 +23,7 @@ from gateway.domain import Channel
 
 MASS_MAX = 10_000
 MASS_MIN = 2
+MASS_MAX_WAITS = 10
 
 
 class Act(StrEnum):
@@ -132,6 +133,7 @@ def mass_content(payload: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class _Batch:
     content: dict[str, Any]
+    started: float
     members: dict[str, tuple[str, asyncio.Future[SendResult]]] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
 
@@ -209,10 +211,16 @@ class WechatAdapter:
         key = hashlib.sha1(
             orjson.dumps([delivery.scenario, delivery.campaign_id, content], option=orjson.OPT_SORT_KEYS)
         ).hexdigest()
+        loop = asyncio.get_running_loop()
         batch = self._batches.get(key)
         if batch is None:
-            batch = self._batches[key] = _Batch(content)
-            batch.timer = asyncio.get_running_loop().call_later(self._mass_wait, self._flush_later, key)
+            batch = self._batches[key] = _Batch(content, loop.time())
+        # Flushed when no one joined for ``mass_wait`` (a campaign released over a few
+        # seconds still makes one call), or at the latest MASS_MAX_WAITS times that.
+        if batch.timer is not None:
+            batch.timer.cancel()
+        flush_at = min(loop.time() + self._mass_wait, batch.started + self._mass_wait * MASS_MAX_WAITS)
+        batch.timer = loop.call_at(flush_at, self._flush_later, key)
         future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
         previous = batch.members.get(delivery.recipient)
         if previous is not None:  # the same user twice in one batch: WeChat would send once

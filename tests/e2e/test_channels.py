@@ -1,0 +1,188 @@
+"""Delivery to the fake providers over gRPC: template messages, fallback to SMS, what a
+provider says kept on the user, the shared WeChat token, breakers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from herald.v1 import profile_pb2, push_pb2, types_pb2
+from tests.e2e.channels_setup import Fakes, fakes, gateway_on_fakes, policies_for, settled
+from tests.e2e.conftest import OPENID, Api, auth
+from tests.e2e.test_push import shipped
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Fakes]:
+    async with fakes() as running:
+        yield running
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def api(request: pytest.FixtureRequest, tmp_path: Path, fake: Fakes) -> AsyncIterator[Api]:
+    redis_url = request.getfixturevalue("clean_redis") if request.param == "redis" else ""
+    async with gateway_on_fakes(tmp_path, fake, redis_url) as client:
+        yield client
+
+
+def kinds(message: push_pb2.Message) -> list[tuple[str, str, str]]:
+    return [(e.kind, types_pb2.Channel.Name(e.channel), e.provider_code) for e in message.timeline]
+
+
+async def test_shipped_goes_out_as_a_template_message(api: Api, fake: Fakes) -> None:
+    await api.add_follower()
+    answer = await api.push.Push(shipped(dedup_key="O-1:shipped"), metadata=auth("order"))
+    message = await settled(api, answer.message_id)
+    assert message.status == "delivered"
+    [sent] = fake.wechat.template_sends
+    assert sent["touser"] == OPENID
+    assert sent["template_id"] == "TPL_ORDER_SHIPPED_01"
+    assert sent["client_msg_id"] == f"{answer.message_id}.wechat_template"
+    assert sent["data"]["keyword1"] == {"value": "O-1001"}
+    assert ("delivered", "WECHAT_TEMPLATE", "0") in kinds(message)
+    assert fake.sms.sends == []
+
+
+async def test_unfollowed_user_falls_back_to_sms_and_is_marked(api: Api, fake: Fakes) -> None:
+    await api.add_follower()
+    fake.wechat.unfollowed.add(OPENID)
+    first = await api.push.Push(shipped("r-1"), metadata=auth("order"))
+    assert list(first.channel_plan) == [types_pb2.WECHAT_TEMPLATE, types_pb2.SMS]
+    message = await settled(api, first.message_id)
+    assert message.status == "delivered"
+    timeline = kinds(message)
+    assert ("attempt", "WECHAT_TEMPLATE", "43004") in timeline
+    assert ("fallback", "SMS", "") in timeline
+    assert ("delivered", "SMS", "OK") in timeline
+    [sms] = fake.sms.sends
+    assert sms["PhoneNumbers"] == "13800138000"  # mainland numbers go bare
+    assert sms["TemplateCode"] == "SMS_100002"
+    assert sms["OutId"] == f"{first.message_id}.sms"
+
+    user = await api.profiles.GetUser(profile_pb2.GetUserRequest(user_id="u-1"), metadata=auth("order"))
+    assert not user.wechat.following
+
+    second = await api.push.Push(
+        shipped("r-2", params={"order_id": "O-2", "carrier": "SF", "tracking_no": "SF2"}), metadata=auth("order")
+    )
+    assert list(second.channel_plan) == [types_pb2.SMS]
+    assert (await settled(api, second.message_id)).status == "delivered"
+    assert fake.wechat.template_calls == 1  # the second never tried WeChat
+    assert len(fake.sms.sends) == 2
+
+
+async def test_bad_number_is_cleared_and_the_message_fails_with_its_reason(api: Api, fake: Fakes) -> None:
+    await api.add_user("u-1", phone="+8613800138000")
+    fake.sms.bad_numbers.add("13800138000")
+    answer = await api.push.Push(shipped(), metadata=auth("order"))
+    message = await settled(api, answer.message_id)
+    assert message.status == "failed"
+    assert ("attempt", "SMS", "isv.MOBILE_NUMBER_ILLEGAL") in kinds(message)
+    assert "no channel of the plan delivered" in message.timeline[-1].detail
+    user = await api.profiles.GetUser(profile_pb2.GetUserRequest(user_id="u-1"), metadata=auth("order"))
+    assert user.phone == ""
+    dead = await api.gateway.queue.dead_letters(10)
+    assert [d.message_id for d in dead] == [answer.message_id]
+    assert "isv.MOBILE_NUMBER_ILLEGAL" in dead[0].reason
+
+
+async def test_expired_token_is_refreshed_once_and_the_send_succeeds(api: Api, fake: Fakes) -> None:
+    await api.add_follower()
+    first = await api.push.Push(shipped("r-1"), metadata=auth("order"))
+    assert (await settled(api, first.message_id)).status == "delivered"
+    assert fake.wechat.token_requests == 1
+    fake.wechat.expire_tokens()
+    second = await api.push.Push(
+        shipped("r-2", params={"order_id": "O-2", "carrier": "SF", "tracking_no": "S"}), metadata=auth("order")
+    )
+    message = await settled(api, second.message_id)
+    assert message.status == "delivered"
+    assert ("delivered", "WECHAT_TEMPLATE", "0") in kinds(message)
+    assert fake.wechat.token_requests == 2
+    assert len(fake.wechat.template_sends) == 2
+
+
+async def test_busy_wechat_is_retried_on_the_same_channel(api: Api, fake: Fakes) -> None:
+    await api.add_follower()
+    fake.wechat.inject("template", -1)
+    answer = await api.push.Push(shipped(), metadata=auth("order"))
+    message = await settled(api, answer.message_id)
+    assert message.status == "delivered"
+    assert kinds(message)[-2:] == [("attempt", "WECHAT_TEMPLATE", "-1"), ("delivered", "WECHAT_TEMPLATE", "0")]
+    assert fake.sms.sends == []
+
+
+async def test_malformed_template_fails_without_fallback(api: Api, fake: Fakes) -> None:
+    await api.add_follower()
+    fake.wechat.inject("template", 40037)
+    answer = await api.push.Push(shipped(), metadata=auth("order"))
+    message = await settled(api, answer.message_id)
+    assert message.status == "failed"
+    assert ("attempt", "WECHAT_TEMPLATE", "40037") in kinds(message)
+    assert fake.sms.sends == []
+
+
+async def test_outage_opens_the_breaker_and_traffic_returns_after(api: Api, fake: Fakes) -> None:
+    for i in range(4):
+        await api.add_user(
+            f"u-{i}", wechat=profile_pb2.WeChatIdentity(openid=f"{OPENID}{i}", following=True), phone="+8613800138000"
+        )
+    fake.wechat.outage = True
+
+    async def push(n: int, user: int) -> push_pb2.Message:
+        params = {"order_id": f"O-{n}", "carrier": "SF", "tracking_no": f"T{n}"}
+        answer = await api.push.Push(shipped(f"r-{n}", f"u-{user}", params=params), metadata=auth("order"))
+        return await settled(api, answer.message_id)
+
+    first = await push(1, 0)  # two faults (the test policy's threshold) open the breaker
+    assert first.status == "delivered"
+    assert ("delivered", "SMS", "OK") in kinds(first)
+    calls = fake.wechat.calls["/cgi-bin/token"]
+    second = await push(2, 1)
+    assert second.status == "delivered"
+    assert any(e.kind == "skipped" and "breaker open" in e.detail for e in second.timeline)
+    assert fake.wechat.calls["/cgi-bin/token"] == calls  # WeChat was not called at all
+
+    fake.wechat.outage = False
+    await asyncio.sleep(1.1)  # the test policy's cool-down: the next send is the probe
+    third = await push(3, 2)
+    assert ("delivered", "WECHAT_TEMPLATE", "0") in kinds(third)
+    fourth = await push(4, 3)
+    assert ("delivered", "WECHAT_TEMPLATE", "0") in kinds(fourth)
+    assert len(fake.sms.sends) == 2
+
+
+async def test_wrong_secret_is_a_configuration_fault(tmp_path: Path, fake: Fakes) -> None:
+    async with gateway_on_fakes(tmp_path, fake) as api:
+        fake.wechat.secret = "rotated"  # the gateway still has the old one
+        await api.add_follower()
+        answer = await api.push.Push(shipped(), metadata=auth("order"))
+        message = await settled(api, answer.message_id)
+        assert ("attempt", "WECHAT_TEMPLATE", "40125") in kinds(message)
+        assert ("delivered", "SMS", "OK") in kinds(message)
+        assert api.gateway.dispatcher.breaker_states()["wechat"] == 2  # open at once
+
+
+async def test_two_gateways_share_one_token(tmp_path: Path, fake: Fakes, clean_redis: str) -> None:
+    policy_dir = policies_for(tmp_path, fake)
+    async with (
+        gateway_on_fakes(tmp_path / "a", fake, clean_redis, policy_dir=policy_dir) as one,
+        gateway_on_fakes(tmp_path / "b", fake, clean_redis, policy_dir=policy_dir) as two,
+    ):
+        await one.add_follower()
+        answers = await asyncio.gather(
+            *(
+                (one if i % 2 else two).push.Push(
+                    shipped(f"r-{i}", params={"order_id": f"O-{i}", "carrier": "SF", "tracking_no": f"T{i}"}),
+                    metadata=auth("order"),
+                )
+                for i in range(20)
+            )
+        )
+        for answer in answers:
+            assert (await settled(one, answer.message_id)).status == "delivered"
+        assert fake.wechat.token_requests == 1
+        assert len(fake.wechat.template_sends) == 20
