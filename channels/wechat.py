@@ -23,7 +23,7 @@ from gateway.domain import Channel
 
 MASS_MAX = 10_000
 MASS_MIN = 2
-MASS_MAX_WAITS = 10
+MASS_MAX_WAITS = 30
 
 
 class Act(StrEnum):
@@ -140,6 +140,9 @@ class _Batch:
 
 class WechatAdapter:
     """One WeChat account: the three WeChat channels share its token and its breaker."""
+
+    # Deliveries on these channels join a batch sent as one call.
+    batched = frozenset({Channel.WECHAT_MASS})
 
     def __init__(
         self,

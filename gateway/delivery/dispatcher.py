@@ -13,7 +13,6 @@ the dead letters with its reason. Every step lands in the message's timeline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,7 +91,9 @@ class Dispatcher:
         self._users = users
         self._clock = clock
         self._metrics = metrics
-        self._in_flight = in_flight
+        # Deliveries working at once in this process (a job waiting in a provider's
+        # batch gives its slot back meanwhile).
+        self._slots = asyncio.Semaphore(in_flight)
         self._providers: dict[str, _Provider] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -109,17 +110,20 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            free = self._in_flight - len(self._tasks)
-            if free <= 0:
-                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-                continue
+            await self._slots.acquire()
+            taken = 1
+            while taken < 500 and not self._slots.locked():
+                await self._slots.acquire()
+                taken += 1
             try:
-                leases = await self.queue.take(min(free, 500), 0.2)
+                leases = await self.queue.take(taken, 0.2)
             except HeraldError as exc:
+                leases = []
                 self._metrics.store_errors.labels("delivery_take").inc()
                 log.error("delivery_queue_unavailable", error=exc.message)
                 await asyncio.sleep(1.0)
-                continue
+            for _ in range(taken - len(leases)):
+                self._slots.release()
             for lease in leases:
                 task = asyncio.create_task(self._handle(lease))
                 self._tasks.add(task)
@@ -136,8 +140,15 @@ class Dispatcher:
             return
         except Exception:
             log.exception("delivery_crashed", message_id=lease.job.message_id)
-        with contextlib.suppress(HeraldError):
+        finally:
+            self._slots.release()
+        try:
             await self.queue.ack(lease)
+        except HeraldError as exc:
+            # Delivered but not acked: another worker takes it again after the reclaim
+            # time, and the provider's dedup id keeps the user from a second copy.
+            self._metrics.store_errors.labels("delivery_ack").inc()
+            log.error("delivery_ack_failed", message_id=lease.job.message_id, error=exc.message)
 
     async def drain(self, within: float) -> bool:
         """Wait until the queue is empty and nothing is in flight; False on timeout."""
@@ -319,13 +330,23 @@ class Dispatcher:
                 )
                 self._metrics.breaker_skips.labels(adapter.name).inc()
                 return None if result is None else result
-            await self._rate_limit(adapter.name)
-            waited = time.monotonic()
-            async with provider.slots:
-                self._metrics.provider_wait_seconds.labels(adapter.name).observe(time.monotonic() - waited)
-                started = time.monotonic()
-                result = await adapter.send(delivery)
-                self._metrics.send_seconds.labels(str(channel)).observe(time.monotonic() - started)
+            started = time.monotonic()
+            if channel in getattr(adapter, "batched", frozenset()):
+                # Joins a batch that goes out as one call: neither a provider slot
+                # nor a token per user, and this job's own slot is free meanwhile
+                # (otherwise the waiting batch would hold every slot).
+                self._slots.release()
+                try:
+                    result = await adapter.send(delivery)
+                finally:
+                    await self._slots.acquire()
+            else:
+                await self._rate_limit(adapter.name)
+                async with provider.slots:
+                    self._metrics.provider_wait_seconds.labels(adapter.name).observe(time.monotonic() - started)
+                    started = time.monotonic()
+                    result = await adapter.send(delivery)
+            self._metrics.send_seconds.labels(str(channel)).observe(time.monotonic() - started)
             self._record(job, adapter, delivery, result, attempt)
             if result.status is SendStatus.RETRY or result.trip:
                 provider.breaker.fault(time.monotonic(), trip=result.trip)

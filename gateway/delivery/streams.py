@@ -49,7 +49,12 @@ class StreamQueue:
     ) -> None:
         self._where = redacted(url)
         # Its own connections: blocking reads must not wait behind the store's calls.
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+        # A bounded pool callers wait on: hundreds of deliveries acking at once must
+        # not open hundreds of connections.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=30, socket_timeout=10, socket_connect_timeout=2
+        )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._reclaim_ms = int(reclaim_after * 1000)
         self._max_deliveries = max_deliveries
         self.consumer = consumer or consumer_name()

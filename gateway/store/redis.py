@@ -147,15 +147,28 @@ return wait
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 2.0, on_round_trip: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 2.0,
+        max_connections: int = 128,
+        on_round_trip: Callable[[str], None] | None = None,
+    ) -> None:
         self._where = redacted(url)
         self._on_round_trip = on_round_trip or (lambda op: None)
-        self._redis = aioredis.Redis.from_url(
+        # A bounded pool that makes callers wait for a connection: thousands of
+        # deliveries in flight must not open thousands of connections.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            # Waiting for a free connection under load is not an outage.
+            timeout=max(10.0, timeout * 5),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,
         )
+        self._redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._idem_abort = self._redis.register_script(_IDEM_ABORT)
         self._take_due = self._redis.register_script(_TAKE_DUE)
         self._finish_due = self._redis.register_script(_FINISH_DUE)

@@ -83,14 +83,8 @@ def marketing(request_id: str, scenario: str, **fields: object) -> push_pb2.Push
         "double11.presale": {"deposit": "50", "discount": "150"},
         "coupon.flash": {"amount": "20", "expires": "11-12"},
     }[scenario]
-    return push_pb2.PushRequest(
-        request_id=request_id,
-        user_id="u-1",
-        scenario=scenario,
-        params=params,
-        campaign_id=f"c-{scenario}",
-        **fields,  # type: ignore[arg-type]
-    )
+    fields = {"user_id": "u-1", "campaign_id": f"c-{scenario}", **fields}
+    return push_pb2.PushRequest(request_id=request_id, scenario=scenario, params=params, **fields)  # type: ignore[arg-type]
 
 
 async def test_every_reason_code(clocked: Clocked) -> None:
