@@ -1,0 +1,139 @@
+"""Durable delivery: a delivery worker killed with SIGKILL mid-run loses nothing.
+
+The API runs in one process (delivery off), workers in others, all on one real Redis
+and the fake WeChat. Every accepted message reaches the fake exactly once (the fake
+deduplicates by client_msg_id like WeChat; a message re-sent after the crash carries
+the same id) or is dead-lettered with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+
+from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc, types_pb2
+from tests.conftest import ROOT
+from tests.e2e.channels_setup import Fakes, fakes, policies_for
+from tests.e2e.conftest import auth
+from tests.helpers import free_port
+
+MESSAGES = 600
+
+
+@asynccontextmanager
+async def herald(command: str, env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli.main", command, env=env, cwd=ROOT, stderr=out
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 20)
+
+
+async def wait_until(check: object, within: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def environment(fake: Fakes, redis_url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        **fake.environ(),
+        "HERALD_REDIS_URL": redis_url,
+        "HERALD_POLICY_DIR": str(policies_for(tmp_path / name, fake)),
+        "HERALD_LISTEN": f"127.0.0.1:{free_port()}",
+        "HERALD_ADMIN_LISTEN": "127.0.0.1:0",
+        "HERALD_DATA_DIR": str(tmp_path / name / "var"),
+        "HERALD_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+async def test_a_killed_worker_loses_nothing(clean_redis: str, tmp_path: Path) -> None:
+    async with fakes() as fake:
+        fake.wechat.latency = 0.01  # slow enough that the kill lands mid-run
+        api_env = environment(fake, clean_redis, tmp_path, "api", HERALD_DELIVER="false")
+        worker_env = {"HERALD_RECLAIM_SECONDS": "1", "HERALD_DELIVERY_WORKERS": "40"}
+        async with herald("serve", api_env, tmp_path / "api.log"):
+            channel = grpc.aio.insecure_channel(api_env["HERALD_LISTEN"])
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            profiles = profile_pb2_grpc.ProfileServiceStub(channel)
+            push = push_pb2_grpc.PushServiceStub(channel)
+            await profiles.UpsertUsers(
+                profile_pb2.UpsertUsersRequest(
+                    requests=[
+                        profile_pb2.UpsertUserRequest(
+                            user=profile_pb2.User(
+                                user_id=f"u-{i}",
+                                wechat=profile_pb2.WeChatIdentity(openid=f"oCrash{i:05d}xyz", following=True),
+                            )
+                        )
+                        for i in range(MESSAGES)
+                    ]
+                ),
+                metadata=auth("order"),
+            )
+            requests = [
+                push_pb2.PushRequest(
+                    request_id=f"r-{i}",
+                    user_id=f"u-{i}",
+                    scenario="order.shipped",
+                    params={"order_id": f"O-{i}", "carrier": "SF", "tracking_no": f"T{i}"},
+                )
+                for i in range(MESSAGES)
+            ]
+            answers = await push.PushBatch(push_pb2.PushBatchRequest(requests=requests), metadata=auth("order"))
+            ids = [a.message_id for a in answers.responses]
+            assert {a.outcome for a in answers.responses} == {types_pb2.ACCEPTED}
+            assert fake.wechat.template_sends == []  # the API process does not deliver
+
+            async with herald(
+                "worker", environment(fake, clean_redis, tmp_path, "w1", **worker_env), tmp_path / "w1.log"
+            ) as first:
+
+                async def some_sent() -> bool:
+                    return len(fake.wechat.template_sends) >= MESSAGES // 4
+
+                await wait_until(some_sent, 60, "the first worker to deliver some")
+                first.send_signal(signal.SIGKILL)
+                await first.wait()
+            sent_before = len(fake.wechat.template_sends)
+            assert sent_before < MESSAGES, "the worker finished before the kill; the test proves nothing"
+
+            async with herald(
+                "worker", environment(fake, clean_redis, tmp_path, "w2", **worker_env), tmp_path / "w2.log"
+            ):
+
+                async def all_settled() -> bool:
+                    done = 0
+                    for message_id in ids:
+                        message = await push.GetMessage(
+                            push_pb2.GetMessageRequest(message_id=message_id), metadata=auth("order")
+                        )
+                        done += message.status in ("delivered", "failed")
+                    return done == MESSAGES
+
+                await wait_until(all_settled, 90, "every message to be delivered or dead-lettered")
+            await channel.close()
+
+        delivered = [s["client_msg_id"] for s in fake.wechat.template_sends]
+        assert len(delivered) == len(set(delivered)) == MESSAGES  # each exactly once
+        assert set(delivered) == {f"{m}.wechat_template" for m in ids}
+        # The second worker took over what the first held when it died.
+        assert "delivery_reclaimed" in (tmp_path / "w2.log").read_text()
+        assert fake.wechat.template_calls >= MESSAGES
