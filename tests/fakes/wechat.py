@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ class FakeWechat(FakeServer):
         self._client_ids: set[tuple[str, str]] = set()
         self._mass_ids: set[str] = set()
         self._msgids = itertools.count(1_000_000_001)
+        # client_msg_id -> wall-clock time it first arrived (benchmarks read it)
+        self.arrived_at: dict[str, float] = {}
         self.app.router.add_get("/cgi-bin/token", self._token)
         self.app.router.add_post("/cgi-bin/stable_token", self._stable_token)
         self.app.router.add_post("/cgi-bin/message/template/send", self._template)
@@ -120,6 +123,7 @@ class FakeWechat(FakeServer):
         if not client_id or (openid, client_id) not in self._client_ids:
             self._client_ids.add((openid, client_id))
             self.template_sends.append({**body, "msgid": msgid})
+            self.arrived_at[client_id] = time.time()
         return web.json_response({"errcode": 0, "errmsg": "ok", "msgid": msgid})
 
     async def _custom(self, request: web.Request) -> web.Response:
