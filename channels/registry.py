@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from channels.aliyun_sms import AliyunSmsAdapter
-from channels.base import ChannelAdapter
+from channels.base import ChannelAdapter, Delivery
+from channels.email import SmtpAdapter
 from channels.http import Http
 from channels.sandbox import SandboxAdapter
 from channels.wechat import WechatAdapter
@@ -15,7 +16,7 @@ from channels.wechat_token import WechatToken
 from gateway.clock import Clock
 from gateway.domain import Channel
 from gateway.policy.model import Policy
-from gateway.policy.providers import AliyunSmsProvider, SandboxProvider, WechatProvider
+from gateway.policy.providers import AliyunSmsProvider, SandboxProvider, SmtpProvider, WechatProvider
 from gateway.store.base import Store
 
 
@@ -64,6 +65,7 @@ def build_providers(
     clock: Clock,
     sandbox: SandboxAdapter,
     on_mass_batch: Callable[[int], None] = lambda size: None,
+    unsubscribe_url: Callable[[Delivery], str | None] = lambda delivery: None,
 ) -> Providers:
     providers = Providers(sandbox)
     used = {settings.provider for settings in policy.channels.values()}
@@ -72,7 +74,7 @@ def build_providers(
         if config is None or isinstance(config, SandboxProvider):
             continue
         try:
-            adapter = _build(name, config, environ, store, clock, on_mass_batch)
+            adapter = _build(name, config, environ, store, clock, on_mass_batch, unsubscribe_url)
         except MissingCredentials as exc:
             providers.sandboxed[name] = str(exc)
             continue
@@ -90,6 +92,7 @@ def _build(
     store: Store,
     clock: Clock,
     on_mass_batch: Callable[[int], None],
+    unsubscribe_url: Callable[[Delivery], str | None],
 ) -> ChannelAdapter | None:
     if isinstance(config, WechatProvider):
         http = Http()
@@ -107,5 +110,27 @@ def _build(
             config.sign_name,
             Http(),
             clock.now,
+        )
+    if isinstance(config, SmtpProvider):
+        return SmtpAdapter(
+            name,
+            config.host,
+            config.port,
+            config.tls,
+            config.sender,
+            _env(environ, config.username_env, name),
+            _env(environ, config.password_env, name),
+            unsubscribe_url,
+        )
+    if isinstance(config, SmtpProvider):
+        return SmtpAdapter(
+            name,
+            config.host,
+            config.port,
+            config.tls,
+            config.sender,
+            _env(environ, config.username_env, name),
+            _env(environ, config.password_env, name),
+            unsubscribe_url,
         )
     return None

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from channels.base import Delivery
 from channels.registry import Providers, build_providers
 from channels.sandbox import SandboxAdapter
 from gateway.api.auth import Credentials
@@ -32,10 +33,12 @@ from gateway.logs import get_logger
 from gateway.loops import every, stop_tasks
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
+from gateway.public import Unsubscribes, unsubscribe_key
 from gateway.scheduler import Scheduler
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
+from gateway.unsubscribe import Unsubscribe, UnsubscribeTokens
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = get_logger(__name__)
@@ -85,7 +88,9 @@ class Gateway:
             self.clock,
             SandboxAdapter(settings.data_dir / "outbox"),
             on_mass_batch=self.metrics.mass_batch_size.observe,
+            unsubscribe_url=self.unsubscribe_url,
         )
+        self.tokens: UnsubscribeTokens | None = None
         for name, why in self.providers.sandboxed.items():
             log.warning("provider_sandboxed", provider=name, detail=f"{why}: its deliveries go to the sandbox outbox")
         self.users = Users(self.store, self.policies, self.clock)
@@ -109,7 +114,8 @@ class Gateway:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.admin_port = 0
-        self._admin: web.AppRunner | None = None
+        self.public_port = 0
+        self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.metrics.prime(sorted(self.policies.current.business_units))
@@ -144,9 +150,22 @@ class Gateway:
         for provider, state in self.dispatcher.breaker_states().items():
             self.metrics.breaker_state.labels(provider).set(state)
 
+    def public_base(self) -> str:
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        listen = self.settings.public_listen or self.settings.admin_listen
+        return f"http://{listen.rpartition(':')[0] or '127.0.0.1'}:{self.public_port}"
+
+    def unsubscribe_url(self, delivery: Delivery) -> str | None:
+        if self.tokens is None:
+            return None
+        what = Unsubscribe(delivery.user_id, delivery.category, delivery.channel)
+        return f"{self.public_base()}/unsubscribe/{self.tokens.issue(what, self.clock.now())}"
+
     async def start(self) -> None:
         await self.store.ping()  # fail fast, with the store's own message
         await self.switches.refresh()
+        self.tokens = UnsubscribeTokens(await unsubscribe_key(self.store, self.settings.unsubscribe_key))
         if self.settings.deliver or not self.api:
             self.dispatcher.start()
         self._tasks = [
@@ -187,19 +206,33 @@ class Gateway:
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
+    async def _listen(self, app: web.Application, address: str) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        host, _, port = address.rpartition(":")
+        site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else int(port)
+
+    def _public_routes(self, app: web.Application) -> None:
+        assert self.tokens is not None
+        Unsubscribes(self.tokens, self.users, self.clock, self.metrics).add_routes(app)
+
     async def _start_admin(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        self._admin = web.AppRunner(app, access_log=None)
-        await self._admin.setup()
-        host, _, port = self.settings.admin_listen.rpartition(":")
-        site = web.TCPSite(self._admin, host or "127.0.0.1", int(port))
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.admin_port = sockets[0].getsockname()[1] if sockets else int(port)
+        if not self.settings.public_listen:
+            self._public_routes(app)
+        self.admin_port = await self._listen(app, self.settings.admin_listen)
+        self.public_port = self.admin_port
+        if self.settings.public_listen:
+            public = web.Application(client_max_size=1024**2)
+            self._public_routes(public)
+            self.public_port = await self._listen(public, self.settings.public_listen)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -227,7 +260,8 @@ class Gateway:
         await self.dispatcher.stop(grace)
         await self.providers.close()
         await self.queue.close()
-        if self._admin is not None:
-            await self._admin.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners = []
         await self.store.close()
         log.info("stopped")

@@ -25,6 +25,8 @@ class Settings:
     deliver: bool = True
     reclaim_seconds: float = 60.0
     public_url: str = ""
+    public_listen: str = ""
+    unsubscribe_key: str = ""
     log_level: str = "INFO"
     log_format: str = "json"
     grace_seconds: float = 10.0
@@ -47,6 +49,14 @@ ENV: dict[str, tuple[str, str]] = {
     "reclaim_seconds": (
         "HERALD_RECLAIM_SECONDS",
         "Redis: a delivery a worker has held this long without finishing is taken over by another",
+    ),
+    "public_listen": (
+        "HERALD_PUBLIC_LISTEN",
+        "address for the routes the internet reaches (webhooks, unsubscribe); empty: on the admin listener",
+    ),
+    "unsubscribe_key": (
+        "HERALD_UNSUBSCRIBE_KEY",
+        "key that signs unsubscribe links (32+ characters); empty: one kept in the shared store",
     ),
     "public_url": (
         "HERALD_PUBLIC_URL",

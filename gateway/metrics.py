@@ -133,6 +133,12 @@ class Metrics:
             ["fact"],
             registry=registry,
         )
+        self.unsubscribes = Counter(
+            "herald_unsubscribes_total",
+            "One-click unsubscribes recorded (RFC 8058 links in marketing mail), by category and channel.",
+            ["category", "channel"],
+            registry=registry,
+        )
         self.mass_batch_size = Histogram(
             "herald_wechat_mass_batch_size",
             "Users in one WeChat mass-send call.",

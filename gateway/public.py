@@ -1,0 +1,78 @@
+"""The routes people and providers reach from the internet: the one-click unsubscribe
+URL (RFC 8058) and, beside it, the provider webhooks. Served on their own listener
+when ``public_listen`` is set, else on the admin listener (loopback by default)."""
+
+from __future__ import annotations
+
+import html
+import secrets
+from datetime import timedelta
+
+from aiohttp import web
+
+from gateway.clock import Clock
+from gateway.core.users import Users
+from gateway.errors import HeraldError, NotFound
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.store.base import Store
+from gateway.unsubscribe import BadToken, UnsubscribeTokens
+
+log = get_logger(__name__)
+KEY_NAME = "unsubscribe:key"
+
+
+async def unsubscribe_key(store: Store, configured: str) -> bytes:
+    """The signing key: HERALD_UNSUBSCRIBE_KEY when set, else one made once and shared
+    by every replica through the store."""
+    if configured:
+        return configured.encode()
+    await store.shared_put(KEY_NAME, secrets.token_hex(32), timedelta(days=3650), only_if_absent=True)
+    key = await store.shared_get(KEY_NAME)
+    assert key is not None
+    return key.encode()
+
+
+def _page(title: str, text: str, status: int = 200, form: str = "") -> web.Response:
+    body = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{form}</body></html>"
+    )
+    return web.Response(text=body, status=status, content_type="text/html")
+
+
+class Unsubscribes:
+    def __init__(self, tokens: UnsubscribeTokens, users: Users, clock: Clock, metrics: Metrics) -> None:
+        self._tokens = tokens
+        self._users = users
+        self._clock = clock
+        self._metrics = metrics
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/unsubscribe/{token}", self.confirm)
+        app.router.add_post("/unsubscribe/{token}", self.one_click)
+
+    async def confirm(self, request: web.Request) -> web.Response:
+        """A GET never unsubscribes (mail scanners follow links): it offers the button."""
+        try:
+            self._tokens.read(request.match_info["token"], self._clock.now())
+        except BadToken as exc:
+            return _page("Link not valid", str(exc), 400)
+        form = "<form method='post'><button name='List-Unsubscribe' value='One-Click'>Unsubscribe</button></form>"
+        return _page("Unsubscribe", "Stop receiving these emails?", form=form)
+
+    async def one_click(self, request: web.Request) -> web.Response:
+        try:
+            what = self._tokens.read(request.match_info["token"], self._clock.now())
+        except BadToken as exc:
+            return _page("Link not valid", str(exc), 400)
+        try:
+            await self._users.set_opt_out(what.user_id, what.category, what.channel, True, "email-one-click")
+        except NotFound:
+            return _page("Unsubscribed", "You will not receive these emails any more.")
+        except HeraldError as exc:
+            log.error("unsubscribe_failed", error=exc.message)
+            return _page("Try again", "We could not record this just now; please try again in a minute.", 503)
+        self._metrics.unsubscribes.labels(str(what.category), str(what.channel)).inc()
+        log.info("unsubscribed", user_id=what.user_id, category=str(what.category), channel=str(what.channel))
+        return _page("Unsubscribed", "You will not receive these emails any more.")
