@@ -17,6 +17,7 @@ import orjson
 
 from channels.http import Http, Unreachable
 from gateway.clock import Clock
+from gateway.store import keys
 from gateway.store.base import Store
 
 # Refresh when less than this is left (WeChat keeps old and new valid for 5 minutes).
@@ -48,7 +49,7 @@ class WechatToken:
         self._secret = secret
         self._store = store
         self._clock = clock
-        self._name = f"wechat:{appid}:token"
+        self._name = keys.wechat_token(appid)
         self._cached: _Token | None = None
         self._local = asyncio.Lock()
         self.fetches = 0  # tokens this process fetched from WeChat

@@ -39,6 +39,8 @@ from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.unsubscribe import Unsubscribe, UnsubscribeTokens
+from gateway.webhooks import Webhooks
+from gateway.webhooks import configured as webhooks_configured
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = get_logger(__name__)
@@ -81,9 +83,10 @@ class Gateway:
         self.policies = PolicyHolder(settings.policy_dir, self.metrics)
         self.credentials = self._load_credentials()
         self.switches = KillSwitches(self.store, self.clock, self.metrics)
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.providers: Providers = build_providers(
             self.policies.current,
-            os.environ if environ is None else environ,
+            self.environ,
             self.store,
             self.clock,
             SandboxAdapter(settings.data_dir / "outbox"),
@@ -219,6 +222,8 @@ class Gateway:
     def _public_routes(self, app: web.Application) -> None:
         assert self.tokens is not None
         Unsubscribes(self.tokens, self.users, self.clock, self.metrics).add_routes(app)
+        wechat, sms_token = webhooks_configured(self.policies.current, self.environ)
+        Webhooks(self.store, self.users, self.policies, self.clock, self.metrics, wechat, sms_token).add_routes(app)
 
     async def _start_admin(self) -> None:
         app = web.Application()

@@ -139,6 +139,18 @@ class Metrics:
             ["category", "channel"],
             registry=registry,
         )
+        self.webhooks = Counter(
+            "herald_webhooks_total",
+            "Provider callbacks received, by source and result (ok, duplicate, refused).",
+            ["source", "result"],
+            registry=registry,
+        )
+        self.receipts = Counter(
+            "herald_receipts_total",
+            "Delivery receipts and job reports from providers, by channel and result.",
+            ["channel", "result"],
+            registry=registry,
+        )
         self.mass_batch_size = Histogram(
             "herald_wechat_mass_batch_size",
             "Users in one WeChat mass-send call.",

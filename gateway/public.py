@@ -15,11 +15,11 @@ from gateway.core.users import Users
 from gateway.errors import HeraldError, NotFound
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
+from gateway.store import keys
 from gateway.store.base import Store
 from gateway.unsubscribe import BadToken, UnsubscribeTokens
 
 log = get_logger(__name__)
-KEY_NAME = "unsubscribe:key"
 
 
 async def unsubscribe_key(store: Store, configured: str) -> bytes:
@@ -27,8 +27,8 @@ async def unsubscribe_key(store: Store, configured: str) -> bytes:
     by every replica through the store."""
     if configured:
         return configured.encode()
-    await store.shared_put(KEY_NAME, secrets.token_hex(32), timedelta(days=3650), only_if_absent=True)
-    key = await store.shared_get(KEY_NAME)
+    await store.shared_put(keys.UNSUBSCRIBE_KEY, secrets.token_hex(32), timedelta(days=3650), only_if_absent=True)
+    key = await store.shared_get(keys.UNSUBSCRIBE_KEY)
     assert key is not None
     return key.encode()
 

@@ -24,6 +24,7 @@ from gateway.profiles import (
     cs_window,
     interaction_retention,
 )
+from gateway.store import keys
 from gateway.store.base import Store
 
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -93,7 +94,27 @@ class Users:
         validate_user_id(user_id, "user.user_id")
         now = self._clock.now()
         validate_patch(patch, now)
-        return await self._store.upsert_user(user_id, patch, now, self._policies.current.defaults.profile_retention)
+        retention = self._policies.current.defaults.profile_retention
+        profile = await self._store.upsert_user(user_id, patch, now, retention)
+        wechat = patch.get("wechat")
+        if isinstance(wechat, WeChat) and wechat.openid:
+            # WeChat's callbacks name the user by openid only.
+            await self._store.shared_put(keys.openid_index(wechat.openid), user_id, retention)
+        return profile
+
+    async def by_openid(self, openid: str) -> UserProfile | None:
+        user_id = await self._store.shared_get(keys.openid_index(openid))
+        if user_id is None:
+            return None
+        profile = await self._store.get_user(user_id)
+        # An openid moved to another user since: the index is stale for this one.
+        return profile if profile is not None and profile.wechat and profile.wechat.openid == openid else None
+
+    async def set_following(self, profile: UserProfile, following: bool) -> UserProfile:
+        assert profile.wechat is not None
+        wechat = WeChat(profile.wechat.openid, profile.wechat.unionid, following=following)
+        retention = self._policies.current.defaults.profile_retention
+        return await self._store.upsert_user(profile.user_id, {"wechat": wechat}, self._clock.now(), retention)
 
     async def get(self, user_id: str) -> UserProfile:
         validate_user_id(user_id)

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from channels.base import ChannelAdapter, Delivery, SendResult, SendStatus, UserFact
 from gateway.clock import Clock
@@ -36,6 +37,7 @@ from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.profiles import UserProfile
+from gateway.store import keys
 from gateway.store.base import Store
 from gateway.store.records import Final, TimelineEntry
 
@@ -44,6 +46,7 @@ MAX_ATTEMPTS = 3  # per channel
 # A provider asking for a longer pause than this is treated as unavailable for now:
 # the job takes the next channel instead of holding its queue entry.
 MAX_RETRY_WAIT = 10.0
+RECEIPT_WINDOW = timedelta(days=3)
 
 
 def recipient_for(channel: Channel, profile: UserProfile) -> str:
@@ -276,6 +279,7 @@ class Dispatcher:
             if result.fact is not None:
                 profile = await self._learn(profile, result.fact, channel, delivery.recipient)
             if result.status is SendStatus.DELIVERED:
+                await self._remember_for_receipts(job, channel, result)
                 walk.events.append(
                     TimelineEntry(self._clock.now(), "delivered", channel, result.code, _with_id(result))
                 )
@@ -409,6 +413,18 @@ class Dispatcher:
         self._metrics.user_facts.labels(str(fact)).inc()
         log.info("user_updated_from_provider", user_id=profile.user_id, fact=str(fact), channel=str(channel))
         return updated
+
+    async def _remember_for_receipts(self, job: Job, channel: Channel, result: SendResult) -> None:
+        """WeChat's job report names only its msgid: keep which message that was."""
+        if channel is not Channel.WECHAT_TEMPLATE or not result.provider_id:
+            return
+        try:
+            await self._store.shared_put(
+                keys.wechat_message(result.provider_id), f"{job.message_id} {job.claim.user_id}", RECEIPT_WINDOW
+            )
+        except HeraldError as exc:
+            self._metrics.store_errors.labels("shared_put").inc()
+            log.error("receipt_link_failed", message_id=job.message_id, error=exc.message)
 
     async def _dead(self, lease: Lease, reason: str) -> None:
         await self.queue.dead(lease, reason, self._clock.now())

@@ -68,6 +68,8 @@ class AliyunSmsProvider(_Provider):
     access_key_secret_env: EnvName
     sign_name: str
     base_url: str = "https://dysmsapi.aliyuncs.com"
+    # Receipts are posted to /webhooks/aliyun-sms?token=<this value>; unset: no check.
+    receipt_token_env: EnvName | None = None
 
 
 class SmtpProvider(_Provider):

@@ -26,7 +26,8 @@ timeline share ``{<message_id>}`` for the same reason. User ids cannot contain b
 | herald:due                            | zset   | none: a user leaves it when their pool is |
 |                                       |        | empty; scores are epoch milliseconds      |
 | herald:shared:<name>                  | string | set by the writer (a provider token: its  |
-|                                       |        | expiry; a lock: a few seconds)            |
+|                                       |        | expiry; a lock: a few seconds); the names |
+|                                       |        | are the functions below ``shared``        |
 | herald:bucket:<name>                  | hash   | twice the bucket's refill time            |
 | herald:deliveries                     | stream | none: entries are deleted when acked      |
 | herald:deliveries:dead                | stream | capped to DEAD_LETTERS_KEEP entries       |
@@ -105,3 +106,31 @@ DELIVERIES = f"{PREFIX}:deliveries"
 DELIVERY_GROUP = "workers"
 DEAD_LETTERS = f"{PREFIX}:deliveries:dead"
 DEAD_LETTERS_KEEP = 100_000
+
+
+# --- names of shared values (stored under herald:shared:<name>) ---------------------
+def openid_index(openid: str) -> str:
+    """openid -> user id (profile retention): WeChat callbacks name users by openid."""
+    return f"openid:{openid}"
+
+
+def wechat_message(msgid: str) -> str:
+    """WeChat template msgid -> "<message id> <user id>" (3 days), for job reports."""
+    return f"wxmsg:{msgid}"
+
+
+def callback_seen(key: str) -> str:
+    """A WeChat callback already handled (10 minutes): WeChat retries."""
+    return f"wxcb:{key}"
+
+
+def receipt_seen(provider: str, receipt_id: str) -> str:
+    """A delivery receipt already handled (2 days): providers retry."""
+    return f"rc:{provider}:{receipt_id}"
+
+
+def wechat_token(appid: str) -> str:
+    return f"wechat:{appid}:token"
+
+
+UNSUBSCRIBE_KEY = "unsubscribe:key"

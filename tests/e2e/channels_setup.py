@@ -21,6 +21,9 @@ from tests.e2e.conftest import Api, auth, open_api, settings_for
 from tests.fakes.aliyun_sms import FakeAliyunSms
 from tests.fakes.wechat import FakeWechat
 
+CALLBACK_TOKEN = "callback-token"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters, as WeChat issues
+
 
 @dataclass
 class Fakes:
@@ -31,7 +34,8 @@ class Fakes:
         return {
             "HERALD_WECHAT_APPID": self.wechat.appid,
             "HERALD_WECHAT_SECRET": self.wechat.secret,
-            "HERALD_WECHAT_CALLBACK_TOKEN": "callback-token",
+            "HERALD_WECHAT_CALLBACK_TOKEN": CALLBACK_TOKEN,
+            "HERALD_WECHAT_AES_KEY": AES_KEY,
             "HERALD_ALIYUN_ACCESS_KEY_ID": self.sms.access_key_id,
             "HERALD_ALIYUN_ACCESS_KEY_SECRET": self.sms.access_key_secret,
         }

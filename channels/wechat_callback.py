@@ -1,0 +1,86 @@
+"""WeChat's callbacks on the wire: signatures, safe-mode AES and XML (pure).
+
+- URL check and plain mode: ``signature = sha1(sorted([token, timestamp, nonce]))``.
+- Safe mode: ``msg_signature = sha1(sorted([token, timestamp, nonce, Encrypt]))``; the
+  key is base64(EncodingAESKey + "="), AES-256-CBC with the key's first 16 bytes as
+  IV, PKCS#7 padding to 32-byte blocks; the plaintext is 16 random bytes, a 4-byte
+  big-endian length, the XML, and the appid.
+- XML is parsed by defusedxml, which refuses entities (XXE, billion laughs).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+from xml.etree.ElementTree import Element
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from defusedxml import ElementTree
+from defusedxml.common import DefusedXmlException
+
+BLOCK = 32
+
+
+class CallbackError(ValueError):
+    """A callback that is not WeChat's or cannot be read; nothing of it is recorded."""
+
+
+def signature(*parts: str) -> str:
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+
+
+def check_signature(expected: str, *parts: str) -> None:
+    if not expected or not hmac.compare_digest(expected.lower(), signature(*parts)):
+        raise CallbackError("signature does not match")
+
+
+def parse_xml(raw: bytes | str) -> dict[str, str]:
+    """The children of ``<xml>`` as a flat mapping of tag to text."""
+    try:
+        root: Element = ElementTree.fromstring(raw)
+    except (DefusedXmlException, ElementTree.ParseError, ValueError) as exc:
+        raise CallbackError(f"body is not acceptable XML ({type(exc).__name__})") from exc
+    if root.tag != "xml":
+        raise CallbackError("body is not a WeChat <xml> message")
+    return {child.tag: (child.text or "").strip() for child in root}
+
+
+def _key(encoding_aes_key: str) -> bytes:
+    key = base64.b64decode(encoding_aes_key + "=")
+    if len(key) != 32:
+        raise ValueError("EncodingAESKey must be 43 characters (32 bytes once decoded)")
+    return key
+
+
+def decrypt(encrypted: str, encoding_aes_key: str, appid: str) -> bytes:
+    key = _key(encoding_aes_key)
+    try:
+        data = base64.b64decode(encrypted, validate=True)
+    except ValueError as exc:
+        raise CallbackError("Encrypt is not base64") from exc
+    if not data or len(data) % 16:
+        raise CallbackError("Encrypt has a bad length")
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).decryptor()
+    plain = decryptor.update(data) + decryptor.finalize()
+    pad = plain[-1]
+    if not 1 <= pad <= BLOCK or plain[-pad:] != bytes([pad]) * pad:
+        raise CallbackError("Encrypt does not decrypt with this EncodingAESKey")
+    plain = plain[:-pad]
+    (length,) = struct.unpack(">I", plain[16:20])
+    xml, sender = plain[20 : 20 + length], plain[20 + length :].decode(errors="replace")
+    if sender != appid:
+        raise CallbackError("message is for another appid")
+    return xml
+
+
+def encrypt(xml: bytes, encoding_aes_key: str, appid: str, random16: bytes | None = None) -> str:
+    """The reverse of ``decrypt`` (WeChat's side; used by the tests' fake)."""
+    key = _key(encoding_aes_key)
+    plain = (random16 or os.urandom(16)) + struct.pack(">I", len(xml)) + xml + appid.encode()
+    pad = BLOCK - len(plain) % BLOCK
+    plain += bytes([pad]) * pad
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()
+    return base64.b64encode(encryptor.update(plain) + encryptor.finalize()).decode()

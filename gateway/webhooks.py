@@ -1,0 +1,247 @@
+"""Provider webhooks: WeChat's event callback and Alibaba Cloud SMS delivery receipts.
+
+WeChat: the URL check answers ``echostr``; every POST must carry a valid signature
+(403 and nothing recorded otherwise), is decrypted in safe mode, parsed with
+defusedxml, deduplicated (WeChat retries three times when the answer takes longer
+than 5 s) and answered ``success``. Follows and unfollows set the following flag;
+messages, menu clicks, scans and follows open the customer-service window; the
+template job report lands in the message's timeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from aiohttp import web
+
+from channels.wechat_callback import CallbackError, check_signature, decrypt, parse_xml
+from gateway.clock import Clock
+from gateway.core.users import Users
+from gateway.domain import Channel, InteractionKind, UserFact
+from gateway.errors import HeraldError
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.policy.model import Policy
+from gateway.policy.providers import AliyunSmsProvider, WechatProvider
+from gateway.store import keys
+from gateway.store.base import Store
+from gateway.store.records import TimelineEntry
+
+log = get_logger(__name__)
+SEEN_FOR = timedelta(minutes=10)  # WeChat's retries come within seconds; receipts within hours
+RECEIPTS_SEEN_FOR = timedelta(days=2)
+MAX_BODY = 256 * 1024
+
+OPENS_WINDOW = {
+    ("event", "subscribe"): InteractionKind.FOLLOW,
+    ("event", "SCAN"): InteractionKind.QR_SCAN,
+    ("event", "CLICK"): InteractionKind.MENU_CLICK,
+    ("event", "scancode_push"): InteractionKind.MENU_CLICK,
+    ("event", "scancode_waitmsg"): InteractionKind.MENU_CLICK,
+}
+USER_MESSAGES = frozenset({"text", "image", "voice", "video", "shortvideo", "location", "link"})
+
+
+@dataclass(frozen=True)
+class WechatCallbackConfig:
+    token: str
+    appid: str
+    aes_key: str = ""
+
+
+def configured(policy: Policy, environ: Mapping[str, str]) -> tuple[WechatCallbackConfig | None, str]:
+    """WeChat's callback settings and the SMS receipt token, from policy and environment."""
+    wechat, sms_token = None, ""
+    for provider in policy.providers.values():
+        if isinstance(provider, WechatProvider) and provider.callback_token_env:
+            token = environ.get(provider.callback_token_env, "")
+            if token and wechat is None:
+                aes = environ.get(provider.encoding_aes_key_env, "") if provider.encoding_aes_key_env else ""
+                wechat = WechatCallbackConfig(token, environ.get(provider.appid_env, ""), aes)
+        if isinstance(provider, AliyunSmsProvider) and provider.receipt_token_env:
+            sms_token = sms_token or environ.get(provider.receipt_token_env, "")
+    return wechat, sms_token
+
+
+class Webhooks:
+    def __init__(
+        self,
+        store: Store,
+        users: Users,
+        policies: PolicyHolder,
+        clock: Clock,
+        metrics: Metrics,
+        wechat: WechatCallbackConfig | None,
+        sms_receipt_token: str = "",
+    ) -> None:
+        self._store = store
+        self._users = users
+        self._policies = policies
+        self._clock = clock
+        self._metrics = metrics
+        self._wechat = wechat
+        self._sms_token = sms_receipt_token
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/webhooks/wechat", self.wechat_check)
+        app.router.add_post("/webhooks/wechat", self.wechat_event)
+        app.router.add_post("/webhooks/aliyun-sms", self.sms_receipts)
+
+    def _refuse(self, source: str, why: str, status: int) -> web.Response:
+        self._metrics.webhooks.labels(source, "refused").inc()
+        log.warning("webhook_refused", source=source, reason=why)
+        return web.Response(status=status, text=why)
+
+    # --- WeChat --------------------------------------------------------------------
+    async def wechat_check(self, request: web.Request) -> web.Response:
+        if self._wechat is None:
+            return self._refuse("wechat", "WeChat callbacks are not configured (callback_token_env)", 404)
+        q = request.query
+        try:
+            check_signature(q.get("signature", ""), self._wechat.token, q.get("timestamp", ""), q.get("nonce", ""))
+        except CallbackError as exc:
+            return self._refuse("wechat", str(exc), 403)
+        return web.Response(text=q.get("echostr", ""))
+
+    async def wechat_event(self, request: web.Request) -> web.Response:
+        if self._wechat is None:
+            return self._refuse("wechat", "WeChat callbacks are not configured (callback_token_env)", 404)
+        config = self._wechat
+        q = request.query
+        raw = await request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            return self._refuse("wechat", "body too large", 413)
+        try:
+            if q.get("encrypt_type") == "aes":
+                outer = parse_xml(raw)
+                encrypted = outer.get("Encrypt", "")
+                check_signature(
+                    q.get("msg_signature", ""), config.token, q.get("timestamp", ""), q.get("nonce", ""), encrypted
+                )
+                if not config.aes_key:
+                    raise CallbackError("safe-mode message but no EncodingAESKey configured")
+                event = parse_xml(decrypt(encrypted, config.aes_key, config.appid))
+            else:
+                check_signature(q.get("signature", ""), config.token, q.get("timestamp", ""), q.get("nonce", ""))
+                event = parse_xml(raw)
+        except CallbackError as exc:
+            status = 403 if "signature" in str(exc) or "appid" in str(exc) else 400
+            return self._refuse("wechat", str(exc), status)
+        key = event.get("MsgId") or f"{event.get('FromUserName')}:{event.get('CreateTime')}:{event.get('Event')}"
+        try:
+            fresh = await self._store.shared_put(keys.callback_seen(key), "1", SEEN_FOR, only_if_absent=True)
+            if fresh:
+                await self._handle(event)
+        except HeraldError as exc:
+            # Let WeChat retry: forget that we saw it.
+            log.error("webhook_failed", source="wechat", error=exc.message)
+            await self._forget(keys.callback_seen(key))
+            return web.Response(status=503, text="try again")
+        self._metrics.webhooks.labels("wechat", "ok" if fresh else "duplicate").inc()
+        return web.Response(text="success")
+
+    async def _forget(self, name: str) -> None:
+        try:
+            await self._store.shared_delete(name)
+        except HeraldError:
+            pass
+
+    async def _handle(self, event: dict[str, str]) -> None:
+        msg_type, name = event.get("MsgType", ""), event.get("Event", "")
+        if msg_type == "event" and name in ("TEMPLATESENDJOBFINISH", "MASSSENDJOBFINISH"):
+            await self._job_finished(event)
+            return
+        openid = event.get("FromUserName", "")
+        profile = await self._users.by_openid(openid) if openid else None
+        if profile is None:
+            log.info("webhook_unknown_user", source="wechat", kind=name or msg_type)
+            return
+        if msg_type == "event" and name in ("subscribe", "unsubscribe"):
+            profile = await self._users.set_following(profile, name == "subscribe")
+        kind = InteractionKind.USER_MESSAGE if msg_type in USER_MESSAGES else OPENS_WINDOW.get((msg_type, name))
+        if kind is not None:
+            at = _created(event, self._clock.now())
+            await self._users.record_interaction(profile.user_id, kind, at)
+        log.info("wechat_event", user_id=profile.user_id, kind=name or msg_type)
+
+    async def _job_finished(self, event: dict[str, str]) -> None:
+        status = event.get("Status", "")
+        if event.get("Event") == "MASSSENDJOBFINISH":
+            log.info(
+                "wechat_mass_finished",
+                msg_id=event.get("MsgID"),
+                status=status,
+                total=event.get("TotalCount"),
+                filtered=event.get("FilterCount"),
+                sent=event.get("SentCount"),
+                errors=event.get("ErrorCount"),
+            )
+            return
+        found = await self._store.shared_get(keys.wechat_message(event.get("MsgID", "")))
+        if found is None:
+            log.info("webhook_unknown_message", source="wechat", msg_id=event.get("MsgID"))
+            return
+        message_id, _, user_id = found.partition(" ")
+        ok = status == "success"
+        await self._store.add_events(
+            message_id,
+            [TimelineEntry(self._clock.now(), "receipt", Channel.WECHAT_TEMPLATE, status, "WeChat job report")],
+            None if ok else "failed",
+            self._policies.current.defaults.message_retention,
+        )
+        self._metrics.receipts.labels(str(Channel.WECHAT_TEMPLATE), "delivered" if ok else "failed").inc()
+        if status == "failed:user block":
+            profile = await self._users.get(user_id)
+            await self._users.apply_fact(profile, UserFact.UNFOLLOWED, "")
+
+    # --- Alibaba Cloud SMS receipts ------------------------------------------------
+    async def sms_receipts(self, request: web.Request) -> web.Response:
+        if self._sms_token and request.query.get("token", "") != self._sms_token:
+            return self._refuse("aliyun_sms", "receipt token does not match", 403)
+        raw = await request.content.read(MAX_BODY + 1)
+        try:
+            reports = orjson.loads(raw)
+            if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+                raise ValueError("not a JSON array of reports")
+        except ValueError as exc:
+            return self._refuse("aliyun_sms", f"body is not a JSON array of receipts ({exc})", 400)
+        try:
+            for report in reports:
+                await self._sms_receipt(report)
+        except HeraldError as exc:
+            log.error("webhook_failed", source="aliyun_sms", error=exc.message)
+            return web.json_response({"code": 1, "msg": "try again"}, status=503)
+        self._metrics.webhooks.labels("aliyun_sms", "ok").inc()
+        return web.json_response({"code": 0, "msg": "ok"})
+
+    async def _sms_receipt(self, report: dict[str, object]) -> None:
+        out_id, biz_id = str(report.get("out_id", "")), str(report.get("biz_id", ""))
+        message_id = out_id.split(".", 1)[0]
+        if not message_id.startswith("m_") or not biz_id:
+            log.info("webhook_unknown_message", source="aliyun_sms")
+            return
+        if not await self._store.shared_put(
+            keys.receipt_seen("aliyun_sms", biz_id), "1", RECEIPTS_SEEN_FOR, only_if_absent=True
+        ):
+            return  # a retried receipt
+        ok = report.get("success") in (True, "true")
+        code = str(report.get("err_code") or ("DELIVERED" if ok else "FAILED"))[:64]
+        await self._store.add_events(
+            message_id,
+            [TimelineEntry(self._clock.now(), "receipt", Channel.SMS, code, "delivered" if ok else "not delivered")],
+            None if ok else "failed",
+            self._policies.current.defaults.message_retention,
+        )
+        self._metrics.receipts.labels(str(Channel.SMS), "delivered" if ok else "failed").inc()
+
+
+def _created(event: dict[str, str], now: datetime) -> datetime:
+    try:
+        at = datetime.fromtimestamp(int(event.get("CreateTime", "")), UTC)
+    except ValueError:
+        return now
+    return min(at, now)
