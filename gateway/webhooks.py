@@ -10,6 +10,7 @@ template job report lands in the message's timeline.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -145,10 +146,8 @@ class Webhooks:
         return web.Response(text="success")
 
     async def _forget(self, name: str) -> None:
-        try:
+        with contextlib.suppress(HeraldError):
             await self._store.shared_delete(name)
-        except HeraldError:
-            pass
 
     async def _handle(self, event: dict[str, str]) -> None:
         msg_type, name = event.get("MsgType", ""), event.get("Event", "")
