@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from gateway.domain import Category, Channel, UserFact
+from gateway.domain import Category, Channel, PushProvider, UserFact
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class Delivery:
     scenario: str
     user_id: str
     campaign_id: str = ""
+    # APP_PUSH: the service the device token belongs to (FCM, JPUSH, APNS).
+    device: PushProvider | None = None
     # openid, phone, email or device token: the adapter's to send, nobody's to log.
     recipient: str = field(default="", repr=False)
     payload: dict[str, Any] = field(default_factory=dict)

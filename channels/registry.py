@@ -9,15 +9,27 @@ from dataclasses import dataclass, field
 from channels.aliyun_sms import AliyunSmsAdapter
 from channels.base import ChannelAdapter, Delivery
 from channels.email import SmtpAdapter
+from channels.fcm import FcmAdapter, ServiceAccount, ServiceAccountError
 from channels.http import Http
+from channels.jpush import JpushAdapter
 from channels.sandbox import SandboxAdapter
 from channels.wechat import WechatAdapter
 from channels.wechat_token import WechatToken
 from gateway.clock import Clock
-from gateway.domain import Channel
+from gateway.domain import Channel, PushProvider
 from gateway.policy.model import Policy
-from gateway.policy.providers import AliyunSmsProvider, SandboxProvider, SmtpProvider, WechatProvider
+from gateway.policy.providers import (
+    AliyunSmsProvider,
+    FcmProvider,
+    JpushProvider,
+    SandboxProvider,
+    SmtpProvider,
+    WechatProvider,
+)
 from gateway.store.base import Store
+
+# App-push devices name their service; the provider of that type serves them.
+DEVICE_PROVIDER_TYPE = {PushProvider.FCM: "fcm", PushProvider.JPUSH: "jpush"}
 
 
 class MissingCredentials(Exception):
@@ -40,7 +52,12 @@ class Providers:
     # provider name -> why it is served by the sandbox
     sandboxed: dict[str, str] = field(default_factory=dict)
 
-    def for_channel(self, channel: Channel, policy: Policy) -> ChannelAdapter:
+    def for_channel(self, channel: Channel, policy: Policy, device: PushProvider | None = None) -> ChannelAdapter:
+        if channel is Channel.APP_PUSH and device is not None:
+            wanted = DEVICE_PROVIDER_TYPE.get(device)
+            for name, config in policy.providers.items():
+                if config.type == wanted and name in self.adapters:
+                    return self.adapters[name]
         settings = policy.channels.get(channel)
         if settings is None:
             return self.sandbox
@@ -69,6 +86,7 @@ def build_providers(
 ) -> Providers:
     providers = Providers(sandbox)
     used = {settings.provider for settings in policy.channels.values()}
+    used |= {name for name, config in policy.providers.items() if config.type in DEVICE_PROVIDER_TYPE.values()}
     for name in sorted(used):
         config = policy.providers.get(name)
         if config is None or isinstance(config, SandboxProvider):
@@ -132,5 +150,25 @@ def _build(
             _env(environ, config.username_env, name),
             _env(environ, config.password_env, name),
             unsubscribe_url,
+        )
+    if isinstance(config, FcmProvider):
+        path = _env(environ, config.service_account_file_env, name)
+        try:
+            with open(path, "rb") as key_file:
+                account = ServiceAccount.parse(key_file.read())
+        except OSError as exc:
+            raise MissingCredentials(
+                f"provider '{name}': cannot read the service-account key file ({exc.strerror})"
+            ) from exc
+        except ServiceAccountError as exc:
+            raise MissingCredentials(f"provider '{name}': {exc}") from exc
+        return FcmAdapter(name, config.base_url, config.project_id, account, Http())
+    if isinstance(config, JpushProvider):
+        return JpushAdapter(
+            name,
+            config.base_url,
+            _env(environ, config.app_key_env, name),
+            _env(environ, config.master_secret_env, name),
+            Http(),
         )
     return None

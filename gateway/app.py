@@ -103,7 +103,7 @@ class Gateway:
             self.store,
             self.policies,
             self.switches,
-            lambda channel: self.providers.for_channel(channel, self.policies.current),
+            lambda channel, device: self.providers.for_channel(channel, self.policies.current, device),
             self.users,
             self.clock,
             self.metrics,

@@ -105,7 +105,7 @@ async def simulate(policy_dir: Path, events: list[Event], horizon: timedelta = t
     channel = _InstantChannel()
     users = Users(store, policies, clock)
     queue = MemoryQueue()
-    dispatcher = Dispatcher(queue, store, policies, switches, lambda _: channel, users, clock, metrics, in_flight=1)
+    dispatcher = Dispatcher(queue, store, policies, switches, lambda *_: channel, users, clock, metrics, in_flight=1)
     pipeline = PushPipeline(
         store, policies, switches, queue, clock, metrics, RateLimiter(lambda: clock.now().timestamp())
     )

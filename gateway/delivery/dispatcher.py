@@ -30,7 +30,7 @@ from gateway.delivery.breaker import Breaker
 from gateway.delivery.jobs import Job
 from gateway.delivery.queue import DeliveryQueue, Lease
 from gateway.delivery.retry import backoff
-from gateway.domain import Channel, Outcome, Reason
+from gateway.domain import Channel, Outcome, PushProvider, Reason
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
@@ -79,7 +79,7 @@ class Dispatcher:
         store: Store,
         policies: PolicyHolder,
         switches: KillSwitches,
-        adapter_for: Callable[[Channel], ChannelAdapter],
+        adapter_for: Callable[[Channel, PushProvider | None], ChannelAdapter],
         users: Users,
         clock: Clock,
         metrics: Metrics,
@@ -260,7 +260,10 @@ class Dispatcher:
                 walk.events.append(TimelineEntry(self._clock.now(), "skipped", channel, detail=unusable))
                 walk.last = None
                 continue
-            adapter = self._adapter_for(channel)
+            device = (
+                profile.device_tokens[0].provider if channel is Channel.APP_PUSH and profile.device_tokens else None
+            )
+            adapter = self._adapter_for(channel, device)
             delivery = Delivery(
                 delivery_id=f"{job.message_id}.{channel.value.lower()}",
                 message_id=job.message_id,
@@ -269,6 +272,7 @@ class Dispatcher:
                 scenario=claim.scenario,
                 user_id=claim.user_id,
                 campaign_id=claim.campaign_id,
+                device=device,
                 recipient=recipient_for(channel, profile),
                 payload=render(scenario, channel, claim.params, claim.content),
             )

@@ -4,6 +4,7 @@ provider at its fake, and the credentials in the gateway's environment."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from herald.v1 import push_pb2
 from tests.conftest import POLICIES
 from tests.e2e.conftest import Api, auth, open_api, settings_for
 from tests.fakes.aliyun_sms import FakeAliyunSms
+from tests.fakes.push import FakeFcm, FakeJpush
 from tests.fakes.wechat import FakeWechat
 
 CALLBACK_TOKEN = "callback-token"
@@ -29,6 +31,9 @@ AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # 43 characters, as WeC
 class Fakes:
     wechat: FakeWechat
     sms: FakeAliyunSms
+    fcm: FakeFcm
+    jpush: FakeJpush
+    service_account: Path
 
     def environ(self) -> dict[str, str]:
         return {
@@ -38,19 +43,25 @@ class Fakes:
             "HERALD_WECHAT_AES_KEY": AES_KEY,
             "HERALD_ALIYUN_ACCESS_KEY_ID": self.sms.access_key_id,
             "HERALD_ALIYUN_ACCESS_KEY_SECRET": self.sms.access_key_secret,
+            "HERALD_FCM_SERVICE_ACCOUNT_FILE": str(self.service_account),
+            "HERALD_JPUSH_APP_KEY": self.jpush.app_key,
+            "HERALD_JPUSH_MASTER_SECRET": self.jpush.master_secret,
         }
 
 
 @asynccontextmanager
 async def fakes() -> AsyncIterator[Fakes]:
-    wechat, sms = FakeWechat(), FakeAliyunSms()
-    await wechat.start()
-    await sms.start()
-    try:
-        yield Fakes(wechat, sms)
-    finally:
-        await wechat.stop()
-        await sms.stop()
+    wechat, sms, fcm, jpush = FakeWechat(), FakeAliyunSms(), FakeFcm(), FakeJpush()
+    for server in (wechat, sms, fcm, jpush):
+        await server.start()
+    with tempfile.TemporaryDirectory(prefix="herald-fakes-") as tmp:
+        key_file = Path(tmp) / "service-account.json"
+        key_file.write_bytes(fcm.service_account())
+        try:
+            yield Fakes(wechat, sms, fcm, jpush, key_file)
+        finally:
+            for server in (wechat, sms, fcm, jpush):
+                await server.stop()
 
 
 def policies_for(tmp_path: Path, fake: Fakes, edit_categories: dict[str, str] | None = None, **wechat: object) -> Path:
@@ -64,6 +75,8 @@ def policies_for(tmp_path: Path, fake: Fakes, edit_categories: dict[str, str] | 
         {"base_url": fake.wechat.url, "mass_batch_wait": 0.3, "breaker_faults": 2, "breaker_cool_down": 1.0, **wechat}
     )
     data["providers"]["aliyun_sms"]["base_url"] = fake.sms.url
+    data["providers"]["fcm"]["base_url"] = fake.fcm.url
+    data["providers"]["jpush"]["base_url"] = fake.jpush.url
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     categories = target / "categories.yaml"
     text = categories.read_text()
