@@ -21,7 +21,7 @@ class Settings:
     policy_dir: Path = Path("policies")
     credentials: Path = SAMPLE_CREDENTIALS
     data_dir: Path = Path("var")
-    delivery_workers: int = 512
+    delivery_workers: int = 128
     deliver: bool = True
     reclaim_seconds: float = 60.0
     public_url: str = ""

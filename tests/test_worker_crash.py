@@ -137,3 +137,5 @@ async def test_a_killed_worker_loses_nothing(clean_redis: str, tmp_path: Path) -
         # The second worker took over what the first held when it died.
         assert "delivery_reclaimed" in (tmp_path / "w2.log").read_text()
         assert fake.wechat.template_calls >= MESSAGES
+        # Two worker processes, one access token: the second read it from Redis.
+        assert fake.wechat.token_requests == 1

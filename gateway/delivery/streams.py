@@ -14,6 +14,7 @@ delivered from there: the decision was made, losing it would be worse.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from datetime import UTC, datetime
@@ -61,6 +62,8 @@ class StreamQueue:
         self._group_ready = False
         self._local = MemoryQueue()
         self._next_claim = "0-0"
+        self._pending: list[tuple[Job, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(f"delivery stream on {self._where} did not answer ({type(exc).__name__})")
@@ -76,16 +79,35 @@ class StreamQueue:
         self._group_ready = True
 
     async def put(self, job: Job) -> None:
-        try:
-            await self._redis.xadd(keys.DELIVERIES, {"job": encode_job(job)})
-        except (RedisError, OSError) as exc:
-            log.error(
-                "delivery_stream_put_failed",
-                message_id=job.message_id,
-                error=str(self._unavailable(exc)),
-                detail="kept in this process's memory queue",
-            )
-            await self._local.put(job)
+        """Puts made in the same turn of the event loop (a PushBatch's winners) go to
+        Redis in one pipeline."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the other puts of this turn join
+        while self._pending:
+            batch, self._pending = self._pending[:1000], self._pending[1000:]
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for job, _ in batch:
+                    pipe.xadd(keys.DELIVERIES, {"job": encode_job(job)})
+                await execute(pipe)
+            except (RedisError, OSError) as exc:
+                log.error(
+                    "delivery_stream_put_failed",
+                    jobs=len(batch),
+                    error=str(self._unavailable(exc)),
+                    detail="kept in this process's memory queue",
+                )
+                for job, _ in batch:
+                    await self._local.put(job)
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
 
     async def take(self, count: int, block: float) -> list[Lease]:
         local = await self._local.take(count, 0) if await self._local.depth() else []

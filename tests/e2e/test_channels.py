@@ -186,3 +186,21 @@ async def test_two_gateways_share_one_token(tmp_path: Path, fake: Fakes, clean_r
             assert (await settled(one, answer.message_id)).status == "delivered"
         assert fake.wechat.token_requests == 1
         assert len(fake.wechat.template_sends) == 20
+
+
+async def test_provider_rate_limit_makes_sends_wait(tmp_path: Path, fake: Fakes) -> None:
+    policy_dir = policies_for(tmp_path, fake, rate=5.0, burst=1)
+    async with gateway_on_fakes(tmp_path, fake, policy_dir=policy_dir) as api:
+        await api.add_follower()
+        answers = [
+            await api.push.Push(
+                shipped(f"r-{i}", params={"order_id": f"O-{i}", "carrier": "SF", "tracking_no": f"T{i}"}),
+                metadata=auth("order"),
+            )
+            for i in range(4)
+        ]
+        for answer in answers:
+            assert (await settled(api, answer.message_id)).status == "delivered"
+        waits = api.gateway.metrics.rate_limit_waits.labels("wechat")._value.get()
+        assert waits >= 1  # the bucket holds one token; four sends cannot all go at once
+        assert len(fake.wechat.template_sends) == 4
