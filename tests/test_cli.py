@@ -236,3 +236,10 @@ def test_keys_new_prints_a_credentials_entry() -> None:
     import hashlib
 
     assert f"sha256: {hashlib.sha256(key.encode()).hexdigest()}" in result.stdout
+
+
+def test_worker_needs_redis() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HERALD_REDIS_URL"}
+    result = subprocess.run([*HERALD, "worker"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "worker needs the shared Redis queue" in result.stderr and "HERALD_REDIS_URL" in result.stderr
