@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from channels.base import Delivery
 from channels.registry import Providers, build_providers
 from channels.sandbox import SandboxAdapter
+from gateway.admin import AdminApi
 from gateway.api.auth import Credentials
 from gateway.api.servicers import ProfileServicer, PushServicer
 from gateway.clock import Clock, SystemClock
@@ -148,6 +149,7 @@ class Gateway:
         try:
             self.metrics.delivery_queue_depth.set(await self.queue.depth())
             self.metrics.delivery_queue_age.set(await self.queue.oldest_age(self.clock.now()))
+            self.metrics.parked.set(await self.queue.parked())
         except HeraldError:
             self.metrics.store_errors.labels("queue_depth").inc()
         for provider, state in self.dispatcher.breaker_states().items():
@@ -169,7 +171,8 @@ class Gateway:
         await self.store.ping()  # fail fast, with the store's own message
         await self.switches.refresh()
         self.tokens = UnsubscribeTokens(await unsubscribe_key(self.store, self.settings.unsubscribe_key))
-        if self.settings.deliver or not self.api:
+        delivering = self.settings.deliver or not self.api
+        if delivering:
             self.dispatcher.start()
         self._tasks = [
             asyncio.create_task(self.switches.run(self._stopping), name="kill-switches"),
@@ -178,6 +181,8 @@ class Gateway:
         ]
         if self.api:
             self._tasks.append(asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler"))
+        if delivering:
+            self._tasks.append(asyncio.create_task(self.dispatcher.watch_parked(self._stopping), name="parked"))
         await self._start_admin()
         if self.api:
             await self._start_grpc()
@@ -230,6 +235,7 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        AdminApi(self.settings.admin_token, self.switches, self.store, self.policies, self.clock).add_routes(app)
         if not self.settings.public_listen:
             self._public_routes(app)
         self.admin_port = await self._listen(app, self.settings.admin_listen)

@@ -27,6 +27,7 @@ class Settings:
     public_url: str = ""
     public_listen: str = ""
     unsubscribe_key: str = ""
+    admin_token: str = ""
     log_level: str = "INFO"
     log_format: str = "json"
     grace_seconds: float = 10.0
@@ -58,6 +59,7 @@ ENV: dict[str, tuple[str, str]] = {
         "HERALD_UNSUBSCRIBE_KEY",
         "key that signs unsubscribe links (32+ characters); empty: one kept in the shared store",
     ),
+    "admin_token": ("HERALD_ADMIN_TOKEN", "token the admin API (kill switches) requires; empty: the API is off"),
     "public_url": (
         "HERALD_PUBLIC_URL",
         "the address users reach the admin port's public paths at (one-click unsubscribe links)",

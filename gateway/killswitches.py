@@ -25,6 +25,10 @@ class KillSwitches:
         self._metrics = metrics
         self._refresh_seconds = refresh_seconds
         self._switches: list[KillSwitch] = []
+        self._active_ids: frozenset[str] = frozenset()
+        # Bumped whenever the set of active switches changes: the dispatcher looks at
+        # the deliveries it keeps for a switch again.
+        self.generation = 0
 
     def current(self) -> list[KillSwitch]:
         now = self._clock.now()
@@ -33,11 +37,22 @@ class KillSwitches:
     async def refresh(self) -> None:
         self._switches = await self._store.kill_switches()
         active = self.current()
+        ids = frozenset(s.switch_id for s in active)
+        if ids != self._active_ids:
+            self._active_ids = ids
+            self.generation += 1
         for scope in ScopeKind:
             self._metrics.kill_switches.labels(str(scope)).set(sum(s.scope is scope for s in active))
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await every(self._refresh_seconds, self.refresh, stopping, "kill-switches")
+        """Pub/sub for changes made elsewhere (milliseconds), polling as the fallback
+        and for expiries (``refresh_seconds``)."""
+        feed = asyncio.create_task(self._store.watch_kill_switches(self.refresh, stopping), name="kill-switch-feed")
+        try:
+            await every(self._refresh_seconds, self.refresh, stopping, "kill-switches")
+        finally:
+            await asyncio.wait([feed], timeout=2)
+            feed.cancel()
 
     async def set(
         self, scope: ScopeKind, value: str, reason: str, actor: str, expires_at: datetime | None = None

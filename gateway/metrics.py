@@ -139,6 +139,11 @@ class Metrics:
             ["category", "channel"],
             registry=registry,
         )
+        self.parked = Gauge(
+            "herald_deliveries_held_by_kill_switch",
+            "Deliveries a kill switch stopped, kept to be sent if it is cleared in time (all replicas).",
+            registry=registry,
+        )
         self.webhooks = Counter(
             "herald_webhooks_total",
             "Provider callbacks received, by source and result (ok, duplicate, refused).",

@@ -316,6 +316,9 @@ def _current_window_end(claim: Claim, ctx: Context) -> datetime:
     return next((end for start, end in windows if start <= ctx.now < end), ctx.now)
 
 
+KILL_RECHECK = timedelta(minutes=1)
+
+
 def decide_release(held: Sequence[HeldClaim], ctx: Context) -> list[tuple[str, Decision]]:
     """Decide the claims of one user that are due now. Claims of categories that
     arbitrate compete: the best scores win as far as the caps allow; the others are
@@ -326,6 +329,17 @@ def decide_release(held: Sequence[HeldClaim], ctx: Context) -> list[tuple[str, D
         claim, trace = item.claim, _Trace()
         trace.add(f"released at {_local(ctx.now, ctx.tz)}")
         gate = _gate(claim, ctx, trace)
+        if isinstance(gate, Decision) and gate.reason is Reason.KILL_SWITCH:
+            # A switch keeps what it stops: held and looked at again, sent if the
+            # switch is cleared in time, else it ends with KILL_SWITCH.
+            again = ctx.now + KILL_RECHECK
+            if again <= _limit(claim, item.created_at, ctx.policy):
+                detail = f"{gate.detail}; kept, looked at again {_local(again, ctx.tz)}"
+                held_again = trace.done(
+                    Outcome.SCHEDULED, None, detail, at=again, mutations=[Hold(item.message_id, again)]
+                )
+                out.append((item.message_id, held_again))
+                continue
         if isinstance(gate, Decision):
             out.append((item.message_id, replace(gate, mutations=(Unhold(item.message_id),))))
             continue

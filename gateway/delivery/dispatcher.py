@@ -13,10 +13,11 @@ the dead letters with its reason. Every step lands in the message's timeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from channels.base import ChannelAdapter, Delivery, SendResult, SendStatus, UserFact
 from gateway.clock import Clock
@@ -230,7 +231,7 @@ class Dispatcher:
             self._metrics.queue_seconds.observe(max(0.0, (now - job.queued_at).total_seconds()))
         stop = self._stopped(job)
         if stop is not None:
-            await self._finish(job, [stop[0]], stop[1], release)
+            await self._stop(lease, [], stop)
             return
         scenario = policy.scenarios.get(claim.scenario)
         profile = await self._profile(job)
@@ -252,8 +253,7 @@ class Dispatcher:
                 self._metrics.fallbacks.labels(str(job.plan[index - 1]), str(channel)).inc()
             stop = self._stopped(job)
             if stop is not None:
-                walk.events.append(stop[0])
-                await self._finish(job, walk.events, stop[1], release)
+                await self._stop(lease, walk.events, stop)
                 return
             unusable = self._unusable(channel, profile)
             if unusable is not None:
@@ -299,6 +299,91 @@ class Dispatcher:
         walk.events.append(TimelineEntry(self._clock.now(), "failed", detail=reason))
         await self._finish(job, walk.events, "failed", release)
         await self._dead(lease, reason)
+
+    def _keep_until(self, job: Job) -> datetime:
+        """How long a job a kill switch stopped is kept: its deadline, or the policy's
+        longest hold after it was queued."""
+        if job.claim.deadline is not None:
+            return job.claim.deadline
+        start = job.queued_at or self._clock.now()
+        return start + self._policies.current.defaults.max_hold
+
+    async def _stop(self, lease: Lease, events: list[TimelineEntry], stop: tuple[TimelineEntry, str]) -> None:
+        """A kill switch keeps the job (parked, sent if cleared before its deadline);
+        a passed deadline ends it."""
+        job = lease.job
+        entry, status = stop
+        if status == "suppressed":
+            until = self._keep_until(job)
+            if until > self._clock.now():
+                events.append(
+                    TimelineEntry(
+                        entry.at, "held", detail=f"{entry.detail}; kept until cleared or {until:%Y-%m-%d %H:%M} UTC"
+                    )
+                )
+                await self.queue.park(lease, until)
+                await self._store.add_events(
+                    job.message_id, events, "held", self._policies.current.defaults.message_retention
+                )
+                return
+        events.append(entry)
+        await self._finish(job, events, status, Release(job.message_id))
+
+    async def sweep_parked(self, everything: bool) -> int:
+        """Look at the kept jobs again: every one after the switches changed, else only
+        those whose time ran out. Returns how many were sent back or ended."""
+        now = self._clock.now()
+        handled = 0
+        while True:
+            batch = await self.queue.unpark(None if everything else now, 1000)
+            for job, until in batch:
+                stop = self._stopped(job)
+                if until <= now:
+                    detail = "kept while a kill switch stopped it; its deadline passed"
+                    if stop is not None:
+                        detail = f"{stop[0].detail}; kept until {until:%Y-%m-%d %H:%M} UTC and ended"
+                    final_entry = TimelineEntry(now, "expired", detail=detail)
+                    await self._finish_killed(job, final_entry)
+                    handled += 1
+                elif stop is not None and stop[1] == "suppressed":
+                    await self.queue.park(Lease("local:parked", job), until)
+                else:
+                    await self._store.add_events(
+                        job.message_id,
+                        [TimelineEntry(now, "resumed", detail="kill switch cleared: sent again")],
+                        "queued",
+                        self._policies.current.defaults.message_retention,
+                    )
+                    await self.queue.put(job)
+                    handled += 1
+            if len(batch) < 1000 or not everything:
+                return handled
+
+    async def _finish_killed(self, job: Job, entry: TimelineEntry) -> None:
+        policy = self._policies.current
+        try:
+            await self._store.apply(job.claim.user_id, None, [Release(job.message_id)], entry.at, retention(policy))
+        except HeraldError as exc:
+            self._metrics.store_errors.labels("apply").inc()
+            log.error("reservation_settle_failed", message_id=job.message_id, error=exc.message)
+        final = Final(Outcome.SUPPRESSED, Reason.KILL_SWITCH, entry.detail)
+        await self._store.add_events(job.message_id, [entry], "expired", policy.defaults.message_retention, final)
+
+    async def watch_parked(self, stopping: asyncio.Event, interval: float = 0.5, full_every: float = 30.0) -> None:
+        """Sweep the kept jobs: all of them when the switches change (and now and then),
+        the expired ones every ``interval``."""
+        seen = self._switches.generation
+        last_full = time.monotonic()
+        while not stopping.is_set():
+            everything = self._switches.generation != seen or time.monotonic() - last_full > full_every
+            try:
+                await self.sweep_parked(everything)
+                if everything:
+                    seen, last_full = self._switches.generation, time.monotonic()
+            except HeraldError as exc:
+                log.warning("loop_step_failed", loop="parked", error=exc.message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)
 
     def _stopped(self, job: Job) -> tuple[TimelineEntry, str] | None:
         """A kill switch or the deadline, checked again right before each send."""

@@ -58,6 +58,18 @@ class DeliveryQueue(Protocol):
         """Most recent first."""
         ...
 
+    async def park(self, lease: Lease, until: datetime) -> None:
+        """Keep a job a kill switch stopped, out of delivery, and ack its lease; it is
+        looked at again when the switches change, and ends at ``until``."""
+        ...
+
+    async def unpark(self, due_before: datetime | None, limit: int) -> list[tuple[Job, datetime]]:
+        """Take parked jobs back: every one (``due_before`` None) or only those whose
+        ``until`` has come."""
+        ...
+
+    async def parked(self) -> int: ...
+
     async def close(self) -> None: ...
 
 
@@ -69,6 +81,7 @@ class MemoryQueue:
         self._open: dict[str, Job] = {}
         self._seq = 0
         self._dead: deque[DeadLetter] = deque(maxlen=dead_keep)
+        self._parked: dict[str, tuple[Job, datetime]] = {}
 
     async def put(self, job: Job) -> None:
         self._queue.put_nowait(job)
@@ -108,6 +121,23 @@ class MemoryQueue:
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         return list(reversed(self._dead))[:limit]
+
+    async def park(self, lease: Lease, until: datetime) -> None:
+        self._parked[lease.job.message_id] = (lease.job, until)
+        await self.ack(lease)
+
+    async def unpark(self, due_before: datetime | None, limit: int) -> list[tuple[Job, datetime]]:
+        taken = [
+            (message_id, item)
+            for message_id, item in self._parked.items()
+            if due_before is None or item[1] <= due_before
+        ][:limit]
+        for message_id, _ in taken:
+            del self._parked[message_id]
+        return [item for _, item in taken]
+
+    async def parked(self) -> int:
+        return len(self._parked)
 
     async def close(self) -> None:
         return None

@@ -33,6 +33,15 @@ from gateway.store.redis import execute, redacted
 log = get_logger(__name__)
 
 
+# KEYS[1] parked zset; ARGV[1] until ms; ARGV[2] limit. Pops the members whose time has
+# come, with their scores.
+_POP_DUE = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #items, 2 do redis.call('ZREM', KEYS[1], items[i]) end
+return items
+"""
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -56,6 +65,7 @@ class StreamQueue:
             url, max_connections=64, timeout=30, socket_timeout=10, socket_connect_timeout=2
         )
         self._redis = aioredis.Redis.from_pool(pool)
+        self._pop_due = self._redis.register_script(_POP_DUE)
         self._reclaim_ms = int(reclaim_after * 1000)
         self._max_deliveries = max_deliveries
         self.consumer = consumer or consumer_name()
@@ -231,6 +241,40 @@ class StreamQueue:
             DeadLetter(f[b"message_id"].decode(), f[b"reason"].decode(), datetime.fromisoformat(f[b"at"].decode()))
             for _, f in entries
         ]
+
+    async def park(self, lease: Lease, until: datetime) -> None:
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zadd(keys.PARKED, {encode_job(lease.job): int(until.timestamp() * 1000)})
+            if not lease.entry_id.startswith("local:"):
+                pipe.xack(keys.DELIVERIES, keys.DELIVERY_GROUP, lease.entry_id)
+                pipe.xdel(keys.DELIVERIES, lease.entry_id)
+            await execute(pipe)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def unpark(self, due_before: datetime | None, limit: int) -> list[tuple[Job, datetime]]:
+        try:
+            if due_before is None:
+                popped: Any = await self._redis.zpopmin(keys.PARKED, limit)
+            else:
+                popped = await self._pop_due(keys=[keys.PARKED], args=[int(due_before.timestamp() * 1000), limit])
+                popped = list(zip(popped[::2], popped[1::2], strict=True))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        out = []
+        for member, score in popped:
+            try:
+                out.append((decode_job(member), datetime.fromtimestamp(float(score) / 1000, UTC)))
+            except BadJob as exc:
+                log.error("parked_job_undecodable", error=str(exc))
+        return out
+
+    async def parked(self) -> int:
+        try:
+            return int(await self._redis.zcard(keys.PARKED))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

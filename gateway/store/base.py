@@ -7,7 +7,8 @@ answer; no other store error escapes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -106,6 +107,10 @@ class Store(Protocol):
         ...
 
     async def kill_switches(self) -> list[KillSwitch]: ...
+
+    async def watch_kill_switches(self, on_change: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
+        """Call ``on_change`` when another process changes a switch, until ``stopping``."""
+        ...
 
     async def kill_audit(self, limit: int) -> list[AuditEntry]:
         """Most recent first."""

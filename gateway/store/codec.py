@@ -217,7 +217,7 @@ def decode_message(
 # --- kill switches ------------------------------------------------------------------
 
 
-def _switch_dict(switch: KillSwitch) -> dict[str, Any]:
+def switch_dict(switch: KillSwitch) -> dict[str, Any]:
     return {
         "id": switch.switch_id,
         "scope": str(switch.scope),
@@ -242,7 +242,7 @@ def _switch_from(data: Mapping[str, Any]) -> KillSwitch:
 
 
 def encode_switch(switch: KillSwitch) -> str:
-    return dumps(_switch_dict(switch))
+    return dumps(switch_dict(switch))
 
 
 def decode_switch(raw: str | bytes) -> KillSwitch:
@@ -256,7 +256,7 @@ def encode_audit(entry: AuditEntry) -> str:
             "action": entry.action,
             "actor": entry.actor,
             "note": entry.note,
-            "switch": _switch_dict(entry.switch),
+            "switch": switch_dict(entry.switch),
         }
     )
 

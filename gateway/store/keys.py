@@ -31,6 +31,10 @@ timeline share ``{<message_id>}`` for the same reason. User ids cannot contain b
 | herald:bucket:<name>                  | hash   | twice the bucket's refill time            |
 | herald:deliveries                     | stream | none: entries are deleted when acked      |
 | herald:deliveries:dead                | stream | capped to DEAD_LETTERS_KEEP entries       |
+| herald:deliveries:parked              | zset   | none: jobs a kill switch stopped, scored  |
+|                                       |        | by the time they expire; each leaves when |
+|                                       |        | sent or expired                           |
+| herald:ks:changed                     | pubsub | a message on every kill-switch change     |
 """
 
 from __future__ import annotations
@@ -106,6 +110,8 @@ DELIVERIES = f"{PREFIX}:deliveries"
 DELIVERY_GROUP = "workers"
 DEAD_LETTERS = f"{PREFIX}:deliveries:dead"
 DEAD_LETTERS_KEEP = 100_000
+PARKED = f"{PREFIX}:deliveries:parked"
+KILL_CHANGED = f"{PREFIX}:ks:changed"
 
 
 # --- names of shared values (stored under herald:shared:<name>) ---------------------

@@ -6,8 +6,9 @@ alike down to what survives a round trip.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -206,6 +207,10 @@ class MemoryStore:
         switch = codec.decode_switch(raw)
         self._push_audit(audit_of(switch))
         return switch
+
+    async def watch_kill_switches(self, on_change: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
+        """One process: a change is seen by the process that made it at once."""
+        await stopping.wait()
 
     async def kill_switches(self) -> list[KillSwitch]:
         return [codec.decode_switch(raw) for raw in self._switches.values()]

@@ -6,7 +6,9 @@ its lifetime set in the same round trip (see ``keys``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,10 +20,13 @@ from redis.exceptions import RedisError
 
 from gateway.core.state import Commit, Held, Hold, MarkDedup, Mutation, Release, Reserve, Unhold, UserState
 from gateway.errors import StoreUnavailable
+from gateway.logs import get_logger
 from gateway.profiles import Interaction, OptOut, UserProfile
 from gateway.store import codec, keys
 from gateway.store.base import IdemKey, IdemResult, IdemState
 from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, TimelineEntry
+
+log = get_logger(__name__)
 
 # KEYS[1] idempotency key; ARGV[1] fingerprint. Deletes only our own pending claim.
 _IDEM_ABORT = """
@@ -326,6 +331,7 @@ class RedisStore:
         pipe.hset(keys.KILL_SWITCHES, switch.switch_id, codec.encode_switch(switch))
         pipe.lpush(keys.KILL_AUDIT, codec.encode_audit(audit))
         pipe.ltrim(keys.KILL_AUDIT, 0, keys.KILL_AUDIT_KEEP - 1)
+        pipe.publish(keys.KILL_CHANGED, switch.switch_id)
         async with self._guard("put_kill_switch"):
             await execute(pipe)
 
@@ -341,8 +347,27 @@ class RedisStore:
             pipe.hdel(keys.KILL_SWITCHES, switch_id)
             pipe.lpush(keys.KILL_AUDIT, codec.encode_audit(audit_of(switch)))
             pipe.ltrim(keys.KILL_AUDIT, 0, keys.KILL_AUDIT_KEEP - 1)
+            pipe.publish(keys.KILL_CHANGED, switch_id)
             removed, *_ = await execute(pipe)
         return switch if removed else None
+
+    async def watch_kill_switches(self, on_change: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
+        """Call ``on_change`` whenever any replica changes a switch (pub/sub). Polling
+        stays as the fallback: a lost connection only makes this wait and retry."""
+        while not stopping.is_set():
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(keys.KILL_CHANGED)
+                while not stopping.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is not None:
+                        await on_change()
+            except (RedisError, OSError, StoreUnavailable) as exc:
+                log.warning("kill_switch_feed_lost", error=type(exc).__name__, detail="polling continues")
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def kill_switches(self) -> list[KillSwitch]:
         async with self._guard("kill_switches"):

@@ -1,0 +1,104 @@
+"""``herald kill``: set, clear, list kill switches and print their history, through a
+gateway's admin API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+DEFAULT_ADMIN = "http://127.0.0.1:9464"
+
+
+def add_parser(commands: Any) -> None:
+    kill = commands.add_parser(
+        "kill",
+        help="kill switches: stop a bad push everywhere within a second",
+        description="Kill switches through a gateway's admin API (any replica: they share the store).",
+    )
+    kill.add_argument(
+        "--admin-url",
+        default=os.environ.get("HERALD_ADMIN_URL", DEFAULT_ADMIN),
+        help=f"a gateway's admin address (env HERALD_ADMIN_URL; default {DEFAULT_ADMIN})",
+    )
+    kill.add_argument(
+        "--admin-token",
+        default=os.environ.get("HERALD_ADMIN_TOKEN", ""),
+        help="the gateway's admin token (env HERALD_ADMIN_TOKEN; prefer the variable: flags show in ps)",
+    )
+    kill.add_argument("--json", action="store_true", help="print the answer as JSON")
+    actions = kill.add_subparsers(dest="kill_command", metavar="ACTION", required=True)
+    put = actions.add_parser("set", help="set a switch")
+    put.add_argument("--scope", required=True, choices=["global", "category", "channel", "bu", "scenario", "campaign"])
+    put.add_argument("--value", default="", help="which category, channel, BU, scenario or campaign")
+    put.add_argument("--reason", required=True, help="why (shown in every decision it stops)")
+    put.add_argument("--actor", required=True, help="who sets it")
+    put.add_argument("--for", dest="expires_in", default="", help="expire after this long, e.g. 30m, 2h")
+    clear = actions.add_parser("clear", help="clear a switch (what it kept and is still in time is sent)")
+    clear.add_argument("switch_id")
+    clear.add_argument("--actor", required=True, help="who clears it")
+    clear.add_argument("--note", default="", help="why")
+    actions.add_parser("list", help="the active switches")
+    history = actions.add_parser("history", help="every change, most recent first")
+    history.add_argument("--limit", type=int, default=50)
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    request = urllib.request.Request(
+        args.admin_url.rstrip("/") + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {args.admin_token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise SystemExit(f"herald: {message} (HTTP {exc.code})") from None
+    except urllib.error.URLError as exc:
+        raise SystemExit(
+            f"herald: no gateway admin API at {args.admin_url} ({exc.reason}); set --admin-url or HERALD_ADMIN_URL"
+        ) from None
+
+
+def _line(switch: dict[str, Any]) -> str:
+    scope = "global" if switch["scope"] == "global" else f"{switch['scope']}={switch['value']}"
+    until = f" until {switch['expires_at']}" if switch.get("expires_at") else ""
+    return f"{switch['id']}  {scope}  by {switch['actor']} at {switch['created_at']}{until}: {switch['reason']}"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kill_command == "set":
+        body = {"scope": args.scope, "value": args.value, "reason": args.reason, "actor": args.actor}
+        if args.expires_in:
+            body["expires_in"] = args.expires_in
+        answer = _call(args, "POST", "/admin/kill-switches", body)
+        print(json.dumps(answer) if args.json else f"set {_line(answer['switch'])}")
+    elif args.kill_command == "clear":
+        answer = _call(
+            args, "DELETE", f"/admin/kill-switches/{args.switch_id}", {"actor": args.actor, "note": args.note}
+        )
+        print(json.dumps(answer) if args.json else f"cleared {_line(answer['cleared'])}")
+    elif args.kill_command == "list":
+        answer = _call(args, "GET", "/admin/kill-switches")
+        if args.json:
+            print(json.dumps(answer))
+        else:
+            print("\n".join(_line(s) for s in answer["switches"]) or "no active kill switch")
+    else:
+        answer = _call(args, "GET", f"/admin/kill-switches/audit?limit={args.limit}")
+        if args.json:
+            print(json.dumps(answer))
+        for entry in [] if args.json else answer["audit"]:
+            note = f" ({entry['note']})" if entry.get("note") else ""
+            print(f"{entry['at']}  {entry['action']:5}  by {entry['actor']}{note}: {_line(entry['switch'])}")
+    sys.stdout.flush()
+    return 0
