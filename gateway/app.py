@@ -5,6 +5,7 @@ gRPC server and the admin HTTP endpoints; started and stopped as one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Mapping
 
@@ -183,6 +184,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler"))
         if delivering:
             self._tasks.append(asyncio.create_task(self.dispatcher.watch_parked(self._stopping), name="parked"))
+        if self.api:
+            self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
         await self._start_admin()
         if self.api:
             await self._start_grpc()
@@ -195,6 +198,26 @@ class Gateway:
             queue=self.queue.kind,
             policy=self.policies.current.version,
         )
+
+    async def _watch_health(self, interval: float = 1.0) -> None:
+        """gRPC health follows readiness: SERVING only while a valid policy is loaded and
+        the store answers, so load balancers route around a replica that lost Redis."""
+        serving: bool | None = True
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self.store.ping(), interval * 2)
+                problem = ""
+            except (HeraldError, TimeoutError) as exc:
+                problem = exc.message if isinstance(exc, HeraldError) else "store ping timed out"
+            ok = not problem and self.policies.current is not None
+            if ok != serving and self.server is not None:
+                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                for service in ("", *SERVICES):
+                    await self.health.set(service, status)
+                log.warning("health_changed", serving=ok, problem=problem or None)
+                serving = ok
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _start_grpc(self) -> None:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])

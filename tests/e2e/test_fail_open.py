@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.app import Gateway
 from gateway.metrics import fresh_metrics
@@ -29,6 +31,14 @@ async def test_store_outage(tmp_path: Path) -> None:
         assert (await api.push.Push(shipped("r-0"), metadata=auth("order"))).outcome == types_pb2.ACCEPTED
 
         server.__exit__(None, None, None)  # Redis is gone
+
+        health = health_pb2_grpc.HealthStub(api.channel)
+        for _ in range(50):
+            answer = await health.Check(health_pb2.HealthCheckRequest(service="herald.v1.PushService"))
+            if answer.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.1)
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
         answer = await api.push.Push(shipped("r-1"), metadata=auth("order"))
         assert answer.outcome == types_pb2.ACCEPTED
