@@ -21,6 +21,7 @@ from channels.sandbox import SandboxAdapter
 from gateway.admin import AdminApi
 from gateway.api.auth import Credentials
 from gateway.api.servicers import ProfileServicer, PushServicer
+from gateway.autostop import AutoStop
 from gateway.clock import Clock, SystemClock
 from gateway.config import SAMPLE_CREDENTIALS, Settings
 from gateway.core.pipeline import PushPipeline
@@ -100,6 +101,7 @@ class Gateway:
             log.warning("provider_sandboxed", provider=name, detail=f"{why}: its deliveries go to the sandbox outbox")
         self.users = Users(self.store, self.policies, self.clock)
         self.queue = build_queue(settings)
+        self.auto_stop = AutoStop(self.store, self.switches, self.policies, self.metrics)
         self.dispatcher = Dispatcher(
             self.queue,
             self.store,
@@ -110,6 +112,7 @@ class Gateway:
             self.clock,
             self.metrics,
             in_flight=settings.delivery_workers,
+            auto_stop=self.auto_stop,
         )
         self.pipeline = PushPipeline(
             self.store, self.policies, self.switches, self.queue, self.clock, self.metrics, RateLimiter()
@@ -165,7 +168,9 @@ class Gateway:
     def unsubscribe_url(self, delivery: Delivery) -> str | None:
         if self.tokens is None:
             return None
-        what = Unsubscribe(delivery.user_id, delivery.category, delivery.channel)
+        what = Unsubscribe(
+            delivery.user_id, delivery.category, delivery.channel, delivery.scenario, delivery.campaign_id
+        )
         return f"{self.public_base()}/unsubscribe/{self.tokens.issue(what, self.clock.now())}"
 
     async def start(self) -> None:
@@ -249,9 +254,11 @@ class Gateway:
 
     def _public_routes(self, app: web.Application) -> None:
         assert self.tokens is not None
-        Unsubscribes(self.tokens, self.users, self.clock, self.metrics).add_routes(app)
+        Unsubscribes(self.tokens, self.users, self.clock, self.metrics, self.auto_stop).add_routes(app)
         wechat, sms_token = webhooks_configured(self.policies.current, self.environ)
-        Webhooks(self.store, self.users, self.policies, self.clock, self.metrics, wechat, sms_token).add_routes(app)
+        Webhooks(
+            self.store, self.users, self.policies, self.clock, self.metrics, wechat, sms_token, self.auto_stop
+        ).add_routes(app)
 
     async def _start_admin(self) -> None:
         app = web.Application()

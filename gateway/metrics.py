@@ -144,6 +144,12 @@ class Metrics:
             "Deliveries a kill switch stopped, kept to be sent if it is cleared in time (all replicas).",
             registry=registry,
         )
+        self.auto_stops = Counter(
+            "herald_auto_stops_total",
+            "Kill switches Herald set by itself (auto-stop), by scope (campaign, scenario).",
+            ["scope"],
+            registry=registry,
+        )
         self.webhooks = Counter(
             "herald_webhooks_total",
             "Provider callbacks received, by source and result (ok, duplicate, refused).",

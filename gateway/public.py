@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from gateway.autostop import AutoStop
 from gateway.clock import Clock
 from gateway.core.users import Users
 from gateway.errors import HeraldError, NotFound
@@ -42,7 +43,10 @@ def _page(title: str, text: str, status: int = 200, form: str = "") -> web.Respo
 
 
 class Unsubscribes:
-    def __init__(self, tokens: UnsubscribeTokens, users: Users, clock: Clock, metrics: Metrics) -> None:
+    def __init__(
+        self, tokens: UnsubscribeTokens, users: Users, clock: Clock, metrics: Metrics, auto_stop: AutoStop
+    ) -> None:
+        self._auto_stop = auto_stop
         self._tokens = tokens
         self._users = users
         self._clock = clock
@@ -74,5 +78,7 @@ class Unsubscribes:
             log.error("unsubscribe_failed", error=exc.message)
             return _page("Try again", "We could not record this just now; please try again in a minute.", 503)
         self._metrics.unsubscribes.labels(str(what.category), str(what.channel)).inc()
+        if what.scenario:
+            await self._auto_stop.record_for(what.category, what.scenario, what.campaign_id, True)
         log.info("unsubscribed", user_id=what.user_id, category=str(what.category), channel=str(what.channel))
         return _page("Unsubscribed", "You will not receive these emails any more.")

@@ -25,6 +25,9 @@ class Unsubscribe:
     user_id: str
     category: Category
     channel: Channel
+    # What the mail was, for auto-stop.
+    scenario: str = ""
+    campaign_id: str = ""
 
 
 def _b64(raw: bytes) -> str:
@@ -63,7 +66,13 @@ class UnsubscribeTokens:
             raise BadToken("this unsubscribe link is not valid")
         try:
             data = orjson.loads(_unb64(body))
-            what = Unsubscribe(str(data["u"]), Category(data["c"]), Channel(data["ch"]))
+            what = Unsubscribe(
+                str(data["u"]),
+                Category(data["c"]),
+                Channel(data["ch"]),
+                str(data.get("s", "")),
+                str(data.get("cmp", "")),
+            )
             expires = int(data["exp"])
         except (ValueError, KeyError, TypeError) as exc:
             raise BadToken("this unsubscribe link is not valid") from exc

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from channels.wechat_callback import CallbackError, check_signature, decrypt, parse_xml
+from gateway.autostop import AutoStop
 from gateway.clock import Clock
 from gateway.core.users import Users
 from gateway.domain import Channel, InteractionKind, UserFact
@@ -77,8 +78,10 @@ class Webhooks:
         clock: Clock,
         metrics: Metrics,
         wechat: WechatCallbackConfig | None,
-        sms_receipt_token: str = "",
+        sms_receipt_token: str,
+        auto_stop: AutoStop,
     ) -> None:
+        self._auto_stop = auto_stop
         self._store = store
         self._users = users
         self._policies = policies
@@ -196,6 +199,9 @@ class Webhooks:
         if status == "failed:user block":
             profile = await self._users.get(user_id)
             await self._users.apply_fact(profile, UserFact.UNFOLLOWED, "")
+            record = await self._store.get_message(message_id)
+            if record is not None:
+                await self._auto_stop.record_for(record.category, record.scenario, record.campaign_id, True)
 
     # --- Alibaba Cloud SMS receipts ------------------------------------------------
     async def sms_receipts(self, request: web.Request) -> web.Response:

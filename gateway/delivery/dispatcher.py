@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from channels.base import ChannelAdapter, Delivery, SendResult, SendStatus, UserFact
+from gateway.autostop import AutoStop
 from gateway.clock import Clock
 from gateway.core.caps import retention
 from gateway.core.killswitch import blocking_switch, killed_channels
@@ -48,6 +49,15 @@ MAX_ATTEMPTS = 3  # per channel
 # the job takes the next channel instead of holding its queue entry.
 MAX_RETRY_WAIT = 10.0
 RECEIPT_WINDOW = timedelta(days=3)
+
+
+BLOCKED = frozenset({UserFact.UNFOLLOWED, UserFact.SMS_OPTED_OUT})
+
+
+def is_blocked(result: SendResult) -> bool:
+    """The user turned this sender away: unfollowed or blocked on WeChat, opted out of
+    SMS, refused the template."""
+    return result.fact in BLOCKED or result.code == "43101"
 
 
 def recipient_for(channel: Channel, profile: UserProfile) -> str:
@@ -86,6 +96,7 @@ class Dispatcher:
         metrics: Metrics,
         in_flight: int = 512,
         sleep: Callable[[float], object] | None = None,
+        auto_stop: AutoStop | None = None,
     ) -> None:
         self.queue = queue
         self._store = store
@@ -103,6 +114,7 @@ class Dispatcher:
         self._runner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._sleep = sleep or asyncio.sleep
+        self._auto_stop = auto_stop
 
     # --- the loop ------------------------------------------------------------------
     async def submit(self, job: Job) -> None:
@@ -282,6 +294,8 @@ class Dispatcher:
                 continue
             if result.fact is not None:
                 profile = await self._learn(profile, result.fact, channel, delivery.recipient)
+            if self._auto_stop is not None and result.status is not SendStatus.RETRY:
+                await self._auto_stop.record(claim, is_blocked(result))
             if result.status is SendStatus.DELIVERED:
                 await self._remember_for_receipts(job, channel, result)
                 walk.events.append(

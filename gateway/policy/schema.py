@@ -94,6 +94,16 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+class AutoStop(Strict):
+    # Over the last `last` sends of one campaign (or scenario without a campaign), when
+    # at least `min_sends` are known and the share blocked/unsubscribed reaches
+    # `threshold`, a kill switch for it is set, with the figures in its reason.
+    last: int = Field(default=200, ge=10, le=10_000)
+    min_sends: int = Field(default=50, ge=1)
+    threshold: float = Field(default=0.05, gt=0, le=1)
+    categories: tuple[Category, ...] = (Category.MARKETING, Category.REMINDER)
+
+
 class Defaults(Strict):
     timezone: str = "Asia/Shanghai"
     idempotency_window: Duration = timedelta(hours=24)
@@ -108,6 +118,9 @@ class Defaults(Strict):
     release_spread: Duration = timedelta(minutes=20)
     # How long a claim without a deadline may wait for a send window.
     max_hold: Duration = timedelta(hours=48)
+    # Herald stops a campaign (or a reminder scenario) itself when too many of its
+    # recent sends come back blocked or unsubscribed. None: never.
+    auto_stop: AutoStop | None = None
 
     _tz = field_validator("timezone")(_check_timezone)
 

@@ -169,3 +169,8 @@ class Store(Protocol):
         """One token from a bucket shared by every replica, refilled at ``rate`` a second
         up to ``burst``: 0 when granted, else the seconds until one will be there."""
         ...
+
+    async def record_outcome(self, key: str, bad: bool, last: int, ttl: timedelta) -> tuple[int, int]:
+        """Add one send's outcome to the sliding window of ``key`` (the most recent
+        ``last``); returns how many are in it and how many of those were bad."""
+        ...

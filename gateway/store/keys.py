@@ -35,6 +35,7 @@ timeline share ``{<message_id>}`` for the same reason. User ids cannot contain b
 |                                       |        | by the time they expire; each leaves when |
 |                                       |        | sent or expired                           |
 | herald:ks:changed                     | pubsub | a message on every kill-switch change     |
+| herald:outcomes:<campaign or scenario>| list   | 7 days after the last send (auto-stop)    |
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def user_dedup(user_id: str, bu: str, key: str) -> str:
 
 def message_final(message_id: str) -> str:
     return f"{PREFIX}:msg:{{{message_id}}}:final"
+
+
+def outcomes(key: str) -> str:
+    return f"{PREFIX}:outcomes:{key}"
 
 
 def shared(name: str) -> str:

@@ -81,6 +81,7 @@ class MemoryStore:
         self._held: dict[str, dict[str, datetime]] = {}
         self._shared: _Expiring[str] = _Expiring(self._clock)
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._outcomes: dict[str, list[bool]] = {}
         self._versions: dict[str, int] = {}
         self._dedup: _Expiring[bool] = _Expiring(self._clock)
 
@@ -325,6 +326,12 @@ class MemoryStore:
             return 0.0
         self._buckets[bucket] = (tokens, at)
         return (1 - tokens) / rate
+
+    async def record_outcome(self, key: str, bad: bool, last: int, ttl: timedelta) -> tuple[int, int]:
+        window = self._outcomes.setdefault(key, [])
+        window.insert(0, bad)
+        del window[last:]
+        return len(window), sum(window)
 
     def next_due(self) -> datetime | None:
         """The earliest due time in the index (simulation steps its clock by it)."""

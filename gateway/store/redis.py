@@ -149,6 +149,19 @@ return wait
 """
 
 
+# KEYS[1] outcome list; ARGV: 1 '1' bad or '0', 2 window size, 3 ttl ms. Returns the
+# window's size and how many bad.
+_OUTCOME = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local bad = 0
+for _, v in ipairs(items) do if v == '1' then bad = bad + 1 end end
+return {#items, bad}
+"""
+
+
 class RedisStore:
     kind = "redis"
 
@@ -182,6 +195,7 @@ class RedisStore:
         self._interaction = self._redis.register_script(_INTERACTION)
         self._delete_if = self._redis.register_script(_DELETE_IF)
         self._take_token = self._redis.register_script(_TAKE_TOKEN)
+        self._outcome = self._redis.register_script(_OUTCOME)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -513,6 +527,13 @@ class RedisStore:
         async with self._guard("take_token"):
             wait_ms = await self._take_token(keys=[keys.bucket(bucket)], args=[rate, burst, _epoch_ms(now)])
         return int(wait_ms) / 1000
+
+    async def record_outcome(self, key: str, bad: bool, last: int, ttl: timedelta) -> tuple[int, int]:
+        async with self._guard("record_outcome"):
+            total, bad_count = await self._outcome(
+                keys=[keys.outcomes(key)], args=["1" if bad else "0", last, int(ttl.total_seconds() * 1000)]
+            )
+        return int(total), int(bad_count)
 
 
 async def execute(pipe: Any) -> list[Any]:

@@ -47,11 +47,39 @@ class FakeWechat(FakeServer):
         self._msgids = itertools.count(1_000_000_001)
         # client_msg_id -> wall-clock time it first arrived (benchmarks read it)
         self.arrived_at: dict[str, float] = {}
+        self._reported = 0
         self.app.router.add_get("/cgi-bin/token", self._token)
         self.app.router.add_post("/cgi-bin/stable_token", self._stable_token)
         self.app.router.add_post("/cgi-bin/message/template/send", self._template)
         self.app.router.add_post("/cgi-bin/message/custom/send", self._custom)
         self.app.router.add_post("/cgi-bin/message/mass/send", self._mass)
+
+    async def post_job_reports(self, callback_url: str, token: str, blocked: set[str]) -> int:
+        """Post TEMPLATESENDJOBFINISH for every template send not reported yet, the way
+        WeChat does: ``failed:user block`` for the openids in ``blocked``."""
+        import hashlib
+
+        import aiohttp
+
+        reported = 0
+        async with aiohttp.ClientSession() as http:
+            for send in self.template_sends[self._reported :]:
+                status = "failed:user block" if send["touser"] in blocked else "success"
+                created = str(int(time.time()))
+                body = (
+                    f"<xml><ToUserName><![CDATA[gh_shop]]></ToUserName><FromUserName><![CDATA[{send['touser']}]]>"
+                    f"</FromUserName><CreateTime>{created}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+                    f"<Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{send['msgid']}</MsgID>"
+                    f"<Status><![CDATA[{status}]]></Status></xml>"
+                )
+                nonce = secrets.token_hex(4)
+                signature = hashlib.sha1("".join(sorted([token, created, nonce])).encode()).hexdigest()
+                params = {"signature": signature, "timestamp": created, "nonce": nonce}
+                async with http.post(callback_url, params=params, data=body.encode()) as answer:
+                    assert answer.status == 200, await answer.text()
+                self._reported += 1
+                reported += 1
+        return reported
 
     def expire_tokens(self) -> None:
         """Every token issued so far answers 42001 from now on."""
