@@ -126,7 +126,7 @@ class Gateway:
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self.metrics.prime(sorted(self.policies.current.business_units))
+        self.metrics.prime(sorted(self.policies.current.business_units), sorted({"sandbox", *self.providers.adapters}))
 
     def _load_credentials(self) -> Credentials:
         credentials = Credentials.load(self.settings.credentials)

@@ -57,6 +57,16 @@ def _orjson_text(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the time of writing (test captures swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level)
     renderer: Any = (
@@ -72,7 +82,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.domain import Category, Channel, Outcome, Reason
+from gateway.domain import Category, Channel, Outcome, Reason, UserFact
 
 
 class Metrics:
@@ -182,7 +182,10 @@ class Metrics:
             "herald_kill_switches_active", "Active kill switches by scope.", ["scope"], registry=registry
         )
 
-    def prime(self, business_units: list[str]) -> None:
+    def prime(self, business_units: list[str], providers: list[str] | None = None) -> None:
+        """Create the known label combinations so that zeros export before the first
+        event (a rate() over a series that did not exist is no rate at all)."""
+        providers = providers or ["sandbox"]
         for method in ("Push", "PushBatch"):
             self.decision_seconds.labels(method)
         for category in Category:
@@ -192,8 +195,29 @@ class Metrics:
                 for reason in Reason:
                     self.decisions.labels(bu, str(category), str(Outcome.SUPPRESSED), str(reason))
         for channel in Channel:
-            for result in ("delivered", "retry", "fallback", "failed"):
-                self.sends.labels(str(channel), "sandbox", result)
+            for provider in providers:
+                for result in ("delivered", "retry", "fallback", "failed"):
+                    self.sends.labels(str(channel), provider, result)
+            self.send_seconds.labels(str(channel))
+            self.retries.labels(str(channel))
+            self.dead_letters.labels(str(channel))
+            for to in Channel:
+                if to is not channel:
+                    self.fallbacks.labels(str(channel), str(to))
+            for result in ("delivered", "failed"):
+                self.receipts.labels(str(channel), result)
+        for provider in providers:
+            self.breaker_state.labels(provider).set(0)
+            self.breaker_skips.labels(provider)
+            self.rate_limit_waits.labels(provider)
+            self.provider_wait_seconds.labels(provider)
+        for fact in UserFact:
+            self.user_facts.labels(str(fact))
+        for scope in ("campaign", "scenario"):
+            self.auto_stops.labels(scope)
+        for source in ("wechat", "aliyun_sms"):
+            for result in ("ok", "duplicate", "refused"):
+                self.webhooks.labels(source, result)
         for result in ("ok", "refused"):
             self.policy_reloads.labels(result)
 

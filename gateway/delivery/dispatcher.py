@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import structlog
+
 from channels.base import ChannelAdapter, Delivery, SendResult, SendStatus, UserFact
 from gateway.autostop import AutoStop
 from gateway.clock import Clock
@@ -146,6 +148,8 @@ class Dispatcher:
                 task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, lease: Lease) -> None:
+        # This task's own context: every log line of the delivery carries these.
+        structlog.contextvars.bind_contextvars(message_id=lease.job.message_id, bu=lease.job.claim.bu)
         try:
             await self.deliver(lease)
         except HeraldError as exc:
@@ -335,10 +339,12 @@ class Dispatcher:
                         entry.at, "held", detail=f"{entry.detail}; kept until cleared or {until:%Y-%m-%d %H:%M} UTC"
                     )
                 )
-                await self.queue.park(lease, until)
+                # Timeline first: a crash in between leaves the job in the queue, to be
+                # parked again, never parked without its 'held' entry.
                 await self._store.add_events(
                     job.message_id, events, "held", self._policies.current.defaults.message_retention
                 )
+                await self.queue.park(lease, until)
                 return
         events.append(entry)
         await self._finish(job, events, status, Release(job.message_id))

@@ -204,3 +204,26 @@ async def test_provider_rate_limit_makes_sends_wait(tmp_path: Path, fake: Fakes)
         waits = api.gateway.metrics.rate_limit_waits.labels("wechat")._value.get()
         assert waits >= 1  # the bucket holds one token; four sends cannot all go at once
         assert len(fake.wechat.template_sends) == 4
+
+
+async def test_send_log_lines_carry_context_and_no_personal_data(
+    api: Api, fake: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json as _json
+
+    from gateway.logs import configure
+
+    configure("INFO", json=True)
+    await api.add_follower()
+    fake.wechat.unfollowed.add(OPENID)
+    answer = await api.push.Push(shipped(), metadata=auth("order"))
+    assert (await settled(api, answer.message_id)).status == "delivered"
+    out = capsys.readouterr().err
+    events = [_json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    sends = [e for e in events if e.get("event") == "send" and e.get("message_id") == answer.message_id]
+    assert {e["channel"] for e in sends} == {"WECHAT_TEMPLATE", "SMS"}
+    assert all(e["bu"] == "order" for e in sends)
+    learned = [e for e in events if e.get("event") == "user_updated_from_provider"]
+    assert learned and learned[0]["message_id"] == answer.message_id  # bound through contextvars
+    for secret in (OPENID, "13800138000", fake.wechat.secret, fake.sms.access_key_secret):
+        assert secret not in out
