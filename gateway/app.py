@@ -151,8 +151,10 @@ class Gateway:
 
     async def _update_gauges(self) -> None:
         try:
-            self.metrics.delivery_queue_depth.set(await self.queue.depth())
-            self.metrics.delivery_queue_age.set(await self.queue.oldest_age(self.clock.now()))
+            for channel, depth in (await self.queue.depth_by_channel()).items():
+                self.metrics.delivery_queue_depth.labels(str(channel)).set(depth)
+            for channel, age in (await self.queue.oldest_by_channel(self.clock.now())).items():
+                self.metrics.delivery_queue_age.labels(str(channel)).set(age)
             self.metrics.parked.set(await self.queue.parked())
         except HeraldError:
             self.metrics.store_errors.labels("queue_depth").inc()

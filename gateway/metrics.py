@@ -63,12 +63,15 @@ class Metrics:
         )
         self.delivery_queue_depth = Gauge(
             "herald_delivery_queue_depth",
-            "Deliveries queued or in flight (the shared stream on Redis, this process's queue in memory).",
+            "Deliveries queued or in flight by their plan's first channel (the shared streams on Redis, "
+            "this process's queue in memory).",
+            ["channel"],
             registry=registry,
         )
         self.delivery_queue_age = Gauge(
             "herald_delivery_queue_oldest_seconds",
-            "Age of the oldest delivery still in the queue.",
+            "Age of the oldest delivery still in the queue, by its plan's first channel.",
+            ["channel"],
             registry=registry,
         )
         self.queue_seconds = Histogram(

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from gateway.delivery.jobs import Job
+from gateway.domain import Channel
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class DeliveryQueue(Protocol):
     async def oldest_age(self, now: datetime) -> float:
         """Seconds since the oldest job still in the queue was put (0 when empty)."""
         ...
+
+    async def depth_by_channel(self) -> dict[Channel, int]:
+        """Jobs waiting or being delivered, by the first channel of their plan."""
+        ...
+
+    async def oldest_by_channel(self, now: datetime) -> dict[Channel, float]: ...
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         """Most recent first."""
@@ -118,6 +125,23 @@ class MemoryQueue:
             if first.queued_at is not None:
                 times.append(first.queued_at)
         return max(0.0, (now - min(times)).total_seconds()) if times else 0.0
+
+    def _jobs(self) -> list[Job]:
+        return [*self._queue._queue, *self._open.values()]  # type: ignore[attr-defined]
+
+    async def depth_by_channel(self) -> dict[Channel, int]:
+        counts = dict.fromkeys(Channel, 0)
+        for job in self._jobs():
+            if job.plan:
+                counts[job.plan[0]] += 1
+        return counts
+
+    async def oldest_by_channel(self, now: datetime) -> dict[Channel, float]:
+        ages = dict.fromkeys(Channel, 0.0)
+        for job in self._jobs():
+            if job.plan and job.queued_at is not None:
+                ages[job.plan[0]] = max(ages[job.plan[0]], (now - job.queued_at).total_seconds())
+        return ages
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         return list(reversed(self._dead))[:limit]

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.delivery.jobs import BadJob, Job, decode_job, encode_job
 from gateway.delivery.queue import DeadLetter, Lease, MemoryQueue
+from gateway.domain import Channel
 from gateway.errors import StoreUnavailable
 from gateway.logs import get_logger
 from gateway.store import keys
@@ -40,6 +41,18 @@ local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES'
 for i = 1, #items, 2 do redis.call('ZREM', KEYS[1], items[i]) end
 return items
 """
+
+
+def first_channel(job: Job) -> Channel:
+    """A job waits in the stream of its plan's first channel, so each channel's backlog
+    and age show on their own."""
+    return job.plan[0] if job.plan else Channel.WECHAT_TEMPLATE
+
+
+def split(entry: str) -> tuple[str, str]:
+    """A lease's entry id is '<stream>/<id>'."""
+    stream, _, entry_id = entry.rpartition("/")
+    return stream, entry_id
 
 
 def consumer_name() -> str:
@@ -71,7 +84,7 @@ class StreamQueue:
         self.consumer = consumer or consumer_name()
         self._group_ready = False
         self._local = MemoryQueue()
-        self._next_claim = "0-0"
+        self._next_claim: dict[str, str] = {}
         self._pending: list[tuple[Job, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -81,11 +94,12 @@ class StreamQueue:
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
-        try:
-            await self._redis.xgroup_create(keys.DELIVERIES, keys.DELIVERY_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for channel in Channel:
+            try:
+                await self._redis.xgroup_create(keys.deliveries(channel), keys.DELIVERY_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
         self._group_ready = True
 
     async def put(self, job: Job) -> None:
@@ -104,7 +118,7 @@ class StreamQueue:
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for job, _ in batch:
-                    pipe.xadd(keys.DELIVERIES, {"job": encode_job(job)})
+                    pipe.xadd(keys.deliveries(first_channel(job)), {"job": encode_job(job)})
                 await execute(pipe)
             except (RedisError, OSError) as exc:
                 log.error(
@@ -131,48 +145,51 @@ class StreamQueue:
             answer: Any = await self._redis.xreadgroup(
                 keys.DELIVERY_GROUP,
                 self.consumer,
-                {keys.DELIVERIES: ">"},
+                {keys.deliveries(channel): ">" for channel in Channel},
                 count=count,
                 block=max(1, int(block * 1000)),
             )
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         leases = []
-        for _stream, entries in answer or []:
+        for stream, entries in answer or []:
+            name = stream.decode() if isinstance(stream, bytes) else str(stream)
             for entry_id, fields in entries:
-                lease = await self._lease(entry_id, fields, 1)
+                lease = await self._lease(name, entry_id, fields, 1)
                 if lease is not None:
                     leases.append(lease)
         return leases
 
     async def _reclaim(self, count: int) -> list[Lease]:
         """Entries another worker took and left idle too long (it died): ours now."""
-        result: Any = await self._redis.xautoclaim(
-            keys.DELIVERIES,
-            keys.DELIVERY_GROUP,
-            self.consumer,
-            min_idle_time=self._reclaim_ms,
-            start_id=self._next_claim,
-            count=count,
-        )
-        next_start, entries = result[0], result[1]
-        self._next_claim = next_start.decode() if isinstance(next_start, bytes) else str(next_start)
-        leases = []
-        for entry_id, fields in entries:
-            if fields is None:  # deleted meanwhile
-                continue
-            pending = await self._redis.xpending_range(
-                keys.DELIVERIES, keys.DELIVERY_GROUP, min=entry_id, max=entry_id, count=1
+        leases: list[Lease] = []
+        for channel in Channel:
+            stream = keys.deliveries(channel)
+            result: Any = await self._redis.xautoclaim(
+                stream,
+                keys.DELIVERY_GROUP,
+                self.consumer,
+                min_idle_time=self._reclaim_ms,
+                start_id=self._next_claim.get(stream, "0-0"),
+                count=count,
             )
-            times = int(pending[0]["times_delivered"]) if pending else 2
-            lease = await self._lease(entry_id, fields, times)
-            if lease is not None:
-                log.warning("delivery_reclaimed", message_id=lease.job.message_id, deliveries=times)
-                leases.append(lease)
+            next_start, entries = result[0], result[1]
+            self._next_claim[stream] = next_start.decode() if isinstance(next_start, bytes) else str(next_start)
+            for entry_id, fields in entries:
+                if fields is None:  # deleted meanwhile
+                    continue
+                pending = await self._redis.xpending_range(
+                    stream, keys.DELIVERY_GROUP, min=entry_id, max=entry_id, count=1
+                )
+                times = int(pending[0]["times_delivered"]) if pending else 2
+                lease = await self._lease(stream, entry_id, fields, times)
+                if lease is not None:
+                    log.warning("delivery_reclaimed", message_id=lease.job.message_id, deliveries=times)
+                    leases.append(lease)
         return leases
 
-    async def _lease(self, entry_id: bytes | str, fields: dict[bytes, bytes], times: int) -> Lease | None:
-        entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    async def _lease(self, stream: str, entry_id: bytes | str, fields: dict[bytes, bytes], times: int) -> Lease | None:
+        entry = f"{stream}/" + (entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
         try:
             job = decode_job(fields[b"job"])
         except (BadJob, KeyError) as exc:
@@ -191,8 +208,9 @@ class StreamQueue:
             return
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.xack(keys.DELIVERIES, keys.DELIVERY_GROUP, lease.entry_id)
-            pipe.xdel(keys.DELIVERIES, lease.entry_id)
+            stream, entry = split(lease.entry_id)
+            pipe.xack(stream, keys.DELIVERY_GROUP, entry)
+            pipe.xdel(stream, entry)
             await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
@@ -207,8 +225,9 @@ class StreamQueue:
                 approximate=True,
             )
             if not entry_id.startswith("local:"):
-                pipe.xack(keys.DELIVERIES, keys.DELIVERY_GROUP, entry_id)
-                pipe.xdel(keys.DELIVERIES, entry_id)
+                stream, entry = split(entry_id)
+                pipe.xack(stream, keys.DELIVERY_GROUP, entry)
+                pipe.xdel(stream, entry)
             await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
@@ -217,20 +236,36 @@ class StreamQueue:
         await self._dead_raw(lease.entry_id, lease.job.message_id, reason, at)
 
     async def depth(self) -> int:
+        return sum((await self.depth_by_channel()).values())
+
+    async def depth_by_channel(self) -> dict[Channel, int]:
         try:
-            return int(await self._redis.xlen(keys.DELIVERIES)) + await self._local.depth()
+            pipe = self._redis.pipeline(transaction=False)
+            for channel in Channel:
+                pipe.xlen(keys.deliveries(channel))
+            lengths = await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
+        local = await self._local.depth_by_channel()
+        return {channel: int(n) + local[channel] for channel, n in zip(Channel, lengths, strict=True)}
 
     async def oldest_age(self, now: datetime) -> float:
+        return max((await self.oldest_by_channel(now)).values())
+
+    async def oldest_by_channel(self, now: datetime) -> dict[Channel, float]:
         try:
-            first: Any = await self._redis.xrange(keys.DELIVERIES, count=1)
+            pipe = self._redis.pipeline(transaction=False)
+            for channel in Channel:
+                pipe.xrange(keys.deliveries(channel), count=1)
+            firsts = await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        if not first:
-            return await self._local.oldest_age(now)
-        entry_id = first[0][0].decode()
-        return max(0.0, now.timestamp() - int(entry_id.split("-")[0]) / 1000)
+        ages = await self._local.oldest_by_channel(now)
+        for channel, first in zip(Channel, firsts, strict=True):
+            if first:
+                entry_id = first[0][0].decode()
+                ages[channel] = max(ages[channel], now.timestamp() - int(entry_id.split("-")[0]) / 1000)
+        return ages
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         try:
@@ -247,8 +282,9 @@ class StreamQueue:
             pipe = self._redis.pipeline(transaction=True)
             pipe.zadd(keys.PARKED, {encode_job(lease.job): int(until.timestamp() * 1000)})
             if not lease.entry_id.startswith("local:"):
-                pipe.xack(keys.DELIVERIES, keys.DELIVERY_GROUP, lease.entry_id)
-                pipe.xdel(keys.DELIVERIES, lease.entry_id)
+                stream, entry = split(lease.entry_id)
+                pipe.xack(stream, keys.DELIVERY_GROUP, entry)
+                pipe.xdel(stream, entry)
             await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc

@@ -29,7 +29,8 @@ timeline share ``{<message_id>}`` for the same reason. User ids cannot contain b
 |                                       |        | expiry; a lock: a few seconds); the names |
 |                                       |        | are the functions below ``shared``        |
 | herald:bucket:<name>                  | hash   | twice the bucket's refill time            |
-| herald:deliveries                     | stream | none: entries are deleted when acked      |
+| herald:deliveries:<CHANNEL>           | stream | none: entries are deleted when acked; a   |
+|                                       |        | job waits in its plan's first channel's   |
 | herald:deliveries:dead                | stream | capped to DEAD_LETTERS_KEEP entries       |
 | herald:deliveries:parked              | zset   | none: jobs a kill switch stopped, scored  |
 |                                       |        | by the time they expire; each leaves when |
@@ -111,7 +112,10 @@ def bucket(name: str) -> str:
     return f"{PREFIX}:bucket:{name}"
 
 
-DELIVERIES = f"{PREFIX}:deliveries"
+def deliveries(channel: str) -> str:
+    return f"{PREFIX}:deliveries:{channel}"
+
+
 DELIVERY_GROUP = "workers"
 DEAD_LETTERS = f"{PREFIX}:deliveries:dead"
 DEAD_LETTERS_KEEP = 100_000
