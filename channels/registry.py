@@ -140,17 +140,6 @@ def _build(
             _env(environ, config.password_env, name),
             unsubscribe_url,
         )
-    if isinstance(config, SmtpProvider):
-        return SmtpAdapter(
-            name,
-            config.host,
-            config.port,
-            config.tls,
-            config.sender,
-            _env(environ, config.username_env, name),
-            _env(environ, config.password_env, name),
-            unsubscribe_url,
-        )
     if isinstance(config, FcmProvider):
         path = _env(environ, config.service_account_file_env, name)
         try:

@@ -55,6 +55,16 @@ def split(entry: str) -> tuple[str, str]:
     return stream, entry_id
 
 
+def _done(pipe: Any, entry_id: str) -> None:
+    """Add to ``pipe`` what takes an entry out of its stream for good (ack and delete);
+    nothing for a job held in this process's memory."""
+    if entry_id.startswith("local:"):
+        return
+    stream, entry = split(entry_id)
+    pipe.xack(stream, keys.DELIVERY_GROUP, entry)
+    pipe.xdel(stream, entry)
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -208,9 +218,7 @@ class StreamQueue:
             return
         try:
             pipe = self._redis.pipeline(transaction=False)
-            stream, entry = split(lease.entry_id)
-            pipe.xack(stream, keys.DELIVERY_GROUP, entry)
-            pipe.xdel(stream, entry)
+            _done(pipe, lease.entry_id)
             await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
@@ -224,10 +232,7 @@ class StreamQueue:
                 maxlen=keys.DEAD_LETTERS_KEEP,
                 approximate=True,
             )
-            if not entry_id.startswith("local:"):
-                stream, entry = split(entry_id)
-                pipe.xack(stream, keys.DELIVERY_GROUP, entry)
-                pipe.xdel(stream, entry)
+            _done(pipe, entry_id)
             await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
@@ -281,10 +286,7 @@ class StreamQueue:
         try:
             pipe = self._redis.pipeline(transaction=True)
             pipe.zadd(keys.PARKED, {encode_job(lease.job): int(until.timestamp() * 1000)})
-            if not lease.entry_id.startswith("local:"):
-                stream, entry = split(lease.entry_id)
-                pipe.xack(stream, keys.DELIVERY_GROUP, entry)
-                pipe.xdel(stream, entry)
+            _done(pipe, lease.entry_id)
             await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
