@@ -115,7 +115,14 @@ class Gateway:
             auto_stop=self.auto_stop,
         )
         self.pipeline = PushPipeline(
-            self.store, self.policies, self.switches, self.queue, self.clock, self.metrics, RateLimiter()
+            self.store,
+            self.policies,
+            self.switches,
+            self.queue,
+            self.clock,
+            self.metrics,
+            RateLimiter(),
+            down=self.dispatcher.down_channels,
         )
         self.scheduler = Scheduler(self.store, self.pipeline, self.clock, self.metrics)
         self.health = health.aio.HealthServicer()

@@ -50,6 +50,8 @@ class Context:
     state: UserState
     switches: Sequence[KillSwitch]
     now: datetime
+    # Channels whose provider's breaker is open (in this process): tried last.
+    down: frozenset[Channel] = frozenset()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -131,7 +133,9 @@ def _gate(claim: Claim, ctx: Context, trace: _Trace) -> Decision | tuple[Channel
     if opt_out is not None:
         source = f" ({opt_out.source})" if opt_out.source else ""
         return trace.done(Outcome.SUPPRESSED, Reason.OPTED_OUT, f"user opted out of {claim.category} messages{source}")
-    plan = route(claim.scenario, claim.category, ctx.profile, ctx.policy, ctx.switches, ctx.now, ctx.state.sent)
+    plan = route(
+        claim.scenario, claim.category, ctx.profile, ctx.policy, ctx.switches, ctx.now, ctx.state.sent, ctx.down
+    )
     if not plan.plan:
         reasons = {why for _, why in plan.skipped}
         if Skip.KILLED in reasons:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -132,7 +133,9 @@ class PushPipeline:
         clock: Clock,
         metrics: Metrics,
         limiter: RateLimiter,
+        down: Callable[[], frozenset[Channel]] = frozenset,
     ) -> None:
+        self._down = down
         self._store = store
         self._policies = policies
         self._switches = switches
@@ -194,7 +197,7 @@ class PushPipeline:
             raise
 
     def _context(self, profile: UserProfile | None, state: UserState, now: datetime) -> Context:
-        return Context(self._policies.current, profile, state, self._switches.current(), now)
+        return Context(self._policies.current, profile, state, self._switches.current(), now, self._down())
 
     async def _decide_new(self, claim: Claim, idem: IdemKey) -> PushAnswer:
         policy = self._policies.current

@@ -69,6 +69,7 @@ def route(
     switches: Iterable[KillSwitch],
     now: datetime,
     sent: Sequence[SentEntry] = (),
+    down: frozenset[Channel] = frozenset(),
 ) -> Route:
     scenario = policy.scenarios[scenario_name]
     killed = killed_channels(switches, now)
@@ -86,4 +87,7 @@ def route(
             skipped.append((channel, why))
     if not scenario.keep_order:
         plan.sort(key=lambda c: policy.channels[c].cost > 0)  # stable: free first
+    # A channel whose provider is down (breaker open) stays in the plan, last: it may
+    # be back by the time the others have failed.
+    plan.sort(key=lambda c: c in down)
     return Route(tuple(plan), tuple(skipped))

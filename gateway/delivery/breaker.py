@@ -40,6 +40,10 @@ class Breaker:
             return True
         return False
 
+    def resting(self, now: float) -> bool:
+        """Open and still cooling down: nothing will be let through yet."""
+        return self.state is BreakerState.OPEN and now - self.opened_at < self.cool_down
+
     def success(self) -> None:
         self.state = BreakerState.CLOSED
         self.faults = 0

@@ -207,6 +207,17 @@ class Dispatcher:
             state = self._providers[adapter.name] = _Provider(breaker, asyncio.Semaphore(limit), limit)
         return state
 
+    def down_channels(self) -> frozenset[Channel]:
+        """Channels whose provider's breaker is open here (the router tries them last)."""
+        policy = self._policies.current
+        now = time.monotonic()
+        # Once the cool-down is over the provider is up for a probe: routed normally again,
+        # or traffic would never go back to it.
+        open_providers = {name for name, p in self._providers.items() if p.breaker.resting(now)}
+        if not open_providers:
+            return frozenset()
+        return frozenset(c for c, settings in policy.channels.items() if settings.provider in open_providers)
+
     def breaker_states(self) -> dict[str, int]:
         return {name: int(p.breaker.state) for name, p in self._providers.items()}
 

@@ -94,3 +94,21 @@ def test_rate_limiter_refills() -> None:
     now[0] = 0.34
     assert limiter.allow("order", 3, 1.0)
     assert not limiter.allow("order", 3, 1.0)
+
+
+def test_a_channel_whose_provider_is_down_goes_last() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.core.route import route
+    from gateway.domain import Category, Channel
+    from gateway.policy.loader import load_policy
+    from gateway.profiles import UserProfile, WeChat
+    from tests.conftest import POLICIES
+
+    policy = load_policy(POLICIES)
+    profile = UserProfile("u-1", wechat=WeChat("oAbCdEfGhIjKlMnOpQrStUvWxYz1", following=True), phone="+8613800138000")
+    now = datetime(2026, 11, 11, 2, tzinfo=UTC)
+    plan = route("order.shipped", Category.BASIC, profile, policy, [], now).plan
+    assert plan == (Channel.WECHAT_TEMPLATE, Channel.SMS)
+    down = route("order.shipped", Category.BASIC, profile, policy, [], now, down=frozenset({Channel.WECHAT_TEMPLATE}))
+    assert down.plan == (Channel.SMS, Channel.WECHAT_TEMPLATE)
