@@ -63,12 +63,6 @@ class Providers:
             return self.sandbox
         return self.adapters.get(settings.provider, self.sandbox)
 
-    def wechat(self) -> WechatAdapter | None:
-        for adapter in self.adapters.values():
-            if isinstance(adapter, WechatAdapter):
-                return adapter
-        return None
-
     async def close(self) -> None:
         for adapter in self.adapters.values():
             await adapter.close()

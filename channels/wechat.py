@@ -91,7 +91,7 @@ def result_of(code: int, seconds_to_next_minute: float, provider_id: str = "") -
     if act is Act.UNREACHABLE:
         return SendResult(SendStatus.FALLBACK, text, "user not reachable on WeChat", fact=UserFact.UNFOLLOWED)
     if act is Act.REFUSED:
-        return SendResult(SendStatus.FALLBACK, text, "user refuses this template")
+        return SendResult(SendStatus.FALLBACK, text, "user refuses this template", fact=UserFact.REFUSED_TEMPLATE)
     if act is Act.CONFIG:
         return SendResult(
             SendStatus.FALLBACK, text, "WeChat configuration fault (credentials, IP, permission)", trip=True
@@ -224,11 +224,9 @@ class WechatAdapter:
             batch.timer.cancel()
         flush_at = min(loop.time() + self._mass_wait, batch.started + self._mass_wait * MASS_MAX_WAITS)
         batch.timer = loop.call_at(flush_at, self._flush_later, key)
-        future: asyncio.Future[SendResult] = asyncio.get_running_loop().create_future()
-        previous = batch.members.get(delivery.recipient)
-        if previous is not None:  # the same user twice in one batch: WeChat would send once
-            future.set_result(SendResult(SendStatus.FALLBACK, "dup", "user already in this mass send"))
-            return await future
+        if delivery.recipient in batch.members:  # the same user twice in one batch: WeChat would send once
+            return SendResult(SendStatus.FALLBACK, "dup", "user already in this mass send")
+        future: asyncio.Future[SendResult] = loop.create_future()
         batch.members[delivery.recipient] = (delivery.delivery_id, future)
         if len(batch.members) >= self._mass_max:
             self._flush_later(key)

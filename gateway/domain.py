@@ -76,3 +76,4 @@ class UserFact(StrEnum):
     BAD_EMAIL = "bad_email"  # 5.1.x: the mailbox does not exist
     DEAD_DEVICE_TOKEN = "dead_device_token"  # UNREGISTERED, 410, BadDeviceToken
     SMS_OPTED_OUT = "sms_opted_out"  # replied STOP / on the provider's blacklist
+    REFUSED_TEMPLATE = "refused_template"  # WeChat 43101: refuses this template (profile unchanged)

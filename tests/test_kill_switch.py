@@ -21,8 +21,7 @@ from tests.conftest import ROOT
 from tests.e2e.channels_setup import fakes, policies_for
 from tests.e2e.conftest import auth
 from tests.e2e.test_push import ts
-from tests.helpers import free_port
-from tests.test_worker_crash import herald, wait_until
+from tests.helpers import free_port, herald, wait_until
 
 MESSAGES = 10_000
 ADMIN_TOKEN = "adm-0123456789abcdef"

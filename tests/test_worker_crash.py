@@ -11,43 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc, types_pb2
-from tests.conftest import ROOT
 from tests.e2e.channels_setup import Fakes, fakes, policies_for
 from tests.e2e.conftest import auth
-from tests.helpers import free_port
+from tests.helpers import free_port, herald, wait_until
 
 MESSAGES = 600
-
-
-@asynccontextmanager
-async def herald(command: str, env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli.main", command, env=env, cwd=ROOT, stderr=out
-        )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 20)
-
-
-async def wait_until(check: object, within: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def environment(fake: Fakes, redis_url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:

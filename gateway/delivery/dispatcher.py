@@ -53,13 +53,8 @@ MAX_RETRY_WAIT = 10.0
 RECEIPT_WINDOW = timedelta(days=3)
 
 
-BLOCKED = frozenset({UserFact.UNFOLLOWED, UserFact.SMS_OPTED_OUT})
-
-
-def is_blocked(result: SendResult) -> bool:
-    """The user turned this sender away: unfollowed or blocked on WeChat, opted out of
-    SMS, refused the template."""
-    return result.fact in BLOCKED or result.code == "43101"
+# What counts against a campaign for auto-stop: the user turned this sender away.
+BLOCKED = frozenset({UserFact.UNFOLLOWED, UserFact.SMS_OPTED_OUT, UserFact.REFUSED_TEMPLATE})
 
 
 def recipient_for(channel: Channel, profile: UserProfile) -> str:
@@ -97,7 +92,6 @@ class Dispatcher:
         clock: Clock,
         metrics: Metrics,
         in_flight: int = 512,
-        sleep: Callable[[float], object] | None = None,
         auto_stop: AutoStop | None = None,
     ) -> None:
         self.queue = queue
@@ -115,13 +109,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._sleep = sleep or asyncio.sleep
         self._auto_stop = auto_stop
 
     # --- the loop ------------------------------------------------------------------
-    async def submit(self, job: Job) -> None:
-        await self.queue.put(job)
-
     def start(self) -> None:
         self._stopping.clear()
         self._runner = asyncio.create_task(self._run(), name="dispatcher")
@@ -151,7 +141,7 @@ class Dispatcher:
         # This task's own context: every log line of the delivery carries these.
         structlog.contextvars.bind_contextvars(message_id=lease.job.message_id, bu=lease.job.claim.bu)
         try:
-            await self.deliver(lease)
+            settled = await self.deliver(lease)
         except HeraldError as exc:
             # The store did not answer mid-delivery: leave the entry un-acked; it is
             # taken again (the provider's dedup id makes a repeat harmless).
@@ -160,8 +150,11 @@ class Dispatcher:
             return
         except Exception:
             log.exception("delivery_crashed", message_id=lease.job.message_id)
+            settled = False
         finally:
             self._slots.release()
+        if settled:  # dead-lettered or parked: already out of the queue
+            return
         try:
             await self.queue.ack(lease)
         except HeraldError as exc:
@@ -221,19 +214,24 @@ class Dispatcher:
     def breaker_states(self) -> dict[str, int]:
         return {name: int(p.breaker.state) for name, p in self._providers.items()}
 
-    async def _finish(self, job: Job, events: list[TimelineEntry], status: str, settle: Commit | Release) -> None:
-        """Record the outcome and settle the cap reservation. What was sent is sent: a
-        store fault here is logged and counted, not a reason to send again."""
+    async def _finish(
+        self,
+        job: Job,
+        events: list[TimelineEntry],
+        status: str,
+        settle: Commit | Release,
+        reason: Reason | None = None,
+    ) -> None:
+        """Record the outcome (``reason``: it ends suppressed for that reason) and settle
+        the cap reservation. What was sent is sent: a store fault here is logged and
+        counted, not a reason to send again."""
         policy = self._policies.current
         try:
             await self._store.apply(job.claim.user_id, None, [settle], self._clock.now(), retention(policy))
         except HeraldError as exc:
             self._metrics.store_errors.labels("apply").inc()
             log.error("reservation_settle_failed", message_id=job.message_id, error=exc.message)
-        final = None
-        if isinstance(settle, Release):
-            reason = Reason.KILL_SWITCH if status == "suppressed" else Reason.EXPIRED if status == "expired" else None
-            final = Final(Outcome.SUPPRESSED, reason, events[-1].detail) if reason else None
+        final = None if reason is None else Final(Outcome.SUPPRESSED, reason, events[-1].detail)
         try:
             await self._store.add_events(job.message_id, events, status, policy.defaults.message_retention, final)
         except HeraldError as exc:
@@ -248,7 +246,9 @@ class Dispatcher:
                 raise
             return job.profile
 
-    async def deliver(self, lease: Lease) -> None:
+    async def deliver(self, lease: Lease) -> bool:
+        """Deliver one job; True when its lease was settled on the way (dead-lettered or
+        parked), so it needs no ack."""
         job = lease.job
         policy = self._policies.current
         claim = job.claim
@@ -258,8 +258,7 @@ class Dispatcher:
             self._metrics.queue_seconds.observe(max(0.0, (now - job.queued_at).total_seconds()))
         stop = self._stopped(job)
         if stop is not None:
-            await self._stop(lease, [], stop)
-            return
+            return await self._stop(lease, [], stop)
         scenario = policy.scenarios.get(claim.scenario)
         profile = await self._profile(job)
         if scenario is None or profile is None:
@@ -269,8 +268,7 @@ class Dispatcher:
                 else f"user '{claim.user_id}' no longer exists"
             )
             await self._finish(job, [TimelineEntry(now, "failed", detail=why)], "failed", release)
-            await self._dead(lease, why)
-            return
+            return await self._dead(lease, why)
         walk = _Walk()
         for index, channel in enumerate(job.plan):
             if index > 0 and walk.last is not None:
@@ -278,10 +276,11 @@ class Dispatcher:
                     TimelineEntry(self._clock.now(), "fallback", channel, detail=f"after {job.plan[index - 1]}")
                 )
                 self._metrics.fallbacks.labels(str(job.plan[index - 1]), str(channel)).inc()
-            stop = self._stopped(job)
+            # Checked again before every channel after the first (that one was checked
+            # above, before reading the user).
+            stop = self._stopped(job) if index > 0 else None
             if stop is not None:
-                await self._stop(lease, walk.events, stop)
-                return
+                return await self._stop(lease, walk.events, stop)
             unusable = self._unusable(channel, profile)
             if unusable is not None:
                 walk.events.append(TimelineEntry(self._clock.now(), "skipped", channel, detail=unusable))
@@ -310,24 +309,23 @@ class Dispatcher:
             if result.fact is not None:
                 profile = await self._learn(profile, result.fact, channel, delivery.recipient)
             if self._auto_stop is not None and result.status is not SendStatus.RETRY:
-                await self._auto_stop.record(claim, is_blocked(result))
+                await self._auto_stop.record(claim, result.fact in BLOCKED)
             if result.status is SendStatus.DELIVERED:
                 await self._remember_for_receipts(job, channel, result)
                 walk.events.append(
                     TimelineEntry(self._clock.now(), "delivered", channel, result.code, _with_id(result))
                 )
                 await self._finish(job, walk.events, "delivered", Commit(job.message_id, channel))
-                return
+                return False
             if result.status is SendStatus.FAILED:
                 await self._finish(job, walk.events, "failed", release)
-                await self._dead(lease, f"{channel} {result.code}: {result.detail}")
-                return
+                return await self._dead(lease, f"{channel} {result.code}: {result.detail}")
         reason = "no channel of the plan delivered"
         if walk.last is not None:
             reason += f" (last: {walk.last.code} {walk.last.detail})"
         walk.events.append(TimelineEntry(self._clock.now(), "failed", detail=reason))
         await self._finish(job, walk.events, "failed", release)
-        await self._dead(lease, reason)
+        return await self._dead(lease, reason)
 
     def _keep_until(self, job: Job) -> datetime:
         """How long a job a kill switch stopped is kept: its deadline, or the policy's
@@ -337,9 +335,9 @@ class Dispatcher:
         start = job.queued_at or self._clock.now()
         return start + self._policies.current.defaults.max_hold
 
-    async def _stop(self, lease: Lease, events: list[TimelineEntry], stop: tuple[TimelineEntry, str]) -> None:
+    async def _stop(self, lease: Lease, events: list[TimelineEntry], stop: tuple[TimelineEntry, str]) -> bool:
         """A kill switch keeps the job (parked, sent if cleared before its deadline);
-        a passed deadline ends it."""
+        a passed deadline ends it. True when the job was parked."""
         job = lease.job
         entry, status = stop
         if status == "suppressed":
@@ -355,10 +353,12 @@ class Dispatcher:
                 await self._store.add_events(
                     job.message_id, events, "held", self._policies.current.defaults.message_retention
                 )
-                await self.queue.park(lease, until)
-                return
+                await self.queue.park(job, until, lease)
+                return True
         events.append(entry)
-        await self._finish(job, events, status, Release(job.message_id))
+        reason = Reason.KILL_SWITCH if status == "suppressed" else Reason.EXPIRED
+        await self._finish(job, events, status, Release(job.message_id), reason)
+        return False
 
     async def sweep_parked(self, everything: bool) -> int:
         """Look at the kept jobs again: every one after the switches changed, else only
@@ -373,11 +373,11 @@ class Dispatcher:
                     detail = "kept while a kill switch stopped it; its deadline passed"
                     if stop is not None:
                         detail = f"{stop[0].detail}; kept until {until:%Y-%m-%d %H:%M} UTC and ended"
-                    final_entry = TimelineEntry(now, "expired", detail=detail)
-                    await self._finish_killed(job, final_entry)
+                    ended = [TimelineEntry(now, "expired", detail=detail)]
+                    await self._finish(job, ended, "expired", Release(job.message_id), Reason.KILL_SWITCH)
                     handled += 1
                 elif stop is not None and stop[1] == "suppressed":
-                    await self.queue.park(Lease("local:parked", job), until)
+                    await self.queue.park(job, until)
                 else:
                     await self._store.add_events(
                         job.message_id,
@@ -389,16 +389,6 @@ class Dispatcher:
                     handled += 1
             if len(batch) < 1000 or not everything:
                 return handled
-
-    async def _finish_killed(self, job: Job, entry: TimelineEntry) -> None:
-        policy = self._policies.current
-        try:
-            await self._store.apply(job.claim.user_id, None, [Release(job.message_id)], entry.at, retention(policy))
-        except HeraldError as exc:
-            self._metrics.store_errors.labels("apply").inc()
-            log.error("reservation_settle_failed", message_id=job.message_id, error=exc.message)
-        final = Final(Outcome.SUPPRESSED, Reason.KILL_SWITCH, entry.detail)
-        await self._store.add_events(job.message_id, [entry], "expired", policy.defaults.message_retention, final)
 
     async def watch_parked(self, stopping: asyncio.Event, interval: float = 0.5, full_every: float = 30.0) -> None:
         """Sweep the kept jobs: all of them when the switches change (and now and then),
@@ -453,7 +443,7 @@ class Dispatcher:
                     TimelineEntry(self._clock.now(), "skipped", channel, detail=f"provider {adapter.name} breaker open")
                 )
                 self._metrics.breaker_skips.labels(adapter.name).inc()
-                return None if result is None else result
+                return result
             started = time.monotonic()
             if channel in getattr(adapter, "batched", frozenset()):
                 # Joins a batch that goes out as one call: neither a provider slot
@@ -489,13 +479,8 @@ class Dispatcher:
             ):
                 break
             self._metrics.retries.labels(str(channel)).inc()
-            await self._sleep_for(wait)
+            await asyncio.sleep(wait)
         return result
-
-    async def _sleep_for(self, seconds: float) -> None:
-        outcome = self._sleep(seconds)
-        if asyncio.iscoroutine(outcome):
-            await outcome
 
     async def _rate_limit(self, provider: str) -> None:
         config = self._policies.current.providers.get(provider)
@@ -530,6 +515,8 @@ class Dispatcher:
             self._metrics.store_errors.labels("apply_fact").inc()
             log.error("user_update_failed", user_id=profile.user_id, fact=str(fact), error=exc.message)
             return profile
+        if updated is profile:  # nothing to keep (43101 says nothing about the profile)
+            return profile
         self._metrics.user_facts.labels(str(fact)).inc()
         log.info("user_updated_from_provider", user_id=profile.user_id, fact=str(fact), channel=str(channel))
         return updated
@@ -546,9 +533,11 @@ class Dispatcher:
             self._metrics.store_errors.labels("shared_put").inc()
             log.error("receipt_link_failed", message_id=job.message_id, error=exc.message)
 
-    async def _dead(self, lease: Lease, reason: str) -> None:
+    async def _dead(self, lease: Lease, reason: str) -> bool:
+        """Dead-letter the job (which settles its lease): True, for ``deliver``."""
         await self.queue.dead(lease, reason, self._clock.now())
         self._metrics.dead_letters.labels(str(lease.job.plan[0]) if lease.job.plan else "none").inc()
+        return True
 
 
 def _with_id(result: SendResult) -> str:

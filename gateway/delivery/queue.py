@@ -51,10 +51,6 @@ class DeliveryQueue(Protocol):
         """Jobs waiting or being delivered."""
         ...
 
-    async def oldest_age(self, now: datetime) -> float:
-        """Seconds since the oldest job still in the queue was put (0 when empty)."""
-        ...
-
     async def depth_by_channel(self) -> dict[Channel, int]:
         """Jobs waiting or being delivered, by the first channel of their plan."""
         ...
@@ -65,9 +61,10 @@ class DeliveryQueue(Protocol):
         """Most recent first."""
         ...
 
-    async def park(self, lease: Lease, until: datetime) -> None:
-        """Keep a job a kill switch stopped, out of delivery, and ack its lease; it is
-        looked at again when the switches change, and ends at ``until``."""
+    async def park(self, job: Job, until: datetime, lease: Lease | None = None) -> None:
+        """Keep a job a kill switch stopped, out of delivery (and settle the lease it came
+        with, if any); it is looked at again when the switches change, and ends at
+        ``until``."""
         ...
 
     async def unpark(self, due_before: datetime | None, limit: int) -> list[tuple[Job, datetime]]:
@@ -118,14 +115,6 @@ class MemoryQueue:
     async def depth(self) -> int:
         return self._queue.qsize() + len(self._open)
 
-    async def oldest_age(self, now: datetime) -> float:
-        times = [job.queued_at for job in self._open.values() if job.queued_at is not None]
-        if not self._queue.empty():
-            first = self._queue._queue[0]  # type: ignore[attr-defined]
-            if first.queued_at is not None:
-                times.append(first.queued_at)
-        return max(0.0, (now - min(times)).total_seconds()) if times else 0.0
-
     def _jobs(self) -> list[Job]:
         return [*self._queue._queue, *self._open.values()]  # type: ignore[attr-defined]
 
@@ -146,9 +135,10 @@ class MemoryQueue:
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         return list(reversed(self._dead))[:limit]
 
-    async def park(self, lease: Lease, until: datetime) -> None:
-        self._parked[lease.job.message_id] = (lease.job, until)
-        await self.ack(lease)
+    async def park(self, job: Job, until: datetime, lease: Lease | None = None) -> None:
+        self._parked[job.message_id] = (job, until)
+        if lease is not None:
+            await self.ack(lease)
 
     async def unpark(self, due_before: datetime | None, limit: int) -> list[tuple[Job, datetime]]:
         taken = [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,6 +96,7 @@ class StreamQueue:
         self._group_ready = False
         self._local = MemoryQueue()
         self._next_claim: dict[str, str] = {}
+        self._next_reclaim = 0.0
         self._pending: list[tuple[Job, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -149,9 +151,13 @@ class StreamQueue:
             return [Lease("local:" + lease.entry_id, lease.job) for lease in local]
         try:
             await self._ensure_group()
-            leases = await self._reclaim(count)
-            if leases:
-                return leases
+            # Idle entries are looked for now and then, not on every read: that is one
+            # XAUTOCLAIM per channel stream.
+            if time.monotonic() >= self._next_reclaim:
+                self._next_reclaim = time.monotonic() + max(0.5, self._reclaim_ms / 4000)
+                leases = await self._reclaim(count)
+                if leases:
+                    return leases
             answer: Any = await self._redis.xreadgroup(
                 keys.DELIVERY_GROUP,
                 self.consumer,
@@ -254,9 +260,6 @@ class StreamQueue:
         local = await self._local.depth_by_channel()
         return {channel: int(n) + local[channel] for channel, n in zip(Channel, lengths, strict=True)}
 
-    async def oldest_age(self, now: datetime) -> float:
-        return max((await self.oldest_by_channel(now)).values())
-
     async def oldest_by_channel(self, now: datetime) -> dict[Channel, float]:
         try:
             pipe = self._redis.pipeline(transaction=False)
@@ -282,11 +285,12 @@ class StreamQueue:
             for _, f in entries
         ]
 
-    async def park(self, lease: Lease, until: datetime) -> None:
+    async def park(self, job: Job, until: datetime, lease: Lease | None = None) -> None:
         try:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.zadd(keys.PARKED, {encode_job(lease.job): int(until.timestamp() * 1000)})
-            _done(pipe, lease.entry_id)
+            pipe.zadd(keys.PARKED, {encode_job(job): int(until.timestamp() * 1000)})
+            if lease is not None:
+                _done(pipe, lease.entry_id)
             await execute(pipe)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -15,6 +16,9 @@ from gateway.config import Settings
 from gateway.metrics import fresh_metrics
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2_grpc
 from tests.conftest import POLICIES, ROOT
+
+if TYPE_CHECKING:
+    from tests.e2e.channels_setup import Fakes
 
 KEYS = {
     "order": "hk_order_SAMPLE_not_for_production",
@@ -76,3 +80,12 @@ async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[A
     finally:
         await client.channel.close()
         await gateway.stop(grace=1.0)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Fakes]:
+    """The fake providers (WeChat, Alibaba SMS, FCM, JPush), running."""
+    from tests.e2e.channels_setup import fakes
+
+    async with fakes() as running:
+        yield running

@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 
 from herald.v1 import profile_pb2, types_pb2
-from tests.e2e.channels_setup import Fakes, fakes, gateway_on_fakes, settled
+from tests.e2e.channels_setup import Fakes, gateway_on_fakes, settled
 from tests.e2e.conftest import Api, auth
 from tests.e2e.test_push import shipped
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Fakes]:
-    async with fakes() as running:
-        yield running
 
 
 @pytest.fixture

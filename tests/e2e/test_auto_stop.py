@@ -4,26 +4,18 @@ campaign is stopped the same way by one-click unsubscribes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 from gateway.clock import FixedClock
 from gateway.store.records import ScopeKind
 from herald.v1 import profile_pb2, push_pb2, types_pb2
-from tests.e2e.channels_setup import CALLBACK_TOKEN, Fakes, fakes, gateway_on_fakes, policies_for, settled
+from tests.e2e.channels_setup import CALLBACK_TOKEN, Fakes, gateway_on_fakes, policies_for, settled
 from tests.e2e.conftest import auth
 from tests.e2e.test_arbitration import local
 
 LAST, MIN_SENDS, THRESHOLD = 30, 15, 0.2
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Fakes]:
-    async with fakes() as running:
-        yield running
 
 
 def reminder_on_templates(policy_dir: Path) -> None:

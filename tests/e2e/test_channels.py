@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 
 from herald.v1 import profile_pb2, push_pb2, types_pb2
-from tests.e2e.channels_setup import Fakes, fakes, gateway_on_fakes, policies_for, settled
+from tests.e2e.channels_setup import Fakes, gateway_on_fakes, policies_for, settled
 from tests.e2e.conftest import OPENID, Api, auth
 from tests.e2e.test_push import shipped
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Fakes]:
-    async with fakes() as running:
-        yield running
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -3,7 +3,6 @@ an open window, one mass-send call for a campaign's winners, the monthly limit o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,18 +10,12 @@ import pytest
 
 from gateway.clock import FixedClock
 from herald.v1 import profile_pb2, push_pb2, types_pb2
-from tests.e2e.channels_setup import Fakes, fakes, gateway_on_fakes, policies_for, settled
+from tests.e2e.channels_setup import Fakes, gateway_on_fakes, policies_for, settled
 from tests.e2e.conftest import OPENID, Api, auth
 from tests.e2e.test_arbitration import local, marketing
 from tests.e2e.test_push import ts
 
 WEEKLY = "{name: weekly, window: week, limit: 3, per_tier: {at_risk: 1, hibernating: 1}}"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Fakes]:
-    async with fakes() as running:
-        yield running
 
 
 def user(user_id: str, openid: str) -> profile_pb2.UpsertUserRequest:

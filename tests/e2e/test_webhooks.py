@@ -12,15 +12,9 @@ import pytest
 
 from channels.wechat_callback import encrypt, signature
 from herald.v1 import profile_pb2, push_pb2, types_pb2
-from tests.e2e.channels_setup import AES_KEY, CALLBACK_TOKEN, Fakes, fakes, gateway_on_fakes, settled
+from tests.e2e.channels_setup import AES_KEY, CALLBACK_TOKEN, Fakes, gateway_on_fakes, settled
 from tests.e2e.conftest import OPENID, Api, auth
 from tests.e2e.test_push import shipped
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Fakes]:
-    async with fakes() as running:
-        yield running
 
 
 @pytest.fixture(params=["memory", "redis"])

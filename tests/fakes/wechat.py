@@ -118,7 +118,13 @@ class FakeWechat(FakeServer):
             return _err(42001, "access_token expired")
         return _err(40001, "invalid credential, access_token is invalid or not latest")
 
-    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+    async def _accept(self, request: web.Request, route: str) -> dict[str, Any] | web.Response:
+        """What every message endpoint checks first, in WeChat's order: the token, then
+        (here) an injected answer, then the JSON body. The body, or the answer to give."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        if (injected := self.injected(route)) is not None:
+            return _err(injected, "injected")
         try:
             body = json.loads(await request.text())
         except ValueError:
@@ -127,11 +133,7 @@ class FakeWechat(FakeServer):
 
     async def _template(self, request: web.Request) -> web.Response:
         self.template_calls += 1
-        if (denied := self._auth(request)) is not None:
-            return denied
-        if (injected := self.injected("template")) is not None:
-            return _err(injected, "injected")
-        body = await self._body(request)
+        body = await self._accept(request, "template")
         if isinstance(body, web.Response):
             return body
         openid = body.get("touser", "")
@@ -155,11 +157,7 @@ class FakeWechat(FakeServer):
         return web.json_response({"errcode": 0, "errmsg": "ok", "msgid": msgid})
 
     async def _custom(self, request: web.Request) -> web.Response:
-        if (denied := self._auth(request)) is not None:
-            return denied
-        if (injected := self.injected("custom")) is not None:
-            return _err(injected, "injected")
-        body = await self._body(request)
+        body = await self._accept(request, "custom")
         if isinstance(body, web.Response):
             return body
         openid = body.get("touser", "")
@@ -174,11 +172,7 @@ class FakeWechat(FakeServer):
         return web.json_response({"errcode": 0, "errmsg": "ok"})
 
     async def _mass(self, request: web.Request) -> web.Response:
-        if (denied := self._auth(request)) is not None:
-            return denied
-        if (injected := self.injected("mass")) is not None:
-            return _err(injected, "injected")
-        body = await self._body(request)
+        body = await self._accept(request, "mass")
         if isinstance(body, web.Response):
             return body
         touser = body.get("touser")
