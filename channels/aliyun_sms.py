@@ -22,6 +22,7 @@ from channels.http import Http, Unreachable, server_fault
 
 RETRY = frozenset({"isp.SYSTEM_ERROR", "Throttling.User", "Throttling", "ServiceUnavailable"})
 THROTTLED = frozenset({"isv.BUSINESS_LIMIT_CONTROL"})
+THROTTLE_WAIT = 60.0
 BAD_NUMBER = frozenset({"isv.MOBILE_NUMBER_ILLEGAL", "isv.MOBILE_COUNT_OVER_LIMIT"})
 OPTED_OUT = frozenset({"isv.BLACK_KEY_CONTROL_LIMIT", "isv.PHONE_NUMBER_BLACKLIST"})
 ACCOUNT = frozenset(
@@ -55,7 +56,9 @@ def result_of(code: str, biz_id: str = "") -> SendResult:
     if code in RETRY:
         return SendResult(SendStatus.RETRY, code, "Alibaba Cloud SMS is busy")
     if code in THROTTLED:
-        return SendResult(SendStatus.FALLBACK, code, "per-number limit reached")
+        # Alibaba throttles per number (verification codes 1 a minute, 5 an hour, 10 a
+        # day; notices 50 a day): not now, later; urgent messages take the next channel.
+        return SendResult(SendStatus.LATER, code, "per-number limit reached", retry_after=THROTTLE_WAIT)
     if code in BAD_NUMBER:
         return SendResult(SendStatus.FALLBACK, code, "phone number invalid", fact=UserFact.BAD_PHONE)
     if code in OPTED_OUT:

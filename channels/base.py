@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from gateway.domain import Category, Channel, PushProvider, UserFact
+from gateway.values.domain import Category, Channel, PushProvider, UserFact
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class Delivery:
 
 class SendStatus(StrEnum):
     DELIVERED = "delivered"  # the provider took it (or reported delivery)
-    RETRY = "retry"  # a passing fault: try the same channel again later
+    RETRY = "retry"  # a passing fault: try the same channel again soon
+    LATER = "later"  # not now for this user (a per-number throttle): try after ``retry_after``
     FALLBACK = "fallback"  # this channel cannot reach the user: try the next one
     FAILED = "failed"  # the request itself is wrong: no channel will do better
 
@@ -42,7 +43,7 @@ class SendResult:
     # The provider's answer code ("0", "43004", "isv.MOBILE_NUMBER_ILLEGAL", ...).
     code: str
     detail: str = ""
-    # RETRY: wait at least this long (Retry-After, WeChat 45066's minute).
+    # RETRY, LATER: wait at least this long (Retry-After, WeChat 45066's minute).
     retry_after: float | None = None
     fact: UserFact | None = None
     # The provider itself is at fault (credentials, quota, balance): open its breaker.

@@ -12,7 +12,7 @@ from email.utils import formatdate, make_msgid
 import aiosmtplib
 
 from channels.base import Delivery, SendResult, SendStatus, UserFact
-from gateway.domain import Category
+from gateway.values.domain import Category
 
 ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from channels.base import Delivery, SendResult, SendStatus, UserFact
 from channels.http import Http, HttpAnswer, Unreachable, server_fault, unreachable
-from gateway.domain import Category
+from gateway.values.domain import Category
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"

@@ -16,7 +16,6 @@ from channels.sandbox import SandboxAdapter
 from channels.wechat import WechatAdapter
 from channels.wechat_token import WechatToken
 from gateway.clock import Clock
-from gateway.domain import Channel, PushProvider
 from gateway.policy.model import Policy
 from gateway.policy.providers import (
     AliyunSmsProvider,
@@ -27,6 +26,7 @@ from gateway.policy.providers import (
     WechatProvider,
 )
 from gateway.store.base import Store
+from gateway.values.domain import Channel, PushProvider
 
 # App-push devices name their service; the provider of that type serves them.
 DEVICE_PROVIDER_TYPE = {PushProvider.FCM: "fcm", PushProvider.JPUSH: "jpush"}

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TextIO
 
 from channels.base import Delivery, SendResult, SendStatus
-from gateway.domain import Channel
 from gateway.masking import mask_email, mask_phone, mask_token
+from gateway.values.domain import Channel
 
 
 def masked_recipient(channel: Channel, recipient: str) -> str:

@@ -19,7 +19,7 @@ import orjson
 from channels.base import Delivery, SendResult, SendStatus, UserFact
 from channels.http import Http, HttpAnswer, Unreachable, server_fault, unreachable
 from channels.wechat_token import TokenError, WechatToken
-from gateway.domain import Channel
+from gateway.values.domain import Channel
 
 MASS_MAX = 10_000
 MASS_MIN = 2

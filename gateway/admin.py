@@ -21,19 +21,31 @@ import orjson
 from aiohttp import web
 
 from gateway.clock import Clock
-from gateway.domain import Category, Channel
 from gateway.durations import parse_duration
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
 from gateway.policy.holder import PolicyHolder
-from gateway.store import codec
 from gateway.store.base import Store
-from gateway.store.records import ScopeKind
+from gateway.values.domain import Category, Channel
+from gateway.values.records import KillSwitch, ScopeKind
 
 log = get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TEXT_MAX = 500
+
+
+def switch_view(switch: KillSwitch) -> dict[str, Any]:
+    """A switch as the admin API shows it."""
+    return {
+        "id": switch.switch_id,
+        "scope": switch.scope.value,
+        "value": switch.value,
+        "reason": switch.reason,
+        "actor": switch.actor,
+        "created_at": switch.created_at.isoformat(),
+        "expires_at": None if switch.expires_at is None else switch.expires_at.isoformat(),
+    }
 
 
 def _problem(status: int, message: str) -> web.Response:
@@ -98,7 +110,7 @@ class AdminApi:
 
     async def list(self, request: web.Request) -> web.Response:
         await self._switches.refresh()
-        return _json({"switches": [codec.switch_dict(s) for s in self._switches.current()]})
+        return _json({"switches": [switch_view(s) for s in self._switches.current()]})
 
     def _value(self, scope: ScopeKind, value: str) -> str:
         policy = self._policies.current
@@ -129,7 +141,7 @@ class AdminApi:
         now = self._clock.now()
         expires_at = self._expiry(body, now)
         switch = await self._switches.set(scope, value, reason, actor, expires_at)
-        return _json({"switch": codec.switch_dict(switch)}, status=201)
+        return _json({"switch": switch_view(switch)}, status=201)
 
     def _expiry(self, body: dict[str, Any], now: datetime) -> datetime | None:
         if body.get("expires_in"):
@@ -159,7 +171,7 @@ class AdminApi:
         cleared = await self._switches.clear(request.match_info["switch_id"], actor, note)
         if cleared is None:
             return _problem(404, f"no active kill switch '{request.match_info['switch_id'][:64]}'")
-        return _json({"cleared": codec.switch_dict(cleared)})
+        return _json({"cleared": switch_view(cleared)})
 
     async def audit(self, request: web.Request) -> web.Response:
         try:
@@ -177,7 +189,7 @@ class AdminApi:
                         "action": e.action,
                         "actor": e.actor,
                         "note": e.note,
-                        "switch": codec.switch_dict(e.switch),
+                        "switch": switch_view(e.switch),
                     }
                     for e in entries
                 ]

@@ -20,16 +20,15 @@ from channels.registry import Providers, build_providers
 from channels.sandbox import SandboxAdapter
 from gateway.admin import AdminApi
 from gateway.api.auth import Credentials
-from gateway.api.servicers import ProfileServicer, PushServicer
+from gateway.api.servicers import Admission, ProfileServicer, PushServicer
 from gateway.autostop import AutoStop
 from gateway.clock import Clock, SystemClock
 from gateway.config import SAMPLE_CREDENTIALS, Settings
-from gateway.core.pipeline import PushPipeline
+from gateway.core.pipeline import PushPipeline, lifetimes
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.users import Users
 from gateway.delivery.dispatcher import Dispatcher
-from gateway.delivery.queue import DeliveryQueue, MemoryQueue
-from gateway.delivery.streams import StreamQueue
+from gateway.delivery.spool import Spool, drain_forever
 from gateway.errors import HeraldError, PolicyError
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
@@ -38,9 +37,9 @@ from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.public import Unsubscribes, unsubscribe_key
 from gateway.scheduler import Scheduler
-from gateway.store.base import Store
-from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore
+from gateway.store.base import Queue, Store
+from gateway.store.memory import MemoryQueue, MemoryStore
+from gateway.store.redis import RedisQueue, RedisStore
 from gateway.unsubscribe import Unsubscribe, UnsubscribeTokens
 from gateway.webhooks import Webhooks
 from gateway.webhooks import configured as webhooks_configured
@@ -56,13 +55,19 @@ SERVICES = (
 def build_store(settings: Settings, clock: Clock, metrics: Metrics) -> Store:
     if not settings.redis_url:
         return MemoryStore(clock)
-    return RedisStore(settings.redis_url, on_round_trip=lambda op: metrics.store_round_trips.labels(op).inc())
+    return RedisStore(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        shards=settings.redis_shards,
+        on_round_trip=lambda op: metrics.store_round_trips.labels(op).inc(),
+    )
 
 
-def build_queue(settings: Settings) -> DeliveryQueue:
-    if not settings.redis_url:
-        return MemoryQueue()
-    return StreamQueue(settings.redis_url, reclaim_after=settings.reclaim_seconds)
+def build_queue(settings: Settings, store: Store) -> Queue:
+    if isinstance(store, MemoryStore):
+        return MemoryQueue(store)
+    assert isinstance(store, RedisStore)
+    return RedisQueue(store, settings.redis_url, reclaim_after=settings.reclaim_seconds)
 
 
 class Gateway:
@@ -100,7 +105,9 @@ class Gateway:
         for name, why in self.providers.sandboxed.items():
             log.warning("provider_sandboxed", provider=name, detail=f"{why}: its deliveries go to the sandbox outbox")
         self.users = Users(self.store, self.policies, self.clock)
-        self.queue = build_queue(settings)
+        self.queue = build_queue(settings, self.store)
+        # Fail-open decisions wait on disk for the store: only a store that can fail.
+        self.spool = None if isinstance(self.store, MemoryStore) else Spool(settings.data_dir / "spool")
         self.auto_stop = AutoStop(self.store, self.switches, self.policies, self.metrics)
         self.dispatcher = Dispatcher(
             self.queue,
@@ -118,13 +125,14 @@ class Gateway:
             self.store,
             self.policies,
             self.switches,
-            self.queue,
             self.clock,
             self.metrics,
             RateLimiter(),
+            spool=self.spool,
             down=self.dispatcher.down_channels,
         )
         self.scheduler = Scheduler(self.store, self.pipeline, self.clock, self.metrics)
+        self.admission = Admission(settings.max_in_flight, self.metrics)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -157,12 +165,16 @@ class Gateway:
         return self.providers.sandbox
 
     async def _update_gauges(self) -> None:
+        if self.spool is not None:
+            self.metrics.spooled.set(self.spool.count())
         try:
-            for channel, depth in (await self.queue.depth_by_channel()).items():
-                self.metrics.delivery_queue_depth.labels(str(channel)).set(depth)
-            for channel, age in (await self.queue.oldest_by_channel(self.clock.now())).items():
-                self.metrics.delivery_queue_age.labels(str(channel)).set(age)
-            self.metrics.parked.set(await self.queue.parked())
+            for lane, depth in (await self.queue.depth()).items():
+                self.metrics.delivery_queue_depth.labels(lane.value).set(depth)
+            for lane, age in (await self.queue.oldest(self.clock.now())).items():
+                self.metrics.delivery_queue_age.labels(lane.value).set(age)
+            parked, waiting = await self.queue.held_counts()
+            self.metrics.parked.set(parked)
+            self.metrics.waiting.set(waiting)
         except HeraldError:
             self.metrics.store_errors.labels("queue_depth").inc()
         for provider, state in self.dispatcher.breaker_states().items():
@@ -184,6 +196,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.ping()  # fail fast, with the store's own message
+        await self.store.prepare()
         await self.switches.refresh()
         self.tokens = UnsubscribeTokens(await unsubscribe_key(self.store, self.settings.unsubscribe_key))
         delivering = self.settings.deliver or not self.api
@@ -197,7 +210,16 @@ class Gateway:
         if self.api:
             self._tasks.append(asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler"))
         if delivering:
-            self._tasks.append(asyncio.create_task(self.dispatcher.watch_parked(self._stopping), name="parked"))
+            self._tasks.append(asyncio.create_task(self.dispatcher.watch_aside(self._stopping), name="aside"))
+        if self.spool is not None:
+            if self.spool.count():
+                log.warning("spool_not_empty", entries=self.spool.count(), detail="handing it to the store")
+            self._tasks.append(
+                asyncio.create_task(
+                    drain_forever(self.spool, self.store, lambda: lifetimes(self.policies.current), self._stopping),
+                    name="spool",
+                )
+            )
         if self.api:
             self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
         await self._start_admin()
@@ -234,9 +256,14 @@ class Gateway:
                 await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def _start_grpc(self) -> None:
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # grpc's own limit is the backstop for every method (GetMessage, health, ...);
+        # Push and PushBatch meet Herald's door first, which says what to do.
+        self.server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=self.settings.max_in_flight * 2 + 64
+        )
         push_pb2_grpc.add_PushServiceServicer_to_server(
-            PushServicer(self.pipeline, lambda: self.credentials, self.policies, self.metrics), self.server
+            PushServicer(self.pipeline, lambda: self.credentials, self.policies, self.metrics, self.admission),
+            self.server,
         )
         profile_pb2_grpc.add_ProfileServiceServicer_to_server(
             ProfileServicer(self.users, lambda: self.credentials, self.policies, self.metrics, self.clock.now),

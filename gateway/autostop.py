@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from gateway.core.claims import Claim
-from gateway.domain import Category
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store.base import Store
-from gateway.store.records import ScopeKind
+from gateway.values.claims import Claim
+from gateway.values.domain import Category
+from gateway.values.records import ScopeKind
 
 log = get_logger(__name__)
 ACTOR = "herald auto-stop"

@@ -18,6 +18,8 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     admin_listen: str = "127.0.0.1:9464"
     redis_url: str = ""
+    redis_cluster: bool = False
+    redis_shards: int = 16
     policy_dir: Path = Path("policies")
     credentials: Path = SAMPLE_CREDENTIALS
     data_dir: Path = Path("var")
@@ -31,6 +33,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     grace_seconds: float = 10.0
+    max_in_flight: int = 256
+    sandbox: bool = True
 
     @property
     def store_kind(self) -> str:
@@ -41,7 +45,18 @@ class Settings:
 ENV: dict[str, tuple[str, str]] = {
     "listen": ("HERALD_LISTEN", "gRPC listen address host:port"),
     "admin_listen": ("HERALD_ADMIN_LISTEN", "admin HTTP address (/metrics, /healthz, /readyz); loopback by default"),
-    "redis_url": ("HERALD_REDIS_URL", "Redis URL (redis://[:password@]host:port/db); empty: in-memory state"),
+    "redis_url": (
+        "HERALD_REDIS_URL",
+        "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS); empty: in-memory state",
+    ),
+    "redis_cluster": (
+        "HERALD_REDIS_CLUSTER",
+        "the Redis URL names one node of a Redis Cluster; the others are discovered",
+    ),
+    "redis_shards": (
+        "HERALD_REDIS_SHARDS",
+        "shards the Redis data is laid out in (1-1024; fixed when a store is first used; on a cluster 4-8 per master)",
+    ),
     "policy_dir": ("HERALD_POLICY_DIR", "folder of policy YAML files"),
     "credentials": ("HERALD_CREDENTIALS", "credentials file of hashed business-unit API keys"),
     "data_dir": ("HERALD_DATA_DIR", "data folder (sandbox outbox)"),
@@ -67,6 +82,16 @@ ENV: dict[str, tuple[str, str]] = {
     "log_level": ("HERALD_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"),
     "log_format": ("HERALD_LOG_FORMAT", "json (one event a line) or console (for people)"),
     "grace_seconds": ("HERALD_GRACE_SECONDS", "on SIGTERM: how long calls in flight and queued deliveries may finish"),
+    "max_in_flight": (
+        "HERALD_MAX_IN_FLIGHT",
+        "Push and PushBatch calls answered at once by this process; more are turned away at once with "
+        "RESOURCE_EXHAUSTED and a retry hint",
+    ),
+    "sandbox": (
+        "HERALD_SANDBOX",
+        "deliver to the local sandbox outbox for providers whose credentials are not set (the embedded "
+        "default); false: such a provider is an error",
+    ),
 }
 
 

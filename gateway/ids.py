@@ -1,4 +1,8 @@
-"""Identifiers: time-ordered, URL-safe, unguessable."""
+"""Identifiers: time-ordered, URL-safe, unguessable.
+
+A message id also names the shard of the user it was sent to (its last two
+characters), so that a message is found with its user's data (``store.shards``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import os
 import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_VALUE = {c: i for i, c in enumerate(_CROCKFORD)}
+MAX_SHARDS = 32 * 32
 
 
 def _base32(value: int, length: int) -> str:
@@ -27,5 +33,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_base32(millis, 10)}{_base32(rand, 16)}"
 
 
-def new_message_id() -> str:
-    return new_id("m")
+def new_message_id(shard: int = 0) -> str:
+    """``m_`` + a ULID whose last two characters are ``shard`` (70 random bits left)."""
+    if not 0 <= shard < MAX_SHARDS:
+        raise ValueError(f"shard {shard} out of range 0-{MAX_SHARDS - 1}")
+    return new_id("m")[:-2] + _base32(shard, 2)
+
+
+def shard_of_message(message_id: str) -> int | None:
+    """The shard a message id names, or None when it is not one of ours."""
+    if len(message_id) != 28 or not message_id.startswith("m_"):
+        return None
+    try:
+        return _VALUE[message_id[-2]] * 32 + _VALUE[message_id[-1]]
+    except KeyError:
+        return None

@@ -13,7 +13,7 @@ from gateway.logs import get_logger
 from gateway.loops import every
 from gateway.metrics import Metrics
 from gateway.store.base import Store
-from gateway.store.records import AuditEntry, KillSwitch, ScopeKind
+from gateway.values.records import AuditEntry, KillSwitch, ScopeKind
 
 log = get_logger(__name__)
 

@@ -7,9 +7,12 @@ are created at start-up (``prime``) so that zeros export before the first event.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from gateway.domain import Category, Channel, Outcome, Reason, UserFact
+from gateway.values.domain import Category, Channel, Outcome, Reason, UserFact
+from gateway.values.jobs import LANES
 
 
 class Metrics:
@@ -63,15 +66,43 @@ class Metrics:
         )
         self.delivery_queue_depth = Gauge(
             "herald_delivery_queue_depth",
-            "Deliveries queued or in flight by their plan's first channel (the shared streams on Redis, "
+            "Deliveries queued or in flight, by lane (basic, reminder, marketing; the shared streams on Redis, "
             "this process's queue in memory).",
-            ["channel"],
+            ["lane"],
             registry=registry,
         )
         self.delivery_queue_age = Gauge(
             "herald_delivery_queue_oldest_seconds",
-            "Age of the oldest delivery still in the queue, by its plan's first channel.",
-            ["channel"],
+            "Age of the oldest delivery still in the queue, by lane.",
+            ["lane"],
+            registry=registry,
+        )
+        self.delivery_waits = Counter(
+            "herald_delivery_waits_total",
+            "Deliveries put back in the queue to wait for a provider (breaker open, throttle, outage), by lane.",
+            ["lane"],
+            registry=registry,
+        )
+        self.waiting = Gauge(
+            "herald_deliveries_waiting",
+            "Deliveries waiting for a provider to come back (all replicas).",
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "herald_calls_in_flight",
+            "Push and PushBatch calls being answered by this process.",
+            registry=registry,
+        )
+        self.shed = Counter(
+            "herald_requests_shed_total",
+            "Push and PushBatch calls turned away at once because this process was at its limit of calls "
+            "in flight (RESOURCE_EXHAUSTED with a retry hint), by method.",
+            ["method"],
+            registry=registry,
+        )
+        self.spooled = Gauge(
+            "herald_spooled_decisions",
+            "Fail-open decisions kept on this machine's disk until the state store is back.",
             registry=registry,
         )
         self.queue_seconds = Histogram(
@@ -185,12 +216,29 @@ class Metrics:
             "herald_kill_switches_active", "Active kill switches by scope.", ["scope"], registry=registry
         )
 
+        self._decisions: dict[tuple[str, Category, Outcome, Reason | None], Any] = {}
+
+    def decision(self, bu: str, category: Category, outcome: Outcome, reason: Reason | None) -> None:
+        """Count one decision (the label child is looked up once per combination)."""
+        key = (bu, category, outcome, reason)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.decisions.labels(
+                bu, category.value, outcome.value, "" if reason is None else reason.value
+            )
+        child.inc()
+
     def prime(self, business_units: list[str], providers: list[str] | None = None) -> None:
         """Create the known label combinations so that zeros export before the first
         event (a rate() over a series that did not exist is no rate at all)."""
         providers = providers or ["sandbox"]
         for method in ("Push", "PushBatch"):
             self.decision_seconds.labels(method)
+            self.shed.labels(method)
+        for lane in LANES:
+            self.delivery_queue_depth.labels(lane.value)
+            self.delivery_queue_age.labels(lane.value)
+            self.delivery_waits.labels(lane.value)
         for category in Category:
             for bu in business_units:
                 self.decisions.labels(bu, str(category), str(Outcome.ACCEPTED), "")
@@ -199,7 +247,7 @@ class Metrics:
                     self.decisions.labels(bu, str(category), str(Outcome.SUPPRESSED), str(reason))
         for channel in Channel:
             for provider in providers:
-                for result in ("delivered", "retry", "fallback", "failed"):
+                for result in ("delivered", "retry", "later", "fallback", "failed"):
                     self.sends.labels(str(channel), provider, result)
             self.send_seconds.labels(str(channel))
             self.retries.labels(str(channel))

@@ -31,8 +31,8 @@ class Scheduler:
         clock: Clock,
         metrics: Metrics,
         interval: float = 0.5,
-        batch: int = 200,
-        concurrency: int = 32,
+        batch: int = 500,
+        concurrency: int = 4,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
@@ -42,24 +42,26 @@ class Scheduler:
         self._batch = batch
         self._gate = asyncio.Semaphore(concurrency)
 
-    async def _release(self, user_id: str, leased_until: datetime) -> bool:
+    async def _release(self, due: list[tuple[str, datetime]]) -> int:
+        """Decide a batch of leased users' due claims (one read, one commit), then end
+        their leases (one round trip)."""
         async with self._gate:
             try:
-                next_due = await self._pipeline.release_user(user_id)
+                nexts = await self._pipeline.release_users([user for user, _ in due])
             except HeraldError as exc:
-                # The lease runs out and this user is taken again, here or elsewhere.
-                log.error("release_failed", user_id=user_id, error=exc.message)
-                return False
-            await self._store.finish_due(user_id, leased_until, next_due)
-            return True
+                # The leases run out and these users are taken again, here or elsewhere.
+                log.error("release_failed", users=len(due), error=exc.message)
+                return 0
+            await self._store.finish_due([(user, until, nexts.get(user)) for user, until in due])
+            return len(due)
 
     async def tick(self) -> int:
         """Release what is due now; returns how many users were handled."""
         handled = 0
         while True:
             due = await self._store.take_due(self._clock.now(), self._batch, LEASE)
-            results = await asyncio.gather(*(self._release(user, until) for user, until in due))
-            handled += sum(results)
+            chunks = [due[i : i + self._batch] for i in range(0, len(due), self._batch)]
+            handled += sum(await asyncio.gather(*(self._release(chunk) for chunk in chunks)))
             if len(due) < self._batch:
                 break
         self._metrics.scheduled.set(await self._store.due_count())

@@ -24,13 +24,12 @@ from gateway.core.pipeline import PushPipeline
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.users import Users
 from gateway.delivery.dispatcher import Dispatcher
-from gateway.delivery.queue import MemoryQueue
 from gateway.errors import HeraldError, status_of
 from gateway.killswitches import KillSwitches
 from gateway.metrics import fresh_metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.scheduler import Scheduler
-from gateway.store.memory import MemoryStore
+from gateway.store.memory import MemoryQueue, MemoryStore
 from herald.v1 import profile_pb2, push_pb2
 
 
@@ -104,11 +103,9 @@ async def simulate(policy_dir: Path, events: list[Event], horizon: timedelta = t
     switches = KillSwitches(store, clock, metrics)
     channel = _InstantChannel()
     users = Users(store, policies, clock)
-    queue = MemoryQueue()
+    queue = MemoryQueue(store)
     dispatcher = Dispatcher(queue, store, policies, switches, lambda *_: channel, users, clock, metrics, in_flight=1)
-    pipeline = PushPipeline(
-        store, policies, switches, queue, clock, metrics, RateLimiter(lambda: clock.now().timestamp())
-    )
+    pipeline = PushPipeline(store, policies, switches, clock, metrics, RateLimiter(lambda: clock.now().timestamp()))
     scheduler = Scheduler(store, pipeline, clock, metrics)
     report = Report(policies.current.version)
     message_ids: list[str] = []

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import orjson
 
-from gateway.domain import Category, Channel
+from gateway.values.domain import Category, Channel
 
 LIFETIME = timedelta(days=60)
 

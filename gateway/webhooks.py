@@ -22,7 +22,6 @@ from channels.wechat_callback import CallbackError, check_signature, decrypt, pa
 from gateway.autostop import AutoStop
 from gateway.clock import Clock
 from gateway.core.users import Users
-from gateway.domain import Channel, InteractionKind, UserFact
 from gateway.errors import HeraldError
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
@@ -31,7 +30,8 @@ from gateway.policy.model import Policy
 from gateway.policy.providers import AliyunSmsProvider, WechatProvider
 from gateway.store import keys
 from gateway.store.base import Store
-from gateway.store.records import TimelineEntry
+from gateway.values.domain import Channel, InteractionKind, Outcome, UserFact
+from gateway.values.records import Current, TimelineEntry
 
 log = get_logger(__name__)
 SEEN_FOR = timedelta(minutes=10)  # WeChat's retries come within seconds; receipts within hours
@@ -192,14 +192,14 @@ class Webhooks:
         await self._store.add_events(
             message_id,
             [TimelineEntry(self._clock.now(), "receipt", Channel.WECHAT_TEMPLATE, status, "WeChat job report")],
-            None if ok else "failed",
+            None if ok else Current("failed", Outcome.ACCEPTED, None, f"WeChat job report: {status[:64]}"),
             self._policies.current.defaults.message_retention,
         )
         self._metrics.receipts.labels(str(Channel.WECHAT_TEMPLATE), "delivered" if ok else "failed").inc()
         if status == "failed:user block":
             profile = await self._users.get(user_id)
             await self._users.apply_fact(profile, UserFact.UNFOLLOWED, "")
-            record = await self._store.get_message(message_id)
+            [record] = await self._store.get_messages([message_id])
             if record is not None:
                 await self._auto_stop.record_for(record.category, record.scenario, record.campaign_id, True)
 
@@ -238,7 +238,7 @@ class Webhooks:
         await self._store.add_events(
             message_id,
             [TimelineEntry(self._clock.now(), "receipt", Channel.SMS, code, "delivered" if ok else "not delivered")],
-            None if ok else "failed",
+            None if ok else Current("failed", Outcome.ACCEPTED, None, f"SMS receipt: {code}"),
             self._policies.current.defaults.message_retention,
         )
         self._metrics.receipts.labels(str(Channel.SMS), "delivered" if ok else "failed").inc()

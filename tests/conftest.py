@@ -41,6 +41,7 @@ async def store(request: pytest.FixtureRequest, clock: FixedClock) -> AsyncItera
         return
     url = request.getfixturevalue("clean_redis")
     redis_store = RedisStore(url)
+    await redis_store.prepare()
     try:
         yield redis_store
     finally:

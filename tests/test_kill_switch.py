@@ -16,6 +16,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.store import keys
+from gateway.store.shards import DEFAULT_SHARDS, tags
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc, types_pb2
 from tests.conftest import ROOT
 from tests.e2e.channels_setup import fakes, policies_for
@@ -123,8 +125,11 @@ async def test_kill_switch_stops_everywhere_keeps_and_releases(clean_redis: str,
             store = aioredis.Redis.from_url(clean_redis)
             async with herald("worker", env("w"), tmp_path / "w.log"):
 
+                async def parked() -> int:
+                    return sum([int(await store.zcard(keys.parked(tag))) for tag in tags(DEFAULT_SHARDS)])
+
                 async def all_kept() -> bool:
-                    return int(await store.zcard("herald:deliveries:parked")) == MESSAGES + extra
+                    return await parked() == MESSAGES + extra
 
                 await wait_until(all_kept, 90, "every queued delivery to be kept")
                 assert fake.wechat.template_sends == []
@@ -136,7 +141,7 @@ async def test_kill_switch_stops_everywhere_keeps_and_releases(clean_redis: str,
                 await asyncio.sleep(max(0.0, (short - datetime.now(UTC)).total_seconds()) + 1.0)
 
                 async def short_ones_ended() -> bool:
-                    return int(await store.zcard("herald:deliveries:parked")) == MESSAGES // 2 + extra
+                    return await parked() == MESSAGES // 2 + extra
 
                 await wait_until(short_ones_ended, 30, "the expired deliveries to end")
                 assert fake.wechat.template_sends == []

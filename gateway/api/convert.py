@@ -8,12 +8,13 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.core.claims import Content, PushInput
-from gateway.core.pipeline import PushAnswer
-from gateway.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
+from gateway.core.trace import render
 from gateway.errors import InvalidArgument
-from gateway.profiles import PROFILE_SECTIONS, DeviceToken, Rfm, UserProfile, WeChat
-from gateway.store.records import MessageRecord
+from gateway.values.claims import Content, PushInput
+from gateway.values.decisions import PushAnswer
+from gateway.values.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
+from gateway.values.profiles import PROFILE_SECTIONS, DeviceToken, Rfm, UserProfile, WeChat
+from gateway.values.records import MessageRecord
 from herald.v1 import profile_pb2, push_pb2, types_pb2
 
 # --- enums: same names on both sides -------------------------------------------------
@@ -134,7 +135,7 @@ def message(record: MessageRecord) -> push_pb2.Message:
         channel_plan=[channel_to_pb(c) for c in record.channel_plan],
         status=record.status,
         policy_version=record.policy_version,
-        trace=list(record.trace),
+        trace=render(record.trace),
     )
     out.created_at.CopyFrom(dt_to_ts(record.created_at))
     if record.scheduled_at is not None:

@@ -6,6 +6,7 @@ Errors become gRPC statuses in one place (``_answer``), through ``errors.status_
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, Literal, TypeVar
@@ -15,19 +16,23 @@ import structlog
 
 from gateway.api import convert
 from gateway.api.auth import Credentials
-from gateway.core.pipeline import PushAnswer, PushPipeline
+from gateway.core.pipeline import PushPipeline
+from gateway.core.profile_rules import compute_tier
+from gateway.core.trace import render
 from gateway.core.users import Users
-from gateway.errors import HeraldError, InvalidArgument, PermissionDenied, status_of
+from gateway.errors import HeraldError, InvalidArgument, PermissionDenied, ResourceExhausted, status_of
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
-from gateway.profiles import compute_tier
+from gateway.values.claims import PushInput
+from gateway.values.decisions import PushAnswer
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = get_logger(__name__)
 R = TypeVar("R")
 MAX_BATCH = 1000
 BATCH_CONCURRENCY = 64
+RETRY_HINT_MS = 100
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 
@@ -80,55 +85,110 @@ class _Base:
         return bu
 
 
+class Admission:
+    """The door: at most ``limit`` Push and PushBatch calls answered at once by this
+    process. One more is turned away at once (RESOURCE_EXHAUSTED with a retry hint),
+    so callers back off instead of waiting in a queue until their deadlines pass."""
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.busy = 0
+        self._metrics = metrics
+
+    def enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        if self.busy >= self.limit:
+            self._metrics.shed.labels(method).inc()
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(RETRY_HINT_MS)),))
+            raise ResourceExhausted(
+                f"the gateway is at its limit of {self.limit} calls in flight; retry in about {RETRY_HINT_MS} ms "
+                "with exponential backoff (or send to another replica)"
+            )
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise ResourceExhausted(
+                "the call's deadline passed before the gateway could take it; retry with a later one"
+            )
+        self.busy += 1
+        self._metrics.in_flight.set(self.busy)
+
+    def leave(self) -> None:
+        self.busy -= 1
+        self._metrics.in_flight.set(self.busy)
+
+
+def _item_error(index: int, exc: HeraldError) -> push_pb2.PushResponse:
+    code = status_of(exc)
+    field = getattr(exc, "field", "")
+    return push_pb2.PushResponse(
+        error=push_pb2.ItemError(
+            code=code.name,
+            message=f"requests[{index}].{exc.message}" if field else exc.message,
+            field=f"requests[{index}].{field}" if field else "",
+        )
+    )
+
+
 class PushServicer(_Base, push_pb2_grpc.PushServiceServicer):
     def __init__(
-        self, pipeline: PushPipeline, credentials: Callable[[], Credentials], policies: PolicyHolder, metrics: Metrics
+        self,
+        pipeline: PushPipeline,
+        credentials: Callable[[], Credentials],
+        policies: PolicyHolder,
+        metrics: Metrics,
+        admission: Admission,
     ) -> None:
         super().__init__(credentials, policies, metrics)
         self._pipeline = pipeline
-
-    async def _push_one(self, bu: str, request: push_pb2.PushRequest) -> push_pb2.PushResponse:
-        structlog.contextvars.bind_contextvars(request_id=request.request_id[:128])
-        answer = await self._pipeline.push(bu, convert.push_input(request))
-        return convert.push_response(answer)
+        self._door = admission
+        self._push_seconds = metrics.decision_seconds.labels("Push")
+        self._batch_seconds = metrics.decision_seconds.labels("PushBatch")
 
     @_answer("Push")
     async def Push(self, request: push_pb2.PushRequest, context: grpc.aio.ServicerContext) -> push_pb2.PushResponse:
-        bu = self.authenticate(context)
-        with self.metrics.decision_seconds.labels("Push").time():
-            return await self._push_one(bu, request)
+        began = time.perf_counter()
+        self._door.enter("Push", context)
+        try:
+            bu = self.authenticate(context)
+            structlog.contextvars.bind_contextvars(request_id=request.request_id[:128])
+            answer = await self._pipeline.push(bu, convert.push_input(request))
+            return convert.push_response(answer)
+        finally:
+            self._door.leave()
+            self._push_seconds.observe(time.perf_counter() - began)
 
     @_answer("PushBatch")
     async def PushBatch(
         self, request: push_pb2.PushBatchRequest, context: grpc.aio.ServicerContext
     ) -> push_pb2.PushBatchResponse:
-        bu = self.authenticate(context)
-        count = len(request.requests)
-        if count == 0:
-            raise InvalidArgument("requests", "is empty; send 1 to 1000 requests")
-        if count > MAX_BATCH:
-            raise InvalidArgument("requests", f"has {count}; at most {MAX_BATCH} per batch, split it")
-        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
-
-        async def one(index: int, item: push_pb2.PushRequest) -> push_pb2.PushResponse:
-            async with gate:
+        began = time.perf_counter()
+        self._door.enter("PushBatch", context)
+        try:
+            bu = self.authenticate(context)
+            count = len(request.requests)
+            if count == 0:
+                raise InvalidArgument("requests", "is empty; send 1 to 1000 requests")
+            if count > MAX_BATCH:
+                raise InvalidArgument("requests", f"has {count}; at most {MAX_BATCH} per batch, split it")
+            inputs: list[PushInput | HeraldError] = []
+            for raw in request.requests:
                 try:
-                    return await self._push_one(bu, item)
+                    inputs.append(convert.push_input(raw))
                 except HeraldError as exc:
-                    code = status_of(exc)
-                    self.metrics.refused.labels("PushBatch.item", code.name).inc()
-                    field = getattr(exc, "field", "")
-                    return push_pb2.PushResponse(
-                        error=push_pb2.ItemError(
-                            code=code.name,
-                            message=f"requests[{index}].{exc.message}" if field else exc.message,
-                            field=f"requests[{index}].{field}" if field else "",
-                        )
-                    )
-
-        with self.metrics.decision_seconds.labels("PushBatch").time():
-            responses = await asyncio.gather(*(one(i, item) for i, item in enumerate(request.requests)))
-        return push_pb2.PushBatchResponse(responses=responses)
+                    inputs.append(exc)
+            valid = [i for i in inputs if not isinstance(i, HeraldError)]
+            answers = iter(await self._pipeline.push_many(bu, valid))
+            responses = []
+            for index, given in enumerate(inputs):
+                answer = given if isinstance(given, HeraldError) else next(answers)
+                if isinstance(answer, HeraldError):
+                    self.metrics.refused.labels("PushBatch.item", status_of(answer).name).inc()
+                    responses.append(_item_error(index, answer))
+                else:
+                    responses.append(convert.push_response(answer))
+            return push_pb2.PushBatchResponse(responses=responses)
+        finally:
+            self._door.leave()
+            self._batch_seconds.observe(time.perf_counter() - began)
 
     @_answer("GetMessage")
     async def GetMessage(
@@ -171,7 +231,7 @@ class PushServicer(_Base, push_pb2_grpc.PushServiceServicer):
             scheduled_at=decision.scheduled_at,
             policy_version=policy.version,
         )
-        return push_pb2.ExplainResponse(decision=convert.push_response(answer), trace=list(decision.trace))
+        return push_pb2.ExplainResponse(decision=convert.push_response(answer), trace=render(decision.trace))
 
 
 class ProfileServicer(_Base, profile_pb2_grpc.ProfileServiceServicer):

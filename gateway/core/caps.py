@@ -4,20 +4,27 @@ A category's rules all hold at once; a rule may be narrowed to a channel or a bu
 unit, and its limit may depend on the user's RFM tier. Channels' per-user limits (SMS a
 day, WeChat mass sends a month) are rules over every category. Windows are rolling
 (``24h``) or calendar (``day``, ``week``, ``month`` in the user's time zone).
+
+The rules of a (category, business unit, tier) and how long each kind of reservation
+must be kept are derived from the policy once per loaded version (``Policy.derived``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from gateway.core.state import SentEntry
 from gateway.core.times import calendar_start
-from gateway.domain import Category, Channel
 from gateway.policy.model import Policy
 from gateway.policy.schema import CapWindow
+from gateway.values.domain import Category, Channel
+from gateway.values.state import SentEntry
+
+# How far back a calendar window can reach, whatever the user's time zone.
+CALENDAR_REACH = {"day": timedelta(days=2), "week": timedelta(days=8), "month": timedelta(days=32)}
+MIN_KEEP = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,13 @@ class Rule:
             return calendar_start(self.window.calendar, now, tz)
         assert self.window.rolling is not None
         return now - self.window.rolling
+
+    def reach(self) -> timedelta:
+        """The longest time back this rule can count."""
+        if self.window.calendar is not None:
+            return CALENDAR_REACH[self.window.calendar]
+        assert self.window.rolling is not None
+        return self.window.rolling
 
     def counts(self, entry: SentEntry) -> bool:
         return (
@@ -56,8 +70,19 @@ class Blocked:
         return f"cap {self.rule.label} ({self.rule.window}): {self.used} of {self.rule.limit} used"
 
 
-def rules_for(policy: Policy, category: Category, bu: str, tier: str) -> list[Rule]:
-    """The rules a claim of ``bu`` in ``category`` must fit, channel limits included."""
+def _channel_rules(policy: Policy) -> list[Rule]:
+    rules = []
+    for channel, settings in policy.channels.items():
+        if settings.per_user_daily_limit is not None:
+            daily = settings.per_user_daily_limit
+            rules.append(Rule(f"{channel} per user a day", CapWindow(calendar="day"), daily, None, channel, None))
+        if settings.per_user_monthly_limit is not None:
+            monthly = settings.per_user_monthly_limit
+            rules.append(Rule(f"{channel} per user a month", CapWindow(calendar="month"), monthly, None, channel, None))
+    return rules
+
+
+def _build_rules(policy: Policy, category: Category, bu: str, tier: str) -> tuple[Rule, ...]:
     rules = []
     for index, cap in enumerate(policy.categories[category].caps):
         if cap.bu is not None and cap.bu != bu:
@@ -65,22 +90,27 @@ def rules_for(policy: Policy, category: Category, bu: str, tier: str) -> list[Ru
         rules.append(
             Rule(f"{category}.{cap.label(index)}", cap.window, cap.limit_for(tier), category, cap.channel, cap.bu)
         )
-    for channel, settings in policy.channels.items():
-        if settings.per_user_daily_limit is not None:
-            daily = settings.per_user_daily_limit
-            rules.append(Rule(f"{channel} per user a day", CapWindow(calendar="day"), daily, None, channel, None))
-        if settings.per_user_monthly_limit is not None:
-            rules.append(
-                Rule(
-                    f"{channel} per user a month",
-                    CapWindow(calendar="month"),
-                    settings.per_user_monthly_limit,
-                    None,
-                    channel,
-                    None,
-                )
-            )
-    return rules
+    return (*rules, *policy.derived("channel-rules", lambda: tuple(_channel_rules(policy))))
+
+
+def rules_for(policy: Policy, category: Category, bu: str, tier: str) -> tuple[Rule, ...]:
+    """The rules a claim of ``bu`` in ``category`` must fit, channel limits included."""
+    return policy.derived(("rules", category, bu, tier), lambda: _build_rules(policy, category, bu, tier))
+
+
+def all_rules(policy: Policy, tier: str) -> tuple[Rule, ...]:
+    """Every rule of every category for a user of ``tier`` (business-unit rules
+    included), for explaining a user's counters."""
+
+    def build() -> tuple[Rule, ...]:
+        rules = []
+        for category, settings in policy.categories.items():
+            for index, cap in enumerate(settings.caps):
+                label = f"{category}.{cap.label(index)}" + (f" ({cap.bu} only)" if cap.bu else "")
+                rules.append(Rule(label, cap.window, cap.limit_for(tier), category, cap.channel, cap.bu))
+        return (*rules, *_channel_rules(policy))
+
+    return policy.derived(("all-rules", tier), build)
 
 
 def first_block(
@@ -110,6 +140,31 @@ def pick_channel(
     return None, blocked
 
 
+def _build_keep(policy: Policy) -> Callable[[SentEntry], timedelta]:
+    """How long a reservation of (category, channel) must be kept: the longest reach of
+    any rule that can count it (at least a day; the customer-service window's quota
+    counts WECHAT_CS entries over its longest window)."""
+    rules = [r for tier in policy.tiers.names for r in all_rules(policy, tier)]
+    cs = policy.channels.get(Channel.WECHAT_CS)
+    cs_reach = max((w.window for w in cs.cs_windows.values()), default=MIN_KEEP) if cs else MIN_KEEP
+    table: dict[tuple[Category, Channel], timedelta] = {}
+    for category in Category:
+        for channel in Channel:
+            reach = [r.reach() for r in rules if r.category in (None, category) and r.channel in (None, channel)]
+            if channel is Channel.WECHAT_CS:
+                reach.append(cs_reach)
+            table[category, channel] = max([MIN_KEEP, *reach]) + timedelta(minutes=5)
+
+    def keep(entry: SentEntry) -> timedelta:
+        return table[entry.category, entry.channel]
+
+    return keep
+
+
+def keep_for(policy: Policy) -> Callable[[SentEntry], timedelta]:
+    return policy.derived("keep", lambda: _build_keep(policy))
+
+
 def retention(policy: Policy) -> timedelta:
-    """How long reservations must be kept: the longest window of any rule."""
+    """The longest any reservation is kept (how long a user's state must live)."""
     return policy.cap_retention

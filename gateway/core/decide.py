@@ -1,44 +1,45 @@
-"""Arbitration: what becomes of a claim, as plain code over values (DESIGN.md
-"Arbitration semantics"). No I/O; the clock is an argument.
+"""Arbitration: what becomes of a claim, as plain code over values (docs/design.md
+"Arbitration"). No I/O; the clock is an argument.
 
 Rules apply in this order, and the first that suppresses is the reason:
 kill switch, deadline, opt-out and reachability, dedup, not_before, quiet hours,
-competing claims (categories that arbitrate wait for the user's send window), caps.
+competing claims (categories that arbitrate wait in the user's pool for a send window),
+caps.
 
 ``decide_arrival`` decides a claim as it arrives; ``decide_release`` decides the
-claims of one user whose time has come (deferred, scheduled, or waiting for a send
-window, where they compete). Both return the mutations to apply to the user's state
-and a trace that explains every step.
+claims of one user whose time has come (deferred, scheduled, or pooled for a send
+window, where they compete as a pool: the best scores win as far as the caps allow,
+arrival order never decides). Both return the mutations to apply to the user's state
+and a trace (data; ``trace.render`` makes sentences of it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from functools import cached_property
 from zoneinfo import ZoneInfo
 
-from gateway.core.caps import Blocked, pick_channel, rules_for
-from gateway.core.claims import Claim
+import msgspec
+
+from gateway.core.caps import Blocked, Rule, pick_channel, rules_for
 from gateway.core.killswitch import blocking_switch
+from gateway.core.profile_rules import compute_tier, opted_out
 from gateway.core.route import Skip, route
-from gateway.core.state import Hold, MarkDedup, Mutation, Reserve, SentEntry, Unhold, UserState
 from gateway.core.times import open_windows, period_around, release_time, spread, zone
-from gateway.domain import Category, Channel, Outcome, Reason
 from gateway.policy.model import Policy
-from gateway.profiles import UserProfile, compute_tier, opted_out
-from gateway.store.records import KillSwitch
+from gateway.values.claims import Claim
+from gateway.values.decisions import Decision
+from gateway.values.domain import Category, Channel, Outcome, Reason
+from gateway.values.profiles import UserProfile
+from gateway.values.records import KillSwitch, Step
+from gateway.values.state import Hold, MarkDedup, Mutation, Reserve, SentEntry, Unhold, UserState
 
-
-@dataclass(frozen=True)
-class Decision:
-    outcome: Outcome
-    reason: Reason | None
-    detail: str
-    plan: tuple[Channel, ...] = ()
-    scheduled_at: datetime | None = None
-    trace: tuple[str, ...] = ()
-    mutations: tuple[Mutation, ...] = ()
+# A claim a kill switch stops while held is looked at again this often (and once more
+# just before its deadline), and sent if the switch was cleared meanwhile.
+KILL_RECHECK = timedelta(minutes=1)
+LAST_LOOK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -53,16 +54,20 @@ class Context:
     # Channels whose provider's breaker is open (in this process): tried last.
     down: frozenset[Channel] = frozenset()
 
-    @property
+    @cached_property
     def tz(self) -> ZoneInfo:
         name = self.profile.timezone if self.profile and self.profile.timezone else self.policy.defaults.timezone
         return zone(name)
 
-    @property
+    @cached_property
     def tier(self) -> str:
         if self.profile is None:
             return self.policy.tiers.default
         return compute_tier(self.profile.rfm, self.policy.tiers, self.now)
+
+    def at(self, now: datetime, state: UserState | None = None) -> Context:
+        """The same user and policy at another time (explain's predictions)."""
+        return Context(self.policy, self.profile, state or self.state, self.switches, now, self.down)
 
 
 @dataclass(frozen=True)
@@ -70,14 +75,15 @@ class HeldClaim:
     message_id: str
     claim: Claim
     created_at: datetime
+    pooled: bool = False
 
 
 @dataclass
 class _Trace:
-    lines: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
 
-    def add(self, line: str) -> None:
-        self.lines.append(line)
+    def add(self, code: str, *args: object) -> None:
+        self.steps.append(Step(code, args))
 
     def done(
         self,
@@ -89,23 +95,21 @@ class _Trace:
         at: datetime | None = None,
         mutations: Sequence[Mutation] = (),
     ) -> Decision:
-        self.add(f"=> {outcome}{'/' + reason if reason else ''}: {detail}")
-        return Decision(outcome, reason, detail, plan, at, tuple(self.lines), tuple(mutations))
+        self.add("final", str(outcome), None if reason is None else str(reason), detail)
+        return Decision(outcome, reason, detail, plan, at, tuple(self.steps), tuple(mutations))
 
 
 def _local(moment: datetime, tz: ZoneInfo) -> str:
     return f"{moment.astimezone(tz):%Y-%m-%d %H:%M} {tz.key}"
 
 
-def score(claim: Claim, policy: Policy, tier: str) -> tuple[float, str]:
-    """A competing claim's score, and how it was made."""
+def score(claim: Claim, policy: Policy, tier: str) -> tuple[float, tuple[object, ...]]:
+    """A competing claim's score, and the figures it was made of (a ``score`` step)."""
     weight = policy.business_units[claim.bu].weight
     targets = policy.scenarios[claim.scenario].target_tiers
     fit = 1.0 if not targets or tier in targets else 0.5
     value = weight * (0.5 + claim.priority / 100) * fit
-    how = f"weight {weight} x (0.5 + priority {claim.priority}/100) x fit {fit:g}"
-    how += f" (tier {tier} {'in' if fit == 1.0 else 'not in'} targets)" if targets else " (no target tiers)"
-    return value, how
+    return value, (value, weight, claim.priority, fit, tier, bool(targets))
 
 
 def _gate(claim: Claim, ctx: Context, trace: _Trace) -> Decision | tuple[Channel, ...]:
@@ -120,7 +124,7 @@ def _gate(claim: Claim, ctx: Context, trace: _Trace) -> Decision | tuple[Channel
     )
     if switch is not None:
         return trace.done(Outcome.SUPPRESSED, Reason.KILL_SWITCH, f"stopped by {switch.describe()}")
-    trace.add("kill switch: none matches")
+    trace.add("switch")
     if claim.deadline is not None and claim.deadline <= ctx.now:
         return trace.done(Outcome.SUPPRESSED, Reason.EXPIRED, f"deadline {claim.deadline.isoformat()} has passed")
     if ctx.profile is None:
@@ -149,7 +153,7 @@ def _gate(claim: Claim, ctx: Context, trace: _Trace) -> Decision | tuple[Channel
         return trace.done(
             Outcome.SUPPRESSED, Reason.NO_REACHABLE_CHANNEL, f"no channel reaches the user: {plan.explain()}"
         )
-    trace.add(f"route: {' then '.join(plan.plan)}" + (f" (skipped {plan.explain()})" if plan.skipped else ""))
+    trace.add("route", [str(c) for c in plan.plan], [[str(c), str(why)] for c, why in plan.skipped])
     return plan.plan
 
 
@@ -160,7 +164,7 @@ def _quiet_period(claim: Claim, ctx: Context) -> tuple[time, time] | None:
     return quiet.start, quiet.end
 
 
-def _limit(claim: Claim, created_at: datetime, policy: Policy) -> datetime:
+def limit_of(claim: Claim, created_at: datetime, policy: Policy) -> datetime:
     """The latest a claim may still be sent: its deadline, else the policy's max hold."""
     return claim.deadline or created_at + policy.defaults.max_hold
 
@@ -172,11 +176,11 @@ def _quiet(
     quiet = ctx.policy.categories[claim.category].quiet_hours
     period = _quiet_period(claim, ctx)
     if period is None:
-        trace.add(f"quiet hours: {claim.category} is exempt")
+        trace.add("quiet-exempt", str(claim.category))
         return None
     around = period_around(period[0], period[1], ctx.now, ctx.tz)
     if around is None:
-        trace.add(f"quiet hours {period[0]:%H:%M}-{period[1]:%H:%M}: not now ({_local(ctx.now, ctx.tz)})")
+        trace.add("quiet-off", f"{period[0]:%H:%M}", f"{period[1]:%H:%M}", ctx.now.timestamp(), ctx.tz.key)
         return None
     if quiet.mode == "drop":
         return trace.done(
@@ -187,7 +191,7 @@ def _quiet(
         )
     span = min(ctx.policy.defaults.release_spread, _awake(period) / 2)
     at = around[1] + spread(claim.user_id, span)
-    if at > _limit(claim, created_at, ctx.policy):
+    if at > limit_of(claim, created_at, ctx.policy):
         return trace.done(
             Outcome.SUPPRESSED,
             Reason.EXPIRED,
@@ -225,6 +229,21 @@ def _window_release(claim: Claim, ctx: Context, after: datetime) -> datetime | N
     )
 
 
+def _pool_time(claim: Claim, ctx: Context, after: datetime) -> tuple[datetime | None, bool]:
+    """When a claim that waits for a send window is decided, and whether it joins a
+    pool already collecting. Inside an open window the user's first claim starts a
+    collection period and every claim arriving before it ends joins it; before a
+    window, every claim is released at the window's opening (plus the user's spread),
+    which is the same time for all of them."""
+    at = _window_release(claim, ctx, after)
+    if at is None:
+        return None, False
+    pool = ctx.state.pool_due(ctx.now)
+    if pool is not None and pool <= at:
+        return pool, True
+    return at, False
+
+
 def _cap_verdict(
     claim: Claim, ctx: Context, plan: tuple[Channel, ...], entries: Sequence[SentEntry], trace: _Trace
 ) -> tuple[Channel | None, list[Blocked]]:
@@ -232,7 +251,7 @@ def _cap_verdict(
     channel, blocked = pick_channel(rules, plan, entries, ctx.now, ctx.tz)
     for rule in rules:
         if rule.channel is None or rule.channel == (channel or plan[0]):
-            trace.add(f"cap {rule.label} ({rule.window}): {rule.used(entries, ctx.now, ctx.tz)} of {rule.limit} used")
+            trace.add("cap", rule.label, str(rule.window), rule.used(entries, ctx.now, ctx.tz), rule.limit)
     return channel, blocked
 
 
@@ -256,9 +275,17 @@ def _accept(
     )
 
 
+def _blocked_text(blocked: Sequence[Blocked]) -> str:
+    """The caps that blocked, each named once (the same rule can block several channels)."""
+    seen: dict[str, None] = {}
+    for block in blocked:
+        seen.setdefault(block.describe())
+    return "; ".join(seen)
+
+
 def _capped(claim: Claim, trace: _Trace, blocked: Sequence[Blocked], extra: Sequence[Mutation] = ()) -> Decision:
     reason = Reason.SAFETY_CAP if claim.category is Category.BASIC else Reason.FREQUENCY_CAP
-    return trace.done(Outcome.SUPPRESSED, reason, "; ".join(b.describe() for b in blocked), mutations=extra)
+    return trace.done(Outcome.SUPPRESSED, reason, _blocked_text(blocked), mutations=extra)
 
 
 def decide_arrival(claim: Claim, message_id: str, ctx: Context) -> Decision:
@@ -270,13 +297,13 @@ def decide_arrival(claim: Claim, message_id: str, ctx: Context) -> Decision:
     marks: list[Mutation] = []
     if claim.dedup_key:
         window = ctx.policy.categories[claim.category].dedup_window
-        if ctx.state.dedup_seen:
+        if ctx.state.seen(claim.bu, claim.dedup_key, ctx.now):
             return trace.done(
                 Outcome.SUPPRESSED,
                 Reason.DUPLICATE,
                 f"dedup_key '{claim.dedup_key[:64]}' of {claim.bu} was seen within {window}",
             )
-        trace.add(f"dedup: '{claim.dedup_key[:64]}' not seen within {window}")
+        trace.add("dedup", claim.dedup_key[:64], str(window))
         marks.append(MarkDedup(claim.bu, claim.dedup_key, window))
     if claim.not_before is not None and claim.not_before > ctx.now:
         return trace.done(
@@ -290,19 +317,20 @@ def decide_arrival(claim: Claim, message_id: str, ctx: Context) -> Decision:
     quiet = _quiet(claim, ctx, trace, plan, ctx.now, message_id)
     if quiet is not None:
         if quiet.outcome is Outcome.SCHEDULED:
-            return replace(quiet, mutations=(*marks, *quiet.mutations))
-        return replace(quiet, mutations=())
+            return msgspec.structs.replace(quiet, mutations=(*marks, *quiet.mutations))
+        return msgspec.structs.replace(quiet, mutations=())
     if ctx.policy.arbitrates(claim.category):
-        at = _window_release(claim, ctx, ctx.now)
-        if at is None or at > _limit(claim, ctx.now, ctx.policy):
+        at, joined = _pool_time(claim, ctx, ctx.now)
+        if at is None or at > limit_of(claim, ctx.now, ctx.policy):
             return trace.done(Outcome.SUPPRESSED, Reason.EXPIRED, "no send window opens before the deadline")
+        trace.add("pool", at.timestamp(), ctx.tz.key, joined)
         return trace.done(
             Outcome.SCHEDULED,
             None,
-            f"waits for the user's send window; released {_local(at, ctx.tz)}",
+            f"waits in the user's pool for the send window; decided {_local(at, ctx.tz)}",
             plan=plan,
             at=at,
-            mutations=[*marks, Hold(message_id, at)],
+            mutations=[*marks, Hold(message_id, at, pooled=True)],
         )
     channel, blocked = _cap_verdict(claim, ctx, plan, ctx.state.sent, trace)
     if channel is None:
@@ -310,7 +338,7 @@ def decide_arrival(claim: Claim, message_id: str, ctx: Context) -> Decision:
     return _accept(claim, ctx, trace, plan, channel, message_id, marks)
 
 
-def _in_window(claim: Claim, ctx: Context) -> bool:
+def in_window(claim: Claim, ctx: Context) -> bool:
     windows = open_windows(ctx.policy.defaults.send_windows, _quiet_period(claim, ctx), ctx.now, ctx.tz)
     return any(start <= ctx.now < end for start, end in windows)
 
@@ -320,131 +348,129 @@ def _current_window_end(claim: Claim, ctx: Context) -> datetime:
     return next((end for start, end in windows if start <= ctx.now < end), ctx.now)
 
 
-KILL_RECHECK = timedelta(minutes=1)
+def _kept(item: HeldClaim, gate: Decision, ctx: Context, trace: _Trace) -> Decision | None:
+    """A switch keeps what it stops: held and looked at again, sent if the switch is
+    cleared in time. None when there is no time left to look again."""
+    last = limit_of(item.claim, item.created_at, ctx.policy) - LAST_LOOK
+    again = min(ctx.now + KILL_RECHECK, last)
+    if again <= ctx.now:
+        return None
+    detail = f"{gate.detail}; kept, looked at again {_local(again, ctx.tz)}"
+    return trace.done(Outcome.SCHEDULED, None, detail, at=again, mutations=[Hold(item.message_id, again)])
+
+
+@dataclass
+class _Ready:
+    item: HeldClaim
+    plan: tuple[Channel, ...]
+    trace: _Trace
+    competes: bool
+    value: float
 
 
 def decide_release(held: Sequence[HeldClaim], ctx: Context) -> list[tuple[str, Decision]]:
     """Decide the claims of one user that are due now. Claims of categories that
-    arbitrate compete: the best scores win as far as the caps allow; the others are
-    carried to the next window while their deadline allows."""
+    arbitrate compete as a pool: the best scores win as far as the caps allow; the
+    others are carried to the next window while their deadline allows."""
     out: list[tuple[str, Decision]] = []
-    ready: list[tuple[HeldClaim, tuple[Channel, ...], _Trace]] = []
+    ready: list[_Ready] = []
     for item in sorted(held, key=lambda h: (h.created_at, h.message_id)):
         claim, trace = item.claim, _Trace()
-        trace.add(f"released at {_local(ctx.now, ctx.tz)}")
+        trace.add("released", ctx.now.timestamp(), ctx.tz.key)
         gate = _gate(claim, ctx, trace)
         if isinstance(gate, Decision) and gate.reason is Reason.KILL_SWITCH:
-            # A switch keeps what it stops: held and looked at again, sent if the
-            # switch is cleared in time, else it ends with KILL_SWITCH.
-            again = ctx.now + KILL_RECHECK
-            if again <= _limit(claim, item.created_at, ctx.policy):
-                detail = f"{gate.detail}; kept, looked at again {_local(again, ctx.tz)}"
-                held_again = trace.done(
-                    Outcome.SCHEDULED, None, detail, at=again, mutations=[Hold(item.message_id, again)]
-                )
-                out.append((item.message_id, held_again))
+            kept = _kept(item, gate, ctx, _Trace(trace.steps[:-1]))
+            if kept is not None:
+                out.append((item.message_id, kept))
                 continue
         if isinstance(gate, Decision):
-            out.append((item.message_id, replace(gate, mutations=(Unhold(item.message_id),))))
+            out.append((item.message_id, msgspec.structs.replace(gate, mutations=(Unhold(item.message_id),))))
             continue
         quiet = _quiet(claim, ctx, trace, gate, item.created_at, item.message_id)
         if quiet is not None:
             out.append((item.message_id, quiet))
             continue
-        if ctx.policy.arbitrates(claim.category) and not _in_window(claim, ctx):
+        competes = ctx.policy.arbitrates(claim.category)
+        if competes and not in_window(claim, ctx):
             at = _window_release(claim, ctx, ctx.now)
-            if at is None or at > _limit(claim, item.created_at, ctx.policy):
-                out.append(
-                    (
-                        item.message_id,
-                        trace.done(
-                            Outcome.SUPPRESSED,
-                            Reason.EXPIRED,
-                            "no send window opens before the deadline",
-                            mutations=[Unhold(item.message_id)],
-                        ),
-                    )
+            if at is None or at > limit_of(claim, item.created_at, ctx.policy):
+                decision = trace.done(
+                    Outcome.SUPPRESSED,
+                    Reason.EXPIRED,
+                    "no send window opens before the deadline",
+                    mutations=[Unhold(item.message_id)],
                 )
             else:
-                out.append(
-                    (
-                        item.message_id,
-                        trace.done(
-                            Outcome.SCHEDULED,
-                            None,
-                            f"waits for the send window; released {_local(at, ctx.tz)}",
-                            plan=gate,
-                            at=at,
-                            mutations=[Hold(item.message_id, at)],
-                        ),
-                    )
+                decision = trace.done(
+                    Outcome.SCHEDULED,
+                    None,
+                    f"waits in the user's pool for the send window; decided {_local(at, ctx.tz)}",
+                    plan=gate,
+                    at=at,
+                    mutations=[Hold(item.message_id, at, pooled=True)],
                 )
-            continue
-        ready.append((item, gate, trace))
-
-    tier = ctx.tier
-    scored = []
-    for item, plan, trace in ready:
-        competes = ctx.policy.arbitrates(item.claim.category)
-        value, how = score(item.claim, ctx.policy, tier) if competes else (float("inf"), "")
-        if competes:
-            trace.add(f"score {value:g} = {how}")
-        scored.append((item, plan, trace, competes, value))
-    # Claims that do not compete go first, in arrival order; then the best scores.
-    scored.sort(key=lambda s: (s[3], -s[4], -s[0].claim.priority, s[0].created_at, s[0].message_id))
-
-    entries = list(ctx.state.sent)
-    winners: list[tuple[HeldClaim, float, Channel]] = []
-    for item, plan, trace, competes, value in scored:
-        claim = item.claim
-        channel, blocked = _cap_verdict(claim, ctx, plan, entries, trace)
-        if channel is not None:
-            decision = _accept(claim, ctx, trace, plan, channel, item.message_id, [Unhold(item.message_id)])
-            entries.append(SentEntry(item.message_id, ctx.now, claim.category, channel, claim.bu))
-            winners.append((item, value, channel))
             out.append((item.message_id, decision))
             continue
-        if not competes:
+        value = float("inf")
+        if competes:
+            value, figures = score(claim, ctx.policy, ctx.tier)
+            trace.add("score", *figures)
+        ready.append(_Ready(item, gate, trace, competes, value))
+
+    # Claims that do not compete go first, in arrival order; then the pool, best first.
+    ready.sort(key=lambda r: (r.competes, -r.value, -r.item.claim.priority, r.item.created_at, r.item.message_id))
+    entries = list(ctx.state.sent)
+    winners: list[tuple[_Ready, Channel]] = []
+    for entry in ready:
+        item, claim, trace = entry.item, entry.item.claim, entry.trace
+        channel, blocked = _cap_verdict(claim, ctx, entry.plan, entries, trace)
+        if channel is not None:
+            decision = _accept(claim, ctx, trace, entry.plan, channel, item.message_id, [Unhold(item.message_id)])
+            entries.append(SentEntry(item.message_id, ctx.now, claim.category, channel, claim.bu))
+            winners.append((entry, channel))
+            out.append((item.message_id, decision))
+            continue
+        if not entry.competes:
             out.append((item.message_id, _capped(claim, trace, blocked, [Unhold(item.message_id)])))
             continue
-        blocking = {b.rule for b in blocked}
-        rivals = [w for w in winners if any(r.counts(_entry_of(w, ctx)) for r in blocking)]
-        rival_text = ""
-        if rivals:
-            best = max(rivals, key=lambda w: w[1])
-            rival_text = f"lost to {best[0].claim.scenario} of {best[0].claim.bu} (score {best[1]:g} > {value:g}); "
-            trace.add(f"competitor {best[0].message_id} ({best[0].claim.scenario}) won with score {best[1]:g}")
-        next_at = _window_release(claim, ctx, _current_window_end(claim, ctx))
-        if next_at is not None and next_at <= _limit(claim, item.created_at, ctx.policy):
-            out.append(
-                (
-                    item.message_id,
-                    trace.done(
-                        Outcome.SCHEDULED,
-                        None,
-                        f"{rival_text}{'; '.join(b.describe() for b in blocked)}; carried to {_local(next_at, ctx.tz)}",
-                        plan=plan,
-                        at=next_at,
-                        mutations=[Hold(item.message_id, next_at)],
-                    ),
-                )
-            )
-            continue
-        reason = Reason.LOST_ARBITRATION if rivals else Reason.FREQUENCY_CAP
-        out.append(
-            (
-                item.message_id,
-                trace.done(
-                    Outcome.SUPPRESSED,
-                    reason,
-                    f"{rival_text}{'; '.join(b.describe() for b in blocked)}; no window left",
-                    mutations=[Unhold(item.message_id)],
-                ),
-            )
-        )
+        out.append((item.message_id, _lost(entry, blocked, winners, ctx)))
     return out
 
 
-def _entry_of(winner: tuple[HeldClaim, float, Channel], ctx: Context) -> SentEntry:
-    item, _, channel = winner
-    return SentEntry(item.message_id, ctx.now, item.claim.category, channel, item.claim.bu)
+def _lost(
+    entry: _Ready, blocked: Sequence[Blocked], winners: Sequence[tuple[_Ready, Channel]], ctx: Context
+) -> Decision:
+    """A competing claim the caps leave no room for: carried to the next window, or
+    suppressed when there is none before its deadline."""
+    item, claim, trace = entry.item, entry.item.claim, entry.trace
+    blocking: set[Rule] = {b.rule for b in blocked}
+    rivals = [
+        (w, channel)
+        for w, channel in winners
+        if any(
+            r.counts(SentEntry(w.item.message_id, ctx.now, w.item.claim.category, channel, w.item.claim.bu))
+            for r in blocking
+        )
+    ]
+    rival_text = ""
+    if rivals:
+        best = max(rivals, key=lambda w: w[0].value)[0]
+        rival_text = (
+            f"lost to {best.item.claim.scenario} of {best.item.claim.bu} (score {best.value:g} > {entry.value:g}); "
+        )
+        trace.add("rival", best.item.message_id, best.item.claim.scenario, best.value)
+    caps = _blocked_text(blocked)
+    next_at = _window_release(claim, ctx, _current_window_end(claim, ctx))
+    if next_at is not None and next_at <= limit_of(claim, item.created_at, ctx.policy):
+        return trace.done(
+            Outcome.SCHEDULED,
+            None,
+            f"{rival_text}{caps}; carried to {_local(next_at, ctx.tz)}",
+            plan=entry.plan,
+            at=next_at,
+            mutations=[Hold(item.message_id, next_at, pooled=True)],
+        )
+    reason = Reason.LOST_ARBITRATION if rivals else Reason.FREQUENCY_CAP
+    return trace.done(
+        Outcome.SUPPRESSED, reason, f"{rival_text}{caps}; no window left", mutations=[Unhold(item.message_id)]
+    )

@@ -2,13 +2,15 @@
 
 Decisions for the same user in one process queue here instead of racing to the store
 and retrying; decisions across processes are kept apart by the store's version check.
+A batch takes the locks of all its users in a fixed (sorted) order, so two batches
+sharing users never wait on each other in a circle.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 
 
 class KeyedLock:
@@ -28,6 +30,13 @@ class KeyedLock:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+    @asynccontextmanager
+    async def hold_many(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for key in sorted(set(keys)):
+                await stack.enter_async_context(self.hold(key))
+            yield
 
     def __len__(self) -> int:
         return len(self._locks)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from gateway.domain import Channel
-from gateway.store.records import KillSwitch, ScopeKind
+from gateway.values.domain import Channel
+from gateway.values.records import KillSwitch, ScopeKind
 
 
 def blocking_switch(

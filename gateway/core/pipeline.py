@@ -1,83 +1,66 @@
-"""The path of a push request: validate and classify, idempotency, decide, keep the
-decision, hand the winners to delivery. The only part of ``core`` that does I/O.
+"""The path of push requests: validate and classify, read the users, decide, commit
+the decisions with their answers and delivery jobs. The only part of ``core`` that
+does I/O.
+
+Batch-native: PushBatch, the release of held claims and campaigns decide many claims
+with one read and one commit (one round trip each, whatever the batch size); a single
+Push is a batch of one. Each user's part of a commit is atomic and guarded by the
+user's version: when another decision changed the user meanwhile, only that user's
+claims are read and decided again. Contention is never an outage: a claim keeps
+trying (with jittered waits) for as long as ``CONTENTION_BUDGET`` allows.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
-from collections.abc import Callable
+import random
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
-
 from gateway.clock import Clock
-from gateway.core.caps import retention
-from gateway.core.claims import Claim, Content, PushInput
-from gateway.core.decide import Context, Decision, HeldClaim, decide_arrival, decide_release
+from gateway.core.caps import keep_for
+from gateway.core.decide import Context, HeldClaim, decide_arrival, decide_release
+from gateway.core.explain import explain_arrival
 from gateway.core.keyed_lock import KeyedLock
 from gateway.core.ratelimit import RateLimiter
-from gateway.core.state import Hold, Mutation, Unhold, UserState
 from gateway.core.validate import validate_push
-from gateway.delivery.jobs import Job
-from gateway.delivery.queue import DeliveryQueue
-from gateway.domain import Category, Channel, Outcome, Reason
+from gateway.delivery.spool import Spool
 from gateway.errors import AlreadyExists, HeraldError, NotFound, ResourceExhausted, StoreUnavailable, Unavailable
 from gateway.ids import new_message_id
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
-from gateway.profiles import UserProfile
-from gateway.store.base import IdemKey, IdemState, Store
-from gateway.store.records import Final, MessageRecord, TimelineEntry
+from gateway.policy.model import Policy
+from gateway.store.base import (
+    Change,
+    Committed,
+    IdemKey,
+    IdemState,
+    Lifetimes,
+    MessageUpdate,
+    NewMessage,
+    Store,
+    UserRead,
+    UserView,
+)
+from gateway.store.codec import Spooled
+from gateway.store.shards import shard_of
+from gateway.values.claims import Claim, Content, PushInput
+from gateway.values.decisions import Decision, PushAnswer
+from gateway.values.domain import Channel, Outcome, Reason
+from gateway.values.jobs import Job
+from gateway.values.profiles import UserProfile
+from gateway.values.records import Current, MessageRecord, TimelineEntry
+from gateway.values.state import Hold, Mutation, Unhold, UserState, apply_mutations
 
 log = get_logger(__name__)
 
-PENDING_WAIT_SECONDS = 2.0
-MAX_TRIES = 8
-PENDING_POLL_SECONDS = 0.02
-
-
-@dataclass(frozen=True)
-class PushAnswer:
-    message_id: str
-    category: Category
-    outcome: Outcome
-    reason: Reason | None
-    detail: str
-    plan: tuple[Channel, ...]
-    scheduled_at: datetime | None
-    policy_version: str
-
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "m": self.message_id,
-                "c": str(self.category),
-                "o": str(self.outcome),
-                "r": None if self.reason is None else str(self.reason),
-                "d": self.detail,
-                "p": [str(c) for c in self.plan],
-                "s": None if self.scheduled_at is None else self.scheduled_at.isoformat(),
-                "v": self.policy_version,
-            }
-        )
-
-    @staticmethod
-    def decode(raw: bytes) -> PushAnswer:
-        data = orjson.loads(raw)
-        return PushAnswer(
-            message_id=data["m"],
-            category=Category(data["c"]),
-            outcome=Outcome(data["o"]),
-            reason=None if data["r"] is None else Reason(data["r"]),
-            detail=data["d"],
-            plan=tuple(Channel(c) for c in data["p"]),
-            scheduled_at=None if data["s"] is None else datetime.fromisoformat(data["s"]),
-            policy_version=data["v"],
-        )
+# How long a claim keeps trying when other decisions keep changing its user first.
+CONTENTION_BUDGET = 10.0
 
 
 def status_of(decision: Decision) -> str:
@@ -106,6 +89,10 @@ def claim_of(record: MessageRecord) -> Claim:
     )
 
 
+def lifetimes(policy: Policy) -> Lifetimes:
+    return Lifetimes(policy.defaults.idempotency_window, policy.defaults.message_retention)
+
+
 class RecentProfiles:
     """The profiles this process read last (bounded), for deciding fail-open."""
 
@@ -123,105 +110,179 @@ class RecentProfiles:
         return self._items.get(user_id)
 
 
+@dataclass
+class _Item:
+    index: int
+    claim: Claim
+    idem: IdemKey
+    message_id: str
+
+
+def _due(mutations: Sequence[Mutation]) -> datetime | None:
+    return min((m.due for m in mutations if isinstance(m, Hold)), default=None)
+
+
 class PushPipeline:
     def __init__(
         self,
         store: Store,
         policies: PolicyHolder,
         switches: KillSwitches,
-        queue: DeliveryQueue,
         clock: Clock,
         metrics: Metrics,
         limiter: RateLimiter,
+        spool: Spool | None = None,
         down: Callable[[], frozenset[Channel]] = frozenset,
     ) -> None:
         self._down = down
         self._store = store
         self._policies = policies
         self._switches = switches
-        self._queue = queue
         self._clock = clock
         self._metrics = metrics
         self._limiter = limiter
+        self._spool = spool
         self._users = KeyedLock()
         self._recent = RecentProfiles()
 
+    # --- arrivals ------------------------------------------------------------------
     async def push(self, bu: str, request: PushInput) -> PushAnswer:
+        [answer] = await self.push_many(bu, [request])
+        if isinstance(answer, HeraldError):
+            raise answer
+        return answer
+
+    async def push_many(self, bu: str, requests: Sequence[PushInput]) -> list[PushAnswer | HeraldError]:
+        """Decide each request on its own; an answer or an error per request, in order."""
         policy = self._policies.current
-        now = self._clock.now()
         limit = policy.business_units[bu].rate_limit
-        if limit is not None and not self._limiter.allow(bu, limit.requests, limit.per.total_seconds()):
+        if limit is not None and not self._limiter.allow(
+            bu, limit.requests, limit.per.total_seconds(), cost=len(requests)
+        ):
             raise ResourceExhausted(
                 f"business unit '{bu}' is over its rate limit of {limit.requests} requests per "
-                f"{limit.per.total_seconds():g}s; slow down or batch with PushBatch"
+                f"{limit.per.total_seconds():g}s; slow down (or spread the batch)"
             )
-        claim = validate_push(bu, request, policy, now)
-        try:
-            return await self._push_stateful(bu, request, claim)
-        except StoreUnavailable as exc:
-            self._metrics.store_errors.labels("push").inc()
-            if policy.categories[claim.category].fail_mode != "open":
-                raise
-            return await self._fail_open(claim, exc)
-
-    async def _push_stateful(self, bu: str, request: PushInput, claim: Claim) -> PushAnswer:
-        policy = self._policies.current
-        idem = IdemKey(bu, request.request_id, request.fingerprint())
-        window = policy.defaults.idempotency_window
-        seen = await self._store.idem_begin(idem, window)
-        waited = 0.0
-        while seen.state is IdemState.PENDING and waited < PENDING_WAIT_SECONDS:
-            await asyncio.sleep(PENDING_POLL_SECONDS)
-            waited += PENDING_POLL_SECONDS
-            seen = await self._store.idem_begin(idem, window)
-        if seen.state is IdemState.SAME:
-            assert seen.answer is not None
-            return PushAnswer.decode(seen.answer)
-        if seen.state is IdemState.CONFLICT:
-            raise AlreadyExists(
-                f"request_id '{request.request_id}' was already used with a different body; "
-                "use a new request_id for a new request"
-            )
-        if seen.state is IdemState.PENDING:
-            raise Unavailable(
-                f"request_id '{request.request_id}' is still being decided by another call; retry shortly"
-            )
-        try:
-            async with self._users.hold(claim.user_id):
-                return await self._decide_new(claim, idem)
-        except BaseException:
+        now = self._clock.now()
+        results: list[PushAnswer | HeraldError | None] = [None] * len(requests)
+        items: list[_Item] = []
+        first: dict[str, tuple[int, str]] = {}
+        repeats: list[tuple[int, int]] = []
+        for index, request in enumerate(requests):
             try:
-                await self._store.idem_abort(idem)
-            except HeraldError:
-                log.warning("idempotency_abort_failed", request_id=request.request_id)
-            raise
+                claim = validate_push(bu, request, policy, now)
+            except HeraldError as exc:
+                results[index] = exc
+                continue
+            fingerprint = request.fingerprint()
+            if request.request_id in first:  # the same request id twice in one batch
+                earlier, earlier_print = first[request.request_id]
+                if earlier_print != fingerprint:
+                    results[index] = _reused(request.request_id)
+                else:
+                    repeats.append((index, earlier))
+                continue
+            first[request.request_id] = (index, fingerprint)
+            message_id = new_message_id(shard_of(claim.user_id, self._store.shards))
+            items.append(_Item(index, claim, IdemKey(bu, request.request_id, fingerprint), message_id))
+        if items:
+            async with self._users.hold_many({i.claim.user_id for i in items}):
+                await self._decide_arrivals(items, results)
+        for index, earlier in repeats:
+            results[index] = results[earlier]
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
 
-    def _context(self, profile: UserProfile | None, state: UserState, now: datetime) -> Context:
-        return Context(self._policies.current, profile, state, self._switches.current(), now, self._down())
-
-    async def _decide_new(self, claim: Claim, idem: IdemKey) -> PushAnswer:
+    async def _decide_arrivals(self, items: list[_Item], results: list[PushAnswer | HeraldError | None]) -> None:
         policy = self._policies.current
-        keep = retention(policy)
-        message_id = new_message_id()
-        dedup = (claim.bu, claim.dedup_key) if claim.dedup_key else None
-        for _ in range(MAX_TRIES):
-            now = self._clock.now()
-            profile, state = await self._store.load_user(claim.user_id, dedup, now - keep)
-            if profile is not None:
-                self._recent.put(claim.user_id, profile)
-            decision = decide_arrival(claim, message_id, self._context(profile, state, now))
-            if not decision.mutations or await self._store.apply(
-                claim.user_id, state.version, decision.mutations, now, keep
-            ):
-                break
-            self._metrics.state_conflicts.inc()
-        else:
-            raise Unavailable(
-                f"user '{claim.user_id}' changed under {MAX_TRIES} concurrent decisions in a row; retry shortly"
-            )
-        answer = PushAnswer(
-            message_id=message_id,
-            category=claim.category,
+        began = time.monotonic()
+        todo = items
+        attempt = 0
+        while todo:
+            try:
+                retry = await self._decide_round(todo, results, policy)
+            except StoreUnavailable as exc:
+                self._metrics.store_errors.labels("push").inc()
+                await self._fail_open(todo, results, exc)
+                return
+            if not retry:
+                return
+            self._metrics.state_conflicts.inc(len(retry))
+            attempt += 1
+            if time.monotonic() - began > CONTENTION_BUDGET:
+                for item in retry:
+                    results[item.index] = Unavailable(
+                        f"user '{item.claim.user_id}' is changed by other decisions faster than this one can "
+                        f"finish (for {CONTENTION_BUDGET:g}s); retry with the same request_id"
+                    )
+                return
+            if attempt > 2:
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
+            todo = retry
+
+    async def _decide_round(
+        self, todo: list[_Item], results: list[PushAnswer | HeraldError | None], policy: Policy
+    ) -> list[_Item]:
+        """Read, decide and commit ``todo``; the items whose user changed meanwhile."""
+        views = await self._store.read_users(
+            [UserRead(i.claim.user_id, i.idem) for i in todo], policy.defaults.idempotency_window
+        )
+        now = self._clock.now()
+        switches = self._switches.current()
+        down = self._down()
+        keep = keep_for(policy)
+        groups: dict[str, list[tuple[_Item, UserView]]] = defaultdict(list)
+        for item, view in zip(todo, views, strict=True):
+            if view.idem is IdemState.SAME:
+                assert view.answer is not None
+                results[item.index] = view.answer
+            elif view.idem is IdemState.CONFLICT:
+                results[item.index] = _reused(item.claim.request_id)
+            else:
+                groups[item.claim.user_id].append((item, view))
+        changes: list[Change] = []
+        decided: list[list[tuple[_Item, Decision, PushAnswer]]] = []
+        for user_id, members in groups.items():
+            view = members[0][1]
+            if view.profile is not None:
+                self._recent.put(user_id, view.profile)
+            state, changed, new, mine = view.state, False, [], []
+            due: datetime | None = None
+            for item, _ in members:
+                ctx = Context(policy, view.profile, state, switches, now, down)
+                decision = decide_arrival(item.claim, item.message_id, ctx)
+                if decision.mutations:
+                    state = apply_mutations(state, decision.mutations, now, keep)
+                    changed = True
+                    hold = _due(decision.mutations)
+                    due = hold if due is None or (hold is not None and hold < due) else due
+                answer = self._answer(item, decision, policy)
+                job = (
+                    Job(item.message_id, item.claim, decision.plan, now)
+                    if decision.outcome is Outcome.ACCEPTED
+                    else None
+                )
+                record = self._record(item.claim, item.message_id, decision, policy, now)
+                new.append(NewMessage(record, item.idem, answer, job))
+                mine.append((item, decision, answer))
+            changes.append(Change(user_id, view.state.version, state if changed else None, tuple(new), due=due))
+            decided.append(mine)
+        retry: list[_Item] = []
+        outcomes = await self._store.commit(changes, lifetimes(policy)) if changes else []
+        for outcome, mine in zip(outcomes, decided, strict=True):
+            if outcome is not Committed.OK:
+                retry += [item for item, _, _ in mine]
+                continue
+            for item, decision, answer in mine:
+                results[item.index] = answer
+                self._count(item.claim, decision)
+                self._log(item.claim, item.message_id, decision)
+        return retry
+
+    def _answer(self, item: _Item, decision: Decision, policy: Policy) -> PushAnswer:
+        return PushAnswer(
+            message_id=item.message_id,
+            category=item.claim.category,
             outcome=decision.outcome,
             reason=decision.reason,
             detail=decision.detail,
@@ -229,8 +290,12 @@ class PushPipeline:
             scheduled_at=decision.scheduled_at,
             policy_version=policy.version,
         )
+
+    def _record(
+        self, claim: Claim, message_id: str, decision: Decision, policy: Policy, now: datetime
+    ) -> MessageRecord:
         status = status_of(decision)
-        record = MessageRecord(
+        return MessageRecord(
             message_id=message_id,
             request_id=claim.request_id,
             user_id=claim.user_id,
@@ -256,155 +321,179 @@ class PushPipeline:
             trace=decision.trace,
             timeline=(TimelineEntry(now, status, detail=decision.detail),),
         )
-        try:
-            await self._store.save_decision(
-                record, idem, answer.encode(), policy.defaults.idempotency_window, policy.defaults.message_retention
-            )
-        except StoreUnavailable as exc:
-            # The decision is made and the user's state changed: deliver it all the
-            # same; only GetMessage will not find it.
-            self._metrics.store_errors.labels("save_decision").inc()
-            log.error("decision_not_recorded", message_id=message_id, request_id=claim.request_id, error=exc.message)
-        if decision.outcome is Outcome.ACCEPTED:
-            assert profile is not None
-            await self._queue.put(Job(message_id, claim, decision.plan, profile, now))
-        self._count(claim, decision)
+
+    def _log(self, claim: Claim, message_id: str, decision: Decision) -> None:
         log.info(
             "decision",
             request_id=claim.request_id,
             bu=claim.bu,
             message_id=message_id,
             scenario=claim.scenario,
-            category=str(claim.category),
-            outcome=str(decision.outcome),
-            reason=None if decision.reason is None else str(decision.reason),
-            detail=decision.detail,
+            category=claim.category.value,
+            outcome=decision.outcome.value,
+            reason=None if decision.reason is None else decision.reason.value,
         )
-        return answer
 
-    async def _fail_open(self, claim: Claim, cause: StoreUnavailable) -> PushAnswer:
-        """The store does not answer and the category's policy says fail open: decide
-        without state (no caps, dedup or idempotency) on the user's profile as this
-        process last saw it, and send."""
-        profile = self._recent.get(claim.user_id)
-        if profile is None:
-            raise StoreUnavailable(
-                f"{cause.message}; failing open needs the user's profile and this process has not seen "
-                f"user '{claim.user_id}' recently"
-            )
+    def _count(self, claim: Claim, decision: Decision) -> None:
+        self._metrics.decision(claim.bu, claim.category, decision.outcome, decision.reason)
+
+    # --- without the store -----------------------------------------------------------
+    async def _fail_open(
+        self, todo: list[_Item], results: list[PushAnswer | HeraldError | None], cause: StoreUnavailable
+    ) -> None:
+        """The store does not answer: claims whose category's policy says fail open are
+        decided without state (no caps, dedup or idempotency) on the user's profile as
+        this process last saw it, spooled to local disk (handed to the store and the
+        queue when it is back), and answered; the others get the store's error."""
         policy = self._policies.current
         now = self._clock.now()
-        message_id = new_message_id()
-        decision = decide_arrival(claim, message_id, self._context(profile, UserState(), now))
-        if decision.outcome is Outcome.SCHEDULED:
-            raise StoreUnavailable(f"{cause.message}; a held claim cannot be kept without the store")
-        detail = f"fail-open (state store unreachable; caps, dedup and idempotency not checked): {decision.detail}"
-        if decision.outcome is Outcome.ACCEPTED:
-            await self._queue.put(Job(message_id, claim, decision.plan, profile, now))
-        self._metrics.fail_open.labels(str(claim.category)).inc()
-        self._count(claim, decision)
-        log.warning(
-            "decision_fail_open",
-            request_id=claim.request_id,
-            bu=claim.bu,
-            message_id=message_id,
-            category=str(claim.category),
-            outcome=str(decision.outcome),
-            error=cause.message,
-        )
-        return PushAnswer(
-            message_id=message_id,
-            category=claim.category,
-            outcome=decision.outcome,
-            reason=decision.reason,
-            detail=detail,
-            plan=decision.plan,
-            scheduled_at=None,
-            policy_version=policy.version,
-        )
+        spooled: list[tuple[_Item, Decision, Spooled]] = []
+        for item in todo:
+            claim = item.claim
+            if policy.categories[claim.category].fail_mode != "open" or self._spool is None:
+                results[item.index] = cause
+                continue
+            profile = self._recent.get(claim.user_id)
+            if profile is None:
+                results[item.index] = StoreUnavailable(
+                    f"{cause.message}; failing open needs the user's profile and this process has not seen "
+                    f"user '{claim.user_id}' recently"
+                )
+                continue
+            ctx = Context(policy, profile, UserState(), self._switches.current(), now, self._down())
+            decision = decide_arrival(claim, item.message_id, ctx)
+            if decision.outcome is Outcome.SCHEDULED:
+                results[item.index] = StoreUnavailable(
+                    f"{cause.message}; a held claim cannot be kept without the store"
+                )
+                continue
+            detail = f"fail-open (state store unreachable; caps, dedup and idempotency not checked): {decision.detail}"
+            decision = Decision(decision.outcome, decision.reason, detail, decision.plan, None, decision.trace)
+            job = Job(item.message_id, claim, decision.plan, now) if decision.outcome is Outcome.ACCEPTED else None
+            record = self._record(claim, item.message_id, decision, policy, now)
+            spooled.append((item, decision, Spooled(record, job)))
+        if not spooled:
+            return
+        assert self._spool is not None
+        try:
+            await self._spool.append([s for _, _, s in spooled])
+        except OSError as exc:
+            log.error("spool_write_failed", error=str(exc))
+            for item, _, _ in spooled:
+                results[item.index] = StoreUnavailable(f"{cause.message}; and the local spool cannot be written")
+            return
+        for item, decision, _ in spooled:
+            results[item.index] = self._answer(item, decision, policy)
+            self._metrics.fail_open.labels(item.claim.category.value).inc()
+            self._count(item.claim, decision)
+            log.warning(
+                "decision_fail_open",
+                request_id=item.claim.request_id,
+                bu=item.claim.bu,
+                message_id=item.message_id,
+                category=item.claim.category.value,
+                outcome=decision.outcome.value,
+                error=cause.message,
+            )
 
+    # --- explaining ------------------------------------------------------------------
     async def explain(self, bu: str, request: PushInput, at: datetime | None) -> Decision:
         """What would be decided for ``request`` at ``at`` (default now) on the current
-        state; no state changes, nothing sent."""
+        state, with the user's caps, counters and rivals, and what would become of a
+        held claim when its pool is decided; no state changes, nothing sent."""
         policy = self._policies.current
         at = at or self._clock.now()
         claim = validate_push(bu, request, policy, at)
-        dedup = (claim.bu, claim.dedup_key) if claim.dedup_key else None
-        profile, state = await self._store.load_user(claim.user_id, dedup, at - retention(policy))
-        return decide_arrival(claim, "m_explain", self._context(profile, state, at))
+        [view] = await self._store.read_users([UserRead(claim.user_id)], policy.defaults.idempotency_window)
+        held = await self._held_claims(view.state)
+        ctx = Context(policy, view.profile, view.state, self._switches.current(), at, self._down())
+        return explain_arrival(claim, ctx, held)
 
-    def _count(self, claim: Claim, decision: Decision) -> None:
-        self._metrics.decisions.labels(
-            claim.bu,
-            str(claim.category),
-            str(decision.outcome),
-            "" if decision.reason is None else str(decision.reason),
-        ).inc()
+    async def _held_claims(self, state: UserState, due_by: datetime | None = None) -> list[HeldClaim]:
+        wanted = [h for h in state.held if due_by is None or h.due <= due_by]
+        records = await self._store.get_messages([h.message_id for h in wanted])
+        return [
+            HeldClaim(r.message_id, claim_of(r), r.created_at, h.pooled)
+            for h, r in zip(wanted, records, strict=True)
+            if r is not None
+        ]
 
-    async def release_user(self, user_id: str) -> datetime | None:
-        """Decide the user's held claims that are due; returns when the next one is."""
-        async with self._users.hold(user_id):
-            return await self._release_user(user_id)
+    # --- releases --------------------------------------------------------------------
+    async def release_users(self, user_ids: Sequence[str]) -> dict[str, datetime | None]:
+        """Decide the due held claims of each user (one read, one commit for all);
+        returns when each user's next held claim is due."""
+        async with self._users.hold_many(user_ids):
+            policy = self._policies.current
+            todo = list(user_ids)
+            nexts: dict[str, datetime | None] = {}
+            began = time.monotonic()
+            while todo:
+                todo = await self._release_round(todo, nexts, policy)
+                if todo:
+                    self._metrics.state_conflicts.inc(len(todo))
+                    if time.monotonic() - began > CONTENTION_BUDGET:
+                        raise Unavailable(f"{len(todo)} users changed under their releases for {CONTENTION_BUDGET:g}s")
+            return nexts
 
-    async def _release_user(self, user_id: str) -> datetime | None:
-        policy = self._policies.current
-        keep = retention(policy)
-        for _ in range(MAX_TRIES):
-            now = self._clock.now()
-            profile, state = await self._store.load_user(user_id, None, now - keep)
-            due = [h for h in state.held if h.due <= now]
-            if not due:
-                return state.next_due()
-            records = await self._store.get_messages([h.message_id for h in due])
-            gone: list[Mutation] = [Unhold(h.message_id) for h, r in zip(due, records, strict=True) if r is None]
-            held = [HeldClaim(r.message_id, claim_of(r), r.created_at) for r in records if r is not None]
-            verdicts = decide_release(held, self._context(profile, state, now))
+    async def _release_round(self, user_ids: list[str], nexts: dict[str, datetime | None], policy: Policy) -> list[str]:
+        views = await self._store.read_users([UserRead(u) for u in user_ids], policy.defaults.idempotency_window)
+        now = self._clock.now()
+        due = {v.user_id: [h for h in v.state.held if h.due <= now] for v in views}
+        wanted = [h.message_id for v in views for h in due[v.user_id]]
+        records = dict(zip(wanted, await self._store.get_messages(wanted), strict=True))
+        keep = keep_for(policy)
+        switches = self._switches.current()
+        changes: list[Change] = []
+        verdicts_of: list[list[tuple[MessageRecord, Decision]]] = []
+        for view in views:
+            if not due[view.user_id]:
+                nexts[view.user_id] = view.state.next_due()
+                continue
+            gone: list[Mutation] = [Unhold(h.message_id) for h in due[view.user_id] if records[h.message_id] is None]
+            held = [
+                HeldClaim(r.message_id, claim_of(r), r.created_at, h.pooled)
+                for h in due[view.user_id]
+                if (r := records[h.message_id]) is not None
+            ]
+            ctx = Context(policy, view.profile, view.state, switches, now, self._down())
+            verdicts = decide_release(held, ctx)
             mutations = [*gone, *(m for _, d in verdicts for m in d.mutations)]
-            if await self._store.apply(user_id, state.version, mutations, now, keep):
-                break
-            self._metrics.state_conflicts.inc()
-        else:
-            raise Unavailable(f"user '{user_id}' changed under {MAX_TRIES} concurrent releases in a row")
-        by_id = {r.message_id: r for r in records if r is not None}
-        for message_id, decision in verdicts:
-            await self._after_release(by_id[message_id], decision, profile, now)
-        touched = {m.message_id for m in mutations if isinstance(m, Hold | Unhold)}
-        remaining = [h.due for h in state.held if h.message_id not in touched]
-        remaining += [m.due for m in mutations if isinstance(m, Hold)]
-        return min(remaining, default=None)
+            state = apply_mutations(view.state, mutations, now, keep)
+            by_id = {h.message_id: r for h in due[view.user_id] if (r := records[h.message_id]) is not None}
+            updates = tuple(self._update(by_id[mid], d, now) for mid, d in verdicts)
+            changes.append(Change(view.user_id, view.state.version, state, updates=updates, due=_due(mutations)))
+            verdicts_of.append([(by_id[mid], d) for mid, d in verdicts])
+            nexts[view.user_id] = state.next_due()
+        retry = []
+        outcomes = await self._store.commit(changes, lifetimes(policy)) if changes else []
+        for change, outcome, released in zip(changes, outcomes, verdicts_of, strict=True):
+            if outcome is not Committed.OK:
+                retry.append(change.user_id)
+                continue
+            for record, decision in released:
+                if decision.outcome is not Outcome.SCHEDULED:
+                    self._count(claim_of(record), decision)
+                log.info(
+                    "released",
+                    message_id=record.message_id,
+                    bu=record.business_unit,
+                    outcome=decision.outcome.value,
+                    reason=None if decision.reason is None else decision.reason.value,
+                )
+        return retry
 
-    async def _after_release(
-        self, record: MessageRecord, decision: Decision, profile: UserProfile | None, now: datetime
-    ) -> None:
+    def _update(self, record: MessageRecord, decision: Decision, now: datetime) -> MessageUpdate:
         status = status_of(decision)
         kind = {Outcome.ACCEPTED: "released", Outcome.SCHEDULED: "carried"}.get(decision.outcome, status)
-        final = (
-            None if decision.outcome is Outcome.SCHEDULED else Final(decision.outcome, decision.reason, decision.detail)
-        )
-        await self._store.add_events(
-            record.message_id,
-            [TimelineEntry(now, kind, detail=decision.detail)],
-            status,
-            self._policies.current.defaults.message_retention,
-            final=final,
-        )
-        claim = claim_of(record)
+        current = Current(status, decision.outcome, decision.reason, decision.detail, decision.scheduled_at)
+        job = None
         if decision.outcome is Outcome.ACCEPTED:
-            assert profile is not None
-            await self._queue.put(Job(record.message_id, claim, decision.plan, profile, now))
-        if decision.outcome is not Outcome.SCHEDULED:
-            self._count(claim, decision)
-        log.info(
-            "released",
-            message_id=record.message_id,
-            bu=claim.bu,
-            outcome=str(decision.outcome),
-            reason=None if decision.reason is None else str(decision.reason),
-            detail=decision.detail,
-        )
+            job = Job(record.message_id, claim_of(record), decision.plan, now)
+        return MessageUpdate(record.message_id, (TimelineEntry(now, kind, detail=decision.detail),), current, job)
 
+    # --- reading -----------------------------------------------------------------------
     async def get_message(self, bu: str, message_id: str) -> MessageRecord:
-        record = await self._store.get_message(message_id) if message_id else None
+        [record] = await self._store.get_messages([message_id]) if message_id else [None]
         if record is None or record.business_unit != bu:
             # Another unit's message is as unknown as a missing one.
             raise NotFound(
@@ -412,3 +501,9 @@ class PushPipeline:
                 "(unknown, another unit's, or older than the retention period)"
             )
         return record
+
+
+def _reused(request_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"request_id '{request_id}' was already used with a different body; use a new request_id for a new request"
+    )

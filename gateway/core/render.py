@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.core.claims import Content
-from gateway.domain import Channel
 from gateway.policy.model import PLACEHOLDER_RE
 from gateway.policy.schema import Scenario
+from gateway.values.claims import Content
+from gateway.values.domain import Channel
 
 
 def _values(params: Mapping[str, str], content: Content | None) -> dict[str, str]:

@@ -9,11 +9,12 @@ from datetime import datetime
 from enum import StrEnum
 
 from gateway.core.killswitch import killed_channels
-from gateway.core.state import SentEntry
-from gateway.domain import Category, Channel
+from gateway.core.profile_rules import cs_window, opted_out
 from gateway.policy.model import Policy
-from gateway.profiles import UserProfile, cs_window, opted_out
-from gateway.store.records import KillSwitch
+from gateway.values.domain import Category, Channel
+from gateway.values.profiles import UserProfile
+from gateway.values.records import KillSwitch
+from gateway.values.state import SentEntry
 
 
 class Skip(StrEnum):

@@ -9,23 +9,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.clock import Clock
+from gateway.core.profile_rules import CsWindowState, cs_window, interaction_retention
 from gateway.core.validate import USER_ID_RE, check_id
-from gateway.domain import Category, Channel, InteractionKind, UserFact
 from gateway.errors import InvalidArgument, NotFound
 from gateway.policy.holder import PolicyHolder
-from gateway.profiles import (
-    PROFILE_SECTIONS,
-    CsWindowState,
-    Interaction,
-    OptOut,
-    Rfm,
-    UserProfile,
-    WeChat,
-    cs_window,
-    interaction_retention,
-)
 from gateway.store import keys
 from gateway.store.base import Store
+from gateway.values.domain import Category, Channel, InteractionKind, UserFact
+from gateway.values.profiles import PROFILE_SECTIONS, Interaction, OptOut, Rfm, UserProfile, WeChat
 
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")

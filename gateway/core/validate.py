@@ -12,10 +12,10 @@ import re
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from gateway.core.claims import DEFAULT_PRIORITY, Claim, Content, PushInput
-from gateway.domain import Category
 from gateway.errors import InvalidArgument, PermissionDenied
 from gateway.policy.model import Policy
+from gateway.values.claims import DEFAULT_PRIORITY, Claim, Content, PushInput
+from gateway.values.domain import Category
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 USER_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")

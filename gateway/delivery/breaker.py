@@ -2,15 +2,18 @@
 
 Closed: sends go through; ``threshold`` provider faults in a row open it (a fault the
 provider names as its own, such as a refused credential or an empty balance, opens it
-at once). Open: the provider is skipped and traffic takes the fallback channels. After
-``cool_down`` seconds one probe send is let through (half-open): success closes the
-breaker, another fault opens it again.
+at once). Open: nothing is sent to the provider until ``cool_down`` seconds have
+passed; then one probe send is let through (half-open): success closes the breaker,
+another fault opens it again. While a probe is out, other sends wait for its answer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+
+# How long a send waits before asking again while a probe is out.
+PROBE_WAIT = 1.0
 
 
 class BreakerState(IntEnum):
@@ -40,6 +43,14 @@ class Breaker:
             return True
         return False
 
+    def wait(self, now: float) -> float:
+        """Seconds until a send may be let through (0: now)."""
+        if self.state is BreakerState.CLOSED:
+            return 0.0
+        if self.state is BreakerState.OPEN:
+            return max(0.0, self.opened_at + self.cool_down - now)
+        return PROBE_WAIT if self.probing else 0.0
+
     def resting(self, now: float) -> bool:
         """Open and still cooling down: nothing will be let through yet."""
         return self.state is BreakerState.OPEN and now - self.opened_at < self.cool_down
@@ -54,4 +65,10 @@ class Breaker:
         if trip or self.state is BreakerState.HALF_OPEN or self.faults >= self.threshold:
             self.state = BreakerState.OPEN
             self.opened_at = now
+            self.probing = False
+
+    def release_probe(self) -> None:
+        """The probe let through never reached the provider (the delivery stopped
+        first): let another one go."""
+        if self.state is BreakerState.HALF_OPEN:
             self.probing = False

@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gateway.domain import Category, Channel
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.model import CONTENT_PLACEHOLDERS, PLACEHOLDER_RE, ContentGuard, Policy
 from gateway.policy.schema import Defaults, PolicyFile, Scenario
+from gateway.values.domain import Category, Channel
 
 _MERGED_SECTIONS = ("content_guard", "business_units", "scenarios", "categories", "channels", "providers")
 _SINGLE_SECTIONS = ("defaults", "tiers")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
+from typing import Any, TypeVar
 
-from gateway.domain import Category, Channel
 from gateway.policy.providers import Provider
 from gateway.policy.schema import (
     BusinessUnit,
@@ -18,9 +18,11 @@ from gateway.policy.schema import (
     Scenario,
     TierPolicy,
 )
+from gateway.values.domain import Category, Channel
 
 PLACEHOLDER_RE = re.compile(r"\{([a-z][a-z0-9_.]*)\}")
 CONTENT_PLACEHOLDERS = frozenset({"content.title", "content.body", "content.url"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,17 @@ class Policy:
     tiers: TierPolicy
     channels: Mapping[Channel, ChannelPolicy]
     providers: Mapping[str, Provider]
+    # What is derived from the policy (cap rules by category, unit and tier; retention
+    # per category and channel; ...), built once per loaded version on first use.
+    _derived: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def derived(self, key: Any, build: Callable[[], T]) -> T:
+        """``build()`` once per policy version and ``key``; the cached value after that."""
+        try:
+            value: T = self._derived[key]
+        except KeyError:
+            value = self._derived[key] = build()
+        return value
 
     @cached_property
     def cap_retention(self) -> timedelta:

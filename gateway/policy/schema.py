@@ -22,9 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.domain import Category, Channel, InteractionKind
 from gateway.durations import parse_duration
 from gateway.policy.providers import Provider
+from gateway.values.domain import Category, Channel, InteractionKind
 
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

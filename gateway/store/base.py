@@ -1,5 +1,15 @@
-"""The state store interface. ``memory.MemoryStore`` and ``redis.RedisStore`` implement
-it and pass one contract suite (tests/store/test_contract.py).
+"""The state store and the delivery queue, as the services that use them see them.
+
+``memory`` (one process, nothing to install, not durable) and ``redis`` (durable,
+shared by every replica; a single node or a cluster) implement both and pass one
+contract suite (tests/store/test_contract.py).
+
+The store is batch-native: ``read_users`` reads many users (profile, arbitration state,
+the idempotent answer of their request) in one round trip, and ``commit`` writes many
+users' decisions in one round trip, each user's part atomic: the new state (only if
+nobody changed it since the read), the message records, the idempotent answers and the
+delivery jobs. A single Push is a batch of one. The queue's ``finish`` settles a
+delivery (reservation, timeline, status, ack) in one atomic step.
 
 Every method may raise ``gateway.errors.StoreUnavailable`` when the store does not
 answer; no other store error escapes.
@@ -14,22 +24,19 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from gateway.core.state import Mutation, UserState
-from gateway.profiles import Interaction, OptOut, UserProfile
-from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, TimelineEntry
+from gateway.store.codec import DeadLetter, Parked
+from gateway.values.decisions import PushAnswer
+from gateway.values.domain import Category, Channel
+from gateway.values.jobs import Job
+from gateway.values.profiles import Interaction, OptOut, UserProfile
+from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, TimelineEntry
+from gateway.values.state import Commit, Release, UserState
 
 
 class IdemState(StrEnum):
-    NEW = "new"  # first time: the caller now owns the request id
+    NEW = "new"  # not decided before (or not under this user)
     SAME = "same"  # decided before with the same body: ``answer`` is the first answer
-    PENDING = "pending"  # the same body is being decided right now by another call
-    CONFLICT = "conflict"  # seen before with a different body
-
-
-@dataclass(frozen=True)
-class IdemResult:
-    state: IdemState
-    answer: bytes | None = None
+    CONFLICT = "conflict"  # the request id was used with a different body
 
 
 @dataclass(frozen=True)
@@ -39,52 +46,105 @@ class IdemKey:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class UserRead:
+    user_id: str
+    idem: IdemKey | None = None
+
+
+@dataclass(frozen=True)
+class UserView:
+    user_id: str
+    profile: UserProfile | None
+    state: UserState
+    idem: IdemState = IdemState.NEW
+    answer: PushAnswer | None = None
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message decided now: its record, its request's answer, and (accepted) its job."""
+
+    record: MessageRecord
+    idem: IdemKey | None = None
+    answer: PushAnswer | None = None
+    job: Job | None = None
+
+
+@dataclass(frozen=True)
+class MessageUpdate:
+    """A later step of an existing message (a held claim released, carried, ended)."""
+
+    message_id: str
+    events: tuple[TimelineEntry, ...]
+    current: Current | None = None
+    job: Job | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One user's part of a commit. ``state`` is written only if the user's version is
+    still ``version``; ``state`` None changes nothing of the user (and checks nothing)."""
+
+    user_id: str
+    version: int
+    state: UserState | None
+    new: tuple[NewMessage, ...] = ()
+    updates: tuple[MessageUpdate, ...] = ()
+    # The earliest hold this change adds: the user is due in the index by then.
+    due: datetime | None = None
+
+
+class Committed(StrEnum):
+    OK = "ok"
+    CONFLICT = "conflict"  # the user changed since the read: nothing was written
+    DUPLICATE = "duplicate"  # a request of the change was answered meanwhile: nothing written
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long what a commit writes lives (from the policy's defaults)."""
+
+    idempotency: timedelta
+    messages: timedelta
+
+
 class Store(Protocol):
     kind: str
+    shards: int
 
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    # --- idempotency ---------------------------------------------------------------
-    async def idem_begin(self, key: IdemKey, ttl: timedelta) -> IdemResult:
-        """Claim a request id, or tell what is known of it."""
+    # --- decisions -----------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Check (or set up, on an empty store) the store's layout; fail with what to do."""
         ...
 
-    async def idem_abort(self, key: IdemKey) -> None:
-        """Give back a claimed request id (the decision failed) so a retry can run."""
+    async def read_users(self, reads: Sequence[UserRead], idem_ttl: timedelta) -> list[UserView]:
+        """Each user's profile and state, and what is known of their request id (which
+        is remembered from now on for ``idem_ttl``, to spot its reuse)."""
+        ...
+
+    async def commit(self, changes: Sequence[Change], lifetimes: Lifetimes) -> list[Committed]:
+        """Write each change atomically (and apart from the others)."""
         ...
 
     # --- messages ------------------------------------------------------------------
-    async def save_decision(
-        self,
-        record: MessageRecord,
-        idem: IdemKey | None,
-        answer: bytes,
-        idem_ttl: timedelta,
-        retention: timedelta,
-    ) -> None:
-        """Keep a decided message (with its first timeline entries) and the answer to
-        its request id, together."""
+    async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
+        """Several messages in one round trip, in order (None where unknown)."""
         ...
 
     async def add_events(
-        self,
-        message_id: str,
-        events: Sequence[TimelineEntry],
-        status: str | None,
-        retention: timedelta,
-        final: Final | None = None,
+        self, message_id: str, events: Sequence[TimelineEntry], current: Current | None, retention: timedelta
     ) -> None:
-        """Append to a message's timeline and, when given, set its status and its
-        final outcome."""
+        """Append to a message's timeline and, when given, set where it stands now."""
         ...
 
-    async def get_message(self, message_id: str) -> MessageRecord | None: ...
-
-    # --- users ---------------------------------------------------------------------
+    # --- profiles ------------------------------------------------------------------
     async def upsert_user(self, user_id: str, patch: Mapping[str, Any], now: datetime, ttl: timedelta) -> UserProfile:
-        """Replace the named profile sections (``profiles.PROFILE_SECTIONS``)."""
+        """Replace the named profile sections (``values.profiles.PROFILE_SECTIONS``)."""
         ...
 
     async def get_user(self, user_id: str) -> UserProfile | None: ...
@@ -102,7 +162,9 @@ class Store(Protocol):
     # --- kill switches -------------------------------------------------------------
     async def put_kill_switch(self, switch: KillSwitch, audit: AuditEntry) -> None: ...
 
-    async def clear_kill_switch(self, switch_id: str, audit_of: Any) -> KillSwitch | None:
+    async def clear_kill_switch(
+        self, switch_id: str, audit_of: Callable[[KillSwitch], AuditEntry]
+    ) -> KillSwitch | None:
         """Remove a switch; ``audit_of(switch)`` builds its audit entry. None if unknown."""
         ...
 
@@ -116,40 +178,17 @@ class Store(Protocol):
         """Most recent first."""
         ...
 
-    async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
-        """Several messages in one round trip, in order (None where unknown)."""
-        ...
-
-    # --- arbitration state ---------------------------------------------------------
-    async def load_user(
-        self, user_id: str, dedup: tuple[str, str] | None, since: datetime
-    ) -> tuple[UserProfile | None, UserState]:
-        """The profile and the arbitration state (reservations at or after ``since``,
-        the pending pool, whether ``(bu, dedup_key)`` was seen), in one round trip."""
-        ...
-
-    async def apply(
-        self,
-        user_id: str,
-        expected_version: int | None,
-        mutations: Sequence[Mutation],
-        now: datetime,
-        retention: timedelta,
-    ) -> bool:
-        """Apply a decision's mutations atomically, only if the user's state is still
-        at ``expected_version`` (None: unconditionally). False when it moved on.
-        Holds also bring the user forward in the due index."""
-        ...
-
     # --- due index (users whose pending pool has something due) ---------------------
     async def take_due(self, now: datetime, limit: int, lease: timedelta) -> list[tuple[str, datetime]]:
-        """Up to ``limit`` users due at ``now``, each leased until the returned time:
-        no other caller gets the same user until the lease ends or ``finish_due``."""
+        """Up to ``limit`` users due at ``now`` (per shard), each leased until the
+        returned time: no other caller gets the same user until the lease ends or
+        ``finish_due``."""
         ...
 
-    async def finish_due(self, user_id: str, leased_until: datetime, next_due: datetime | None) -> None:
-        """End a lease: the user is due again at ``next_due`` (or leaves the index).
-        A hold added meanwhile for an earlier time is kept."""
+    async def finish_due(self, done: Sequence[tuple[str, datetime, datetime | None]]) -> None:
+        """End leases, each ``(user, leased_until, next_due)``: the user is due again at
+        ``next_due`` (or leaves the index). A hold added meanwhile for an earlier time is
+        kept."""
         ...
 
     async def due_count(self) -> int: ...
@@ -174,3 +213,90 @@ class Store(Protocol):
         """Add one send's outcome to the sliding window of ``key`` (the most recent
         ``last``); returns how many are in it and how many of those were bad."""
         ...
+
+
+# --- the delivery queue --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A job taken from the queue; it stays there until its delivery is finished."""
+
+    entry_id: str
+    job: Job
+    # How many times the queue handed this entry out (2+: a worker died holding it).
+    deliveries: int = 1
+
+
+class Then(StrEnum):
+    DONE = "done"  # delivered, failed, expired, killed: out of the queue
+    DEAD = "dead"  # no channel delivered: out of the queue, into the dead letters
+    WAIT = "wait"  # back to the queue at ``until`` (a provider down, a throttle)
+    PARK = "park"  # kept by a kill switch until cleared or ``until``
+    RESUME = "resume"  # a parked job whose switch was cleared: back to the queue now
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The end of one delivery attempt, written in one atomic step: the reservation
+    settled, the timeline and where the message stands, and the job acked (and dead-
+    lettered, put back later, parked or resumed, as ``then`` says)."""
+
+    job: Job
+    then: Then
+    lease: Lease | None = None
+    settle: Commit | Release | None = None
+    events: tuple[TimelineEntry, ...] = ()
+    current: Current | None = None
+    until: datetime | None = None
+    why: str = ""
+    # The parked entry this settlement takes out (sweeps of parked jobs).
+    parked: Parked | None = None
+
+
+class Queue(Protocol):
+    kind: str
+
+    async def take(self, lanes: Sequence[Category], count: int, block: float) -> list[Lease]:
+        """Up to ``count`` jobs of ``lanes``, waiting at most ``block`` seconds."""
+        ...
+
+    async def finish(self, settlements: Sequence[Settlement], retention: timedelta) -> None:
+        """Write each settlement atomically (one round trip for all)."""
+        ...
+
+    async def put(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs decided elsewhere (the local spool, a requeue)."""
+        ...
+
+    async def wake(self, now: datetime, limit: int) -> int:
+        """Put waiting jobs whose time has come back in their queue; how many."""
+        ...
+
+    async def parked(self, due_before: datetime | None, limit: int, offset: int = 0) -> list[Parked]:
+        """Parked jobs (all, or those whose ``until`` has come), earliest first, up to
+        ``limit`` from ``offset`` in each shard, without taking them: a settlement with
+        ``parked`` set takes one out."""
+        ...
+
+    async def depth(self) -> dict[Category, int]:
+        """Jobs waiting or being delivered, by lane."""
+        ...
+
+    async def oldest(self, now: datetime) -> dict[Category, float]:
+        """Age in seconds of the oldest job still queued, by lane."""
+        ...
+
+    async def held_counts(self) -> tuple[int, int]:
+        """Jobs parked by a kill switch, and jobs waiting for a provider."""
+        ...
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """Most recent first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def first_channel(job: Job) -> Channel | None:
+    return job.plan[0] if job.plan else None

@@ -1,291 +1,247 @@
-"""How stored values are written: one codec for both stores, so they cannot drift.
+"""How stored and queued values are written: one mechanism (msgspec) for every type,
+shared by both stores, the delivery queue and the local spool.
 
-Profiles are kept as a map of fields (one per section, one per opt-out) so that a
-partial update is a plain field write, atomic on Redis without a read.
+``CODECS`` lists every stored type with its format; tests/store/test_codec.py round-trips
+each one, so a field one side forgets is a test failure, not lost data.
+
+Formats: msgpack for what only Python reads (message records, jobs, answers); JSON for
+what a Lua script also reads or edits (the arbitration state, interactions, the
+timeline and a message's current state), and for profile fields (one field a section,
+so that a partial update is a plain field write, atomic on Redis without a read).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 
-import orjson
+import msgspec
 
-from gateway.core.state import SentEntry
-from gateway.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
-from gateway.profiles import DeviceToken, Interaction, OptOut, Rfm, UserProfile, WeChat
-from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, ScopeKind, TimelineEntry
+from gateway.values.decisions import PushAnswer
+from gateway.values.domain import Category, Channel
+from gateway.values.jobs import Job
+from gateway.values.profiles import DeviceToken, Interaction, OptOut, Rfm, UserProfile, WeChat
+from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, TimelineEntry
+from gateway.values.state import DedupMark, Held, SentEntry, UserState
+
+T = TypeVar("T")
+
+
+class Undecodable(ValueError):
+    """Stored bytes that are not a value this version understands."""
+
+
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    type: type[T]
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        module: Any = msgspec.json if self.json else msgspec.msgpack
+        object.__setattr__(self, "_encoder", module.Encoder())
+        object.__setattr__(self, "_decoder", module.Decoder(self.type))
+
+    def encode(self, value: T) -> bytes:
+        data: bytes = self._encoder.encode(value)  # type: ignore[attr-defined]
+        return data
+
+    def decode(self, raw: bytes | str) -> T:
+        try:
+            value: T = self._decoder.decode(raw)  # type: ignore[attr-defined]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise Undecodable(f"not a stored {self.type.__name__}: {exc}") from exc
+        return value
+
+
+class StoredState(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A user's arbitration state as the ``st`` field holds it (the version is the
+    ``v`` field beside it). Empty lists are left out: that is also how the Lua finish
+    script writes them back."""
+
+    r: tuple[SentEntry, ...] = ()
+    h: tuple[Held, ...] = ()
+    d: tuple[DedupMark, ...] = ()
+
+
+class StoredOptOut(msgspec.Struct, frozen=True):
+    at: datetime
+    source: str = ""
+
+
+class StoredAnswer(msgspec.Struct, frozen=True, array_like=True):
+    """An idempotency record: the request body's fingerprint and the first answer."""
+
+    fingerprint: str
+    answer: PushAnswer
+
+
+class Parked(msgspec.Struct, frozen=True, array_like=True):
+    """A job kept out of delivery: by a kill switch until ``until``, or waiting for a
+    provider (a breaker's cool-down, a throttle) until ``until``."""
+
+    job: Job
+    until: datetime
+    why: str = ""
+
+
+class Spooled(msgspec.Struct, frozen=True, array_like=True):
+    """A fail-open decision written to the local spool: its message and, when it was
+    accepted, its job, handed to the store and the queue when the store is back."""
+
+    record: MessageRecord
+    job: Job | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, array_like=True):
+    message_id: str
+    reason: str
+    at: datetime
+
+
+CODECS: dict[str, Codec[Any]] = {
+    "state": Codec(StoredState, json=True),
+    "interactions": Codec(tuple[Interaction, ...], json=True),
+    "interaction": Codec(Interaction, json=True),
+    "event": Codec(TimelineEntry, json=True),
+    "current": Codec(Current, json=True),
+    "message": Codec(MessageRecord),
+    "answer": Codec(StoredAnswer),
+    "job": Codec(Job),
+    "parked": Codec(Parked),
+    "spooled": Codec(Spooled),
+    "dead": Codec(DeadLetter),
+    "switch": Codec(KillSwitch, json=True),
+    "audit": Codec(AuditEntry, json=True),
+    "opt_out": Codec(StoredOptOut, json=True),
+    "wechat": Codec(WeChat | None, json=True),  # type: ignore[arg-type]
+    "device_tokens": Codec(tuple[DeviceToken, ...], json=True),
+    "rfm": Codec(Rfm, json=True),
+    "text": Codec(str, json=True),
+    "time": Codec(datetime, json=True),
+    "int": Codec(int, json=True),
+}
+STATE: Codec[StoredState] = CODECS["state"]
+INTERACTIONS: Codec[tuple[Interaction, ...]] = CODECS["interactions"]
+INTERACTION: Codec[Interaction] = CODECS["interaction"]
+EVENT: Codec[TimelineEntry] = CODECS["event"]
+CURRENT: Codec[Current] = CODECS["current"]
+MESSAGE: Codec[MessageRecord] = CODECS["message"]
+ANSWER: Codec[StoredAnswer] = CODECS["answer"]
+JOB: Codec[Job] = CODECS["job"]
+PARKED: Codec[Parked] = CODECS["parked"]
+SPOOLED: Codec[Spooled] = CODECS["spooled"]
+DEAD: Codec[DeadLetter] = CODECS["dead"]
+SWITCH: Codec[KillSwitch] = CODECS["switch"]
+AUDIT: Codec[AuditEntry] = CODECS["audit"]
+
+# --- profiles: one hash field a section --------------------------------------------
 
 OPT_OUT_PREFIX = "optout:"
 UPDATED_AT = "updated_at"
-
-
-def _dt(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _parse_dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
+_SECTION_CODECS: dict[str, Codec[Any]] = {
+    "wechat": CODECS["wechat"],
+    "phone": CODECS["text"],
+    "email": CODECS["text"],
+    "device_tokens": CODECS["device_tokens"],
+    "timezone": CODECS["text"],
+    "locale": CODECS["text"],
+    "rfm": CODECS["rfm"],
+}
+_STATE_FIELDS = frozenset({"v", "st"})
 
 
 def text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-# --- profiles -----------------------------------------------------------------------
-
-
-def encode_section(name: str, value: Any) -> str:
-    if name == "wechat":
-        return dumps(None if value is None else asdict(value))
-    if name == "device_tokens":
-        return dumps([{"token": t.token, "platform": str(t.platform), "provider": str(t.provider)} for t in value])
-    if name == "rfm":
-        return dumps(
-            {
-                "last_purchase_at": _dt(value.last_purchase_at),
-                "orders_in_period": value.orders_in_period,
-                "spend_in_period_minor": value.spend_in_period_minor,
-            }
-        )
-    return dumps(value)
-
-
-def encode_patch(patch: Mapping[str, Any], now: datetime) -> dict[str, str]:
-    fields = {name: encode_section(name, value) for name, value in patch.items()}
-    fields[UPDATED_AT] = dumps(_dt(now))
+def encode_patch(patch: Mapping[str, Any], now: datetime) -> dict[bytes, bytes]:
+    """Profile sections as hash fields, with the time of the write."""
+    fields = {name.encode(): _SECTION_CODECS[name].encode(value) for name, value in patch.items()}
+    fields[UPDATED_AT.encode()] = CODECS["time"].encode(now)
     return fields
-
-
-def encode_opt_out(entry: OptOut) -> tuple[str, str]:
-    return OPT_OUT_PREFIX + entry.key, dumps({"at": _dt(entry.at), "source": entry.source})
 
 
 def opt_out_field(key: str) -> str:
     return OPT_OUT_PREFIX + key
 
 
-def encode_interaction(entry: Interaction) -> str:
-    return dumps({"kind": str(entry.kind), "at": _dt(entry.at)})
+def encode_opt_out(entry: OptOut) -> tuple[bytes, bytes]:
+    return opt_out_field(entry.key).encode(), CODECS["opt_out"].encode(StoredOptOut(entry.at, entry.source))
 
 
-def decode_profile(
-    user_id: str, fields: Mapping[str, str] | Mapping[bytes, bytes], interactions: Iterable[str | bytes]
-) -> UserProfile:
+def decode_profile(user_id: str, fields: Mapping[bytes, bytes]) -> UserProfile | None:
+    """The profile in a user's hash; None when the hash holds no profile (never written,
+    or only arbitration state left behind)."""
     values: dict[str, Any] = {}
     opt_outs = []
+    interactions: tuple[Interaction, ...] = ()
     updated_at = None
     for raw_name, raw_value in fields.items():
-        name, data = text(raw_name), orjson.loads(raw_value)
+        name = raw_name.decode()
+        if name in _STATE_FIELDS:
+            continue
         if name.startswith(OPT_OUT_PREFIX):
             category, channel = name[len(OPT_OUT_PREFIX) :].split(":")
+            stored = CODECS["opt_out"].decode(raw_value)
             opt_outs.append(
                 OptOut(
                     category=None if category == "*" else Category(category),
                     channel=None if channel == "*" else Channel(channel),
-                    at=datetime.fromisoformat(data["at"]),
-                    source=data.get("source", ""),
+                    at=stored.at,
+                    source=stored.source,
                 )
             )
         elif name == UPDATED_AT:
-            updated_at = _parse_dt(data)
-        elif name == "wechat":
-            values[name] = None if data is None else WeChat(**data)
-        elif name == "device_tokens":
-            values[name] = tuple(
-                DeviceToken(d["token"], Platform(d["platform"]), PushProvider(d["provider"])) for d in data
-            )
-        elif name == "rfm":
-            values[name] = Rfm(
-                last_purchase_at=_parse_dt(data["last_purchase_at"]),
-                orders_in_period=data["orders_in_period"],
-                spend_in_period_minor=data["spend_in_period_minor"],
-            )
-        else:
-            values[name] = data
-    decoded = [orjson.loads(item) for item in interactions]
+            updated_at = CODECS["time"].decode(raw_value)
+        elif name == "ix":
+            interactions = INTERACTIONS.decode(raw_value)
+        elif name in _SECTION_CODECS:
+            values[name] = _SECTION_CODECS[name].decode(raw_value)
+    if updated_at is None:
+        return None
     return UserProfile(
         user_id=user_id,
         opt_outs=tuple(sorted(opt_outs, key=lambda o: o.key)),
-        interactions=tuple(Interaction(InteractionKind(d["kind"]), datetime.fromisoformat(d["at"])) for d in decoded),
+        interactions=interactions,
         updated_at=updated_at,
         **values,
     )
 
 
+def decode_state(version: bytes | str | None, stored: bytes | str | None) -> UserState:
+    if not stored:
+        return UserState(version=int(version or 0))
+    state = STATE.decode(stored)
+    return UserState(version=int(version or 0), sent=state.r, held=state.h, dedup=state.d)
+
+
+def encode_state(state: UserState) -> bytes:
+    return STATE.encode(StoredState(state.sent, state.held, state.dedup))
+
+
+def decode_user(user_id: str, fields: Mapping[bytes, bytes]) -> tuple[UserProfile | None, UserState]:
+    """A user's hash (field names as bytes, as Redis gives them) as the profile and the
+    arbitration state."""
+    return decode_profile(user_id, fields), decode_state(fields.get(b"v"), fields.get(b"st"))
+
+
 # --- messages -----------------------------------------------------------------------
 
 
-def encode_event(entry: TimelineEntry) -> str:
-    return dumps(
-        {
-            "at": _dt(entry.at),
-            "kind": entry.kind,
-            "channel": None if entry.channel is None else str(entry.channel),
-            "code": entry.provider_code,
-            "detail": entry.detail,
-        }
-    )
+def encode_events(events: Iterable[TimelineEntry]) -> bytes:
+    """Timeline entries as JSON lines, appended to a message's ``:ev`` value."""
+    return b"".join(EVENT.encode(e) + b"\n" for e in events)
 
 
-def decode_event(raw: str | bytes) -> TimelineEntry:
-    data = orjson.loads(raw)
-    return TimelineEntry(
-        at=datetime.fromisoformat(data["at"]),
-        kind=data["kind"],
-        channel=None if data["channel"] is None else Channel(data["channel"]),
-        provider_code=data["code"],
-        detail=data["detail"],
-    )
+def decode_events(raw: bytes | str | None) -> tuple[TimelineEntry, ...]:
+    if not raw:
+        return ()
+    data = raw if isinstance(raw, bytes) else raw.encode()
+    return tuple(EVENT.decode(line) for line in data.split(b"\n") if line)
 
 
-def encode_message(record: MessageRecord) -> str:
-    return dumps(
-        {
-            "message_id": record.message_id,
-            "request_id": record.request_id,
-            "user_id": record.user_id,
-            "business_unit": record.business_unit,
-            "scenario": record.scenario,
-            "category": str(record.category),
-            "campaign_id": record.campaign_id,
-            "outcome": str(record.outcome),
-            "reason": None if record.reason is None else str(record.reason),
-            "detail": record.detail,
-            "channel_plan": [str(c) for c in record.channel_plan],
-            "scheduled_at": _dt(record.scheduled_at),
-            "created_at": _dt(record.created_at),
-            "status": record.status,
-            "policy_version": record.policy_version,
-            "params": record.params,
-            "content": record.content,
-            "priority": record.priority,
-            "dedup_key": record.dedup_key,
-            "deadline": _dt(record.deadline),
-            "trace": list(record.trace),
-        }
-    )
-
-
-def encode_final(final: Final) -> str:
-    return dumps({"o": str(final.outcome), "r": None if final.reason is None else str(final.reason), "d": final.detail})
-
-
-def decode_message(
-    raw: str | bytes,
-    events: Iterable[str | bytes] = (),
-    status: str | None = None,
-    final: str | bytes | None = None,
-) -> MessageRecord:
-    data = orjson.loads(raw)
-    if final is not None:
-        last = orjson.loads(final)
-        data["outcome"], data["reason"], data["detail"] = last["o"], last["r"], last["d"]
-    timeline = tuple(decode_event(e) for e in events)
-    return MessageRecord(
-        message_id=data["message_id"],
-        request_id=data["request_id"],
-        user_id=data["user_id"],
-        business_unit=data["business_unit"],
-        scenario=data["scenario"],
-        category=Category(data["category"]),
-        campaign_id=data["campaign_id"],
-        outcome=Outcome(data["outcome"]),
-        reason=None if data["reason"] is None else Reason(data["reason"]),
-        detail=data["detail"],
-        channel_plan=tuple(Channel(c) for c in data["channel_plan"]),
-        scheduled_at=_parse_dt(data["scheduled_at"]),
-        created_at=datetime.fromisoformat(data["created_at"]),
-        status=status or data["status"],
-        policy_version=data["policy_version"],
-        params=data["params"],
-        content=data["content"],
-        priority=data["priority"],
-        dedup_key=data["dedup_key"],
-        deadline=_parse_dt(data["deadline"]),
-        trace=tuple(data.get("trace", ())),
-        timeline=timeline,
-    )
-
-
-# --- kill switches ------------------------------------------------------------------
-
-
-def switch_dict(switch: KillSwitch) -> dict[str, Any]:
-    return {
-        "id": switch.switch_id,
-        "scope": str(switch.scope),
-        "value": switch.value,
-        "reason": switch.reason,
-        "actor": switch.actor,
-        "created_at": _dt(switch.created_at),
-        "expires_at": _dt(switch.expires_at),
-    }
-
-
-def _switch_from(data: Mapping[str, Any]) -> KillSwitch:
-    return KillSwitch(
-        switch_id=data["id"],
-        scope=ScopeKind(data["scope"]),
-        value=data["value"],
-        reason=data["reason"],
-        actor=data["actor"],
-        created_at=datetime.fromisoformat(data["created_at"]),
-        expires_at=_parse_dt(data["expires_at"]),
-    )
-
-
-def encode_switch(switch: KillSwitch) -> str:
-    return dumps(switch_dict(switch))
-
-
-def decode_switch(raw: str | bytes) -> KillSwitch:
-    return _switch_from(orjson.loads(raw))
-
-
-def encode_audit(entry: AuditEntry) -> str:
-    return dumps(
-        {
-            "at": _dt(entry.at),
-            "action": entry.action,
-            "actor": entry.actor,
-            "note": entry.note,
-            "switch": switch_dict(entry.switch),
-        }
-    )
-
-
-def decode_audit(raw: str | bytes) -> AuditEntry:
-    data = orjson.loads(raw)
-    return AuditEntry(
-        at=datetime.fromisoformat(data["at"]),
-        action=data["action"],
-        actor=data["actor"],
-        note=data["note"],
-        switch=_switch_from(data["switch"]),
-    )
-
-
-# --- arbitration state --------------------------------------------------------------
-
-
-def encode_sent_info(category: Category, channel: Channel, bu: str, committed: bool) -> str:
-    return f"{category}|{channel}|{bu}|{int(committed)}"
-
-
-def decode_sent(message_id: str | bytes, at_seconds: float, info: str | bytes) -> SentEntry:
-    category, channel, bu, committed = text(info).split("|")
-    return SentEntry(
-        message_id=text(message_id),
-        at=datetime.fromtimestamp(at_seconds, UTC),
-        category=Category(category),
-        channel=Channel(channel),
-        bu=bu,
-        committed=committed == "1",
-    )
+def decode_message(raw: bytes, events: bytes | None, current: bytes | None) -> MessageRecord:
+    record = MESSAGE.decode(raw)
+    return record.now(None if current is None else CURRENT.decode(current), decode_events(events))

@@ -1,103 +1,105 @@
 """Every Redis key Herald writes, in one place, with its lifetime.
 
-Per-user keys share the hash tag ``{u:<user_id>}`` so that one user's state lives in one
-Redis Cluster slot and one Lua script can change it atomically. A message and its
-timeline share ``{<message_id>}`` for the same reason. User ids cannot contain braces
-(request validation refuses them), so a tag can never be broken open.
+Most keys carry their shard's hash tag ``{T}`` (``store.shards``): a user's profile and
+state, the idempotent answers of requests for that user, the user's messages, and the
+shard's delivery streams, due index and waiting jobs live in one cluster slot, so that
+one Lua script commits a decision with its answer and its delivery job, and one script
+finishes a delivery (settlement, timeline, status, ack). Keys without a tag are small or
+spread by their own names.
 
-| key                                   | type   | lifetime                                  |
-|---------------------------------------|--------|-------------------------------------------|
-| herald:{u:<user>}:profile             | hash   | profile_ttl, renewed on every write       |
-| herald:{u:<user>}:ix                  | list   | the longest CS window, renewed on write   |
-| herald:{u:<user>}:sent                | zset   | reservations by time: the longest cap     |
-|                                       |        | window (caps.retention), renewed on write |
-| herald:{u:<user>}:sentinfo            | hash   | as :sent (category, channel, unit of each)|
-| herald:{u:<user>}:held                | zset   | the user's pending pool: as :sent         |
-| herald:{u:<user>}:ver                 | string | as :sent; bumped by every state change    |
-| herald:{u:<user>}:dd:<bu>:<key>       | string | the category's dedup_window               |
-| herald:idem:<bu>:<request_id>         | string | the policy's idempotency_window           |
-| herald:msg:{<message_id>}             | string | the policy's message_retention            |
-| herald:msg:{<message_id>}:ev          | list   | the policy's message_retention            |
-| herald:msg:{<message_id>}:status      | string | the policy's message_retention            |
-| herald:msg:{<message_id>}:final       | string | the policy's message_retention            |
-| herald:ks                             | hash   | none: a switch lives until cleared; its   |
-|                                       |        | own expiry is applied when read           |
-| herald:ks:audit                       | list   | none: capped to KILL_AUDIT_KEEP entries   |
-| herald:due                            | zset   | none: a user leaves it when their pool is |
-|                                       |        | empty; scores are epoch milliseconds      |
-| herald:shared:<name>                  | string | set by the writer (a provider token: its  |
-|                                       |        | expiry; a lock: a few seconds); the names |
-|                                       |        | are the functions below ``shared``        |
-| herald:bucket:<name>                  | hash   | twice the bucket's refill time            |
-| herald:deliveries:<CHANNEL>           | stream | none: entries are deleted when acked; a   |
-|                                       |        | job waits in its plan's first channel's   |
-| herald:deliveries:dead                | stream | capped to DEAD_LETTERS_KEEP entries       |
-| herald:deliveries:parked              | zset   | none: jobs a kill switch stopped, scored  |
-|                                       |        | by the time they expire; each leaves when |
-|                                       |        | sent or expired                           |
-| herald:ks:changed                     | pubsub | a message on every kill-switch change     |
-| herald:outcomes:<campaign or scenario>| list   | 7 days after the last send (auto-stop)    |
+| key                                  | type   | lifetime                                    |
+|--------------------------------------|--------|---------------------------------------------|
+| herald:meta                          | hash   | none: the store's layout (shard count)      |
+| herald:{T}:u:<user>                  | hash   | profile_retention, renewed on profile writes; |
+|                                      |        | fields: profile sections, opt-outs, ix      |
+|                                      |        | (interactions), v and st (arbitration state)|
+| herald:{T}:idem:<bu>:<request_id>    | string | the policy's idempotency_window             |
+| herald:rid:<bu>:<request_id>         | string | idempotency_window (request id -> body      |
+|                                      |        | fingerprint, to spot reuse for another user)|
+| herald:{T}:m:<message_id>            | string | the policy's message_retention (decision)   |
+| herald:{T}:m:<message_id>:ev         | string | message_retention (later timeline entries)  |
+| herald:{T}:m:<message_id>:st         | string | message_retention (where it stands now)     |
+| herald:{T}:due                       | zset   | none: a user leaves it when their pool is   |
+|                                      |        | empty; scores are epoch milliseconds        |
+| herald:{T}:q:<lane>                  | stream | none: entries are deleted when acked; one   |
+|                                      |        | consumer group; lanes basic/reminder/marketing |
+| herald:{T}:later                     | zset   | none: jobs waiting for a provider, each     |
+|                                      |        | leaves when it goes back to its stream      |
+| herald:{T}:parked                    | zset   | none: jobs a kill switch stopped, scored by |
+|                                      |        | when they end; each leaves when sent/ended  |
+| herald:{T}:dead                      | stream | capped to DEAD_LETTERS_KEEP per shard       |
+| herald:ks                            | hash   | none: a switch lives until cleared; its own |
+|                                      |        | expiry is applied when read                 |
+| herald:ks:audit                      | list   | none: capped to KILL_AUDIT_KEEP entries     |
+| herald:ks:changed                    | pubsub | a message on every kill-switch change       |
+| herald:shared:<name>                 | string | set by the writer (a provider token: its    |
+|                                      |        | expiry; a lock: a few seconds); the names   |
+|                                      |        | are the functions below ``shared``          |
+| herald:bucket:<name>                 | hash   | twice the bucket's refill time              |
+| herald:outcomes:<campaign or scenario>| list  | 7 days after the last send (auto-stop)      |
 """
 
 from __future__ import annotations
 
+from gateway.values.domain import Category
+
 PREFIX = "herald"
+META = f"{PREFIX}:meta"
 KILL_SWITCHES = f"{PREFIX}:ks"
 KILL_AUDIT = f"{PREFIX}:ks:audit"
 KILL_AUDIT_KEEP = 10_000
-DUE = f"{PREFIX}:due"
+KILL_CHANGED = f"{PREFIX}:ks:changed"
+DELIVERY_GROUP = "workers"
+DEAD_LETTERS_KEEP = 100_000
+
+# Fields of a user's hash besides the profile sections.
+VERSION_FIELD = "v"
+STATE_FIELD = "st"
+INTERACTIONS_FIELD = "ix"
 
 
-def user_tag(user_id: str) -> str:
-    return f"{{u:{user_id}}}"
+def user(tag: str, user_id: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:u:{user_id}"
 
 
-def user_profile(user_id: str) -> str:
-    return f"{PREFIX}:{user_tag(user_id)}:profile"
+def idempotency(tag: str, bu: str, request_id: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:idem:{bu}:{request_id}"
 
 
-def user_interactions(user_id: str) -> str:
-    return f"{PREFIX}:{user_tag(user_id)}:ix"
+def request_index(bu: str, request_id: str) -> str:
+    return f"{PREFIX}:rid:{bu}:{request_id}"
 
 
-def idempotency(bu: str, request_id: str) -> str:
-    return f"{PREFIX}:idem:{bu}:{request_id}"
+def message(tag: str, message_id: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:m:{message_id}"
 
 
-def message(message_id: str) -> str:
-    return f"{PREFIX}:msg:{{{message_id}}}"
+def message_events(tag: str, message_id: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:m:{message_id}:ev"
 
 
-def message_events(message_id: str) -> str:
-    return f"{PREFIX}:msg:{{{message_id}}}:ev"
+def message_current(tag: str, message_id: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:m:{message_id}:st"
 
 
-def message_status(message_id: str) -> str:
-    return f"{PREFIX}:msg:{{{message_id}}}:status"
+def due(tag: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:due"
 
 
-def user_sent(user_id: str) -> str:
-    return f"{PREFIX}:{user_tag(user_id)}:sent"
+def stream(tag: str, lane: Category) -> str:
+    return f"{PREFIX}:{{{tag}}}:q:{lane}"
 
 
-def user_sent_info(user_id: str) -> str:
-    return f"{PREFIX}:{user_tag(user_id)}:sentinfo"
+def later(tag: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:later"
 
 
-def user_held(user_id: str) -> str:
-    return f"{PREFIX}:{user_tag(user_id)}:held"
+def parked(tag: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:parked"
 
 
-def user_version(user_id: str) -> str:
-    return f"{PREFIX}:{user_tag(user_id)}:ver"
-
-
-def user_dedup(user_id: str, bu: str, key: str) -> str:
-    return f"{PREFIX}:{user_tag(user_id)}:dd:{bu}:{key}"
-
-
-def message_final(message_id: str) -> str:
-    return f"{PREFIX}:msg:{{{message_id}}}:final"
+def dead(tag: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:dead"
 
 
 def outcomes(key: str) -> str:
@@ -110,17 +112,6 @@ def shared(name: str) -> str:
 
 def bucket(name: str) -> str:
     return f"{PREFIX}:bucket:{name}"
-
-
-def deliveries(channel: str) -> str:
-    return f"{PREFIX}:deliveries:{channel}"
-
-
-DELIVERY_GROUP = "workers"
-DEAD_LETTERS = f"{PREFIX}:deliveries:dead"
-DEAD_LETTERS_KEEP = 100_000
-PARKED = f"{PREFIX}:deliveries:parked"
-KILL_CHANGED = f"{PREFIX}:ks:changed"
 
 
 # --- names of shared values (stored under herald:shared:<name>) ---------------------

@@ -1,24 +1,40 @@
-"""In-memory store: the embedded default. One process, nothing to install, not durable.
+"""In-memory store and queue: the embedded default. One process, nothing to install,
+not durable.
 
-It keeps the same encoded values as the Redis store (``codec``), so that both behave
-alike down to what survives a round trip.
+They keep the same encoded values as the Redis ones (``codec``), so that both behave
+alike down to what survives a round trip, and they pass the same contract suite.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from gateway.clock import Clock, SystemClock
-from gateway.core.state import Commit, Held, Hold, MarkDedup, Mutation, Release, Reserve, SentEntry, Unhold, UserState
-from gateway.profiles import Interaction, OptOut, UserProfile
 from gateway.store import codec
-from gateway.store.base import IdemKey, IdemResult, IdemState
-from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, TimelineEntry
+from gateway.store.base import (
+    Change,
+    Committed,
+    IdemState,
+    Lease,
+    Lifetimes,
+    Settlement,
+    Then,
+    UserRead,
+    UserView,
+)
+from gateway.store.codec import DeadLetter, Parked
+from gateway.store.keys import KILL_AUDIT_KEEP
+from gateway.values.domain import Category
+from gateway.values.jobs import LANES, Job
+from gateway.values.profiles import Interaction, OptOut, UserProfile
+from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, TimelineEntry
+from gateway.values.state import settle
 
 V = TypeVar("V")
 _SWEEP_EVERY = 10_000
@@ -29,13 +45,13 @@ class _Expiring(Generic[V]):
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._items: dict[str, tuple[V, float]] = {}
+        self._items: dict[Any, tuple[V, float]] = {}
         self._writes = 0
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
 
-    def get(self, key: str) -> V | None:
+    def get(self, key: Any) -> V | None:
         item = self._items.get(key)
         if item is None:
             return None
@@ -44,46 +60,50 @@ class _Expiring(Generic[V]):
             return None
         return item[0]
 
-    def set(self, key: str, value: V, ttl: timedelta) -> None:
-        self._items[key] = (value, self._now() + ttl.total_seconds())
+    def set(self, key: Any, value: V, ttl: timedelta | None) -> None:
+        """``ttl`` None keeps the entry's current lifetime (a new entry: forever)."""
+        if ttl is None:
+            old = self._items.get(key)
+            expires = old[1] if old is not None else float("inf")
+        else:
+            expires = self._now() + ttl.total_seconds()
+        self._items[key] = (value, expires)
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
             now = self._now()
             for stale in [k for k, (_, exp) in self._items.items() if exp <= now]:
                 del self._items[stale]
 
-    def touch(self, key: str, ttl: timedelta) -> None:
-        item = self.get(key)
-        if item is not None:
-            self._items[key] = (item, self._now() + ttl.total_seconds())
-
-    def delete(self, key: str) -> None:
+    def delete(self, key: Any) -> None:
         self._items.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._items)
 
 
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
 class MemoryStore:
     kind = "memory"
+    shards = 1
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
-        self._idem: _Expiring[tuple[str, bytes | None]] = _Expiring(self._clock)
-        self._messages: _Expiring[tuple[str, list[str], str, str | None]] = _Expiring(self._clock)
-        self._profiles: _Expiring[dict[str, str]] = _Expiring(self._clock)
-        self._interactions: _Expiring[list[str]] = _Expiring(self._clock)
-        self._switches: dict[str, str] = {}
-        self._audit: list[str] = []
+        self._users: _Expiring[dict[bytes, bytes]] = _Expiring(self._clock)
+        self._idem: _Expiring[bytes] = _Expiring(self._clock)
+        self._rid: _Expiring[str] = _Expiring(self._clock)
+        self._messages: _Expiring[tuple[bytes, bytes, bytes | None]] = _Expiring(self._clock)
+        self._switches: dict[str, bytes] = {}
+        self._audit: list[bytes] = []
         self._due: list[tuple[int, str]] = []
         self._due_members: dict[str, int] = {}
-        self._sent: dict[str, dict[str, SentEntry]] = {}
-        self._held: dict[str, dict[str, datetime]] = {}
         self._shared: _Expiring[str] = _Expiring(self._clock)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._outcomes: dict[str, list[bool]] = {}
-        self._versions: dict[str, int] = {}
-        self._dedup: _Expiring[bool] = _Expiring(self._clock)
+        self._orphans: list[Job] = []
+        self._put: Callable[[Job], None] = self._orphans.append
 
     async def ping(self) -> None:
         return None
@@ -91,74 +111,98 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
-    # --- idempotency ---------------------------------------------------------------
-    async def idem_begin(self, key: IdemKey, ttl: timedelta) -> IdemResult:
-        name = f"{key.bu}\0{key.request_id}"
-        seen = self._idem.get(name)
-        if seen is None:
-            self._idem.set(name, (key.fingerprint, None), ttl)
-            return IdemResult(IdemState.NEW)
-        fingerprint, answer = seen
-        if fingerprint != key.fingerprint:
-            return IdemResult(IdemState.CONFLICT)
-        if answer is None:
-            return IdemResult(IdemState.PENDING)
-        return IdemResult(IdemState.SAME, answer)
+    async def prepare(self) -> None:
+        return None
 
-    async def idem_abort(self, key: IdemKey) -> None:
-        name = f"{key.bu}\0{key.request_id}"
-        seen = self._idem.get(name)
-        if seen is not None and seen == (key.fingerprint, None):
-            self._idem.delete(name)
+    # --- decisions -----------------------------------------------------------------
+    async def read_users(self, reads: Sequence[UserRead], idem_ttl: timedelta) -> list[UserView]:
+        out = []
+        for read in reads:
+            profile, state = codec.decode_user(read.user_id, self._users.get(read.user_id) or {})
+            idem, answer = IdemState.NEW, None
+            if read.idem is not None:
+                key = (read.idem.bu, read.idem.request_id)
+                seen = self._rid.get(key)
+                stored = self._idem.get((read.user_id, *key))
+                if stored is not None and codec.ANSWER.decode(stored).fingerprint == read.idem.fingerprint:
+                    idem, answer = IdemState.SAME, codec.ANSWER.decode(stored).answer
+                elif (seen is not None and seen != read.idem.fingerprint) or stored is not None:
+                    idem = IdemState.CONFLICT
+                if seen is None:
+                    self._rid.set(key, read.idem.fingerprint, idem_ttl)
+            out.append(UserView(read.user_id, profile, state, idem, answer))
+        return out
+
+    async def commit(self, changes: Sequence[Change], lifetimes: Lifetimes) -> list[Committed]:
+        return [self._commit(change, lifetimes) for change in changes]
+
+    def _commit(self, change: Change, lifetimes: Lifetimes) -> Committed:
+        fields = self._users.get(change.user_id)
+        if change.state is not None:
+            version = int((fields or {}).get(b"v", b"0"))
+            if fields is None or b"updated_at" not in fields or version != change.version:
+                return Committed.CONFLICT
+        for new in change.new:
+            if new.idem is not None and self._idem.get((change.user_id, new.idem.bu, new.idem.request_id)):
+                return Committed.DUPLICATE
+        if change.state is not None and fields is not None:
+            updated = {**fields, b"v": str(change.version + 1).encode(), b"st": codec.encode_state(change.state)}
+            self._users.set(change.user_id, updated, None)
+        for new in change.new:
+            record = new.record
+            self._messages.set(record.message_id, (codec.MESSAGE.encode(record), b"", None), lifetimes.messages)
+            if new.idem is not None and new.answer is not None:
+                stored = codec.ANSWER.encode(codec.StoredAnswer(new.idem.fingerprint, new.answer))
+                self._idem.set((change.user_id, new.idem.bu, new.idem.request_id), stored, lifetimes.idempotency)
+            if new.job is not None:
+                self._put(new.job)
+        for update in change.updates:
+            self._add_events(update.message_id, update.events, update.current, lifetimes.messages)
+            if update.job is not None:
+                self._put(update.job)
+        if change.due is not None:
+            self._due_earlier(change.user_id, _ms(change.due))
+        return Committed.OK
+
+    def attach(self, put: Callable[[Job], None]) -> None:
+        """The queue a commit hands its jobs to, in the same step (as the Redis commit
+        script adds them to the stream); jobs committed before it was attached go first."""
+        early, self._orphans = self._orphans, []
+        self._put = put
+        for job in early:
+            put(job)
 
     # --- messages ------------------------------------------------------------------
-    async def save_decision(
-        self,
-        record: MessageRecord,
-        idem: IdemKey | None,
-        answer: bytes,
-        idem_ttl: timedelta,
-        retention: timedelta,
-    ) -> None:
-        events = [codec.encode_event(e) for e in record.timeline]
-        self._messages.set(record.message_id, (codec.encode_message(record), events, record.status, None), retention)
-        if idem is not None:
-            self._idem.set(f"{idem.bu}\0{idem.request_id}", (idem.fingerprint, answer), idem_ttl)
-
-    async def add_events(
-        self,
-        message_id: str,
-        events: Sequence[TimelineEntry],
-        status: str | None,
-        retention: timedelta,
-        final: Final | None = None,
+    def _add_events(
+        self, message_id: str, events: Sequence[TimelineEntry], current: Current | None, retention: timedelta
     ) -> None:
         stored = self._messages.get(message_id)
         if stored is None:
             return
-        raw, old_events, old_status, old_final = stored
-        new_events = old_events + [codec.encode_event(e) for e in events]
-        new_final = codec.encode_final(final) if final is not None else old_final
-        self._messages.set(message_id, (raw, new_events, status or old_status, new_final), retention)
+        raw, old_events, old_current = stored
+        new_current = codec.CURRENT.encode(current) if current is not None else old_current
+        self._messages.set(message_id, (raw, old_events + codec.encode_events(events), new_current), retention)
 
-    async def get_message(self, message_id: str) -> MessageRecord | None:
-        stored = self._messages.get(message_id)
-        if stored is None:
-            return None
-        raw, events, status, final = stored
-        return codec.decode_message(raw, events, status, final)
+    async def add_events(
+        self, message_id: str, events: Sequence[TimelineEntry], current: Current | None, retention: timedelta
+    ) -> None:
+        self._add_events(message_id, events, current, retention)
 
-    # --- users ---------------------------------------------------------------------
+    async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
+        out: list[MessageRecord | None] = []
+        for message_id in message_ids:
+            stored = self._messages.get(message_id)
+            out.append(None if stored is None else codec.decode_message(*stored))
+        return out
+
+    # --- profiles ------------------------------------------------------------------
     def _profile(self, user_id: str) -> UserProfile | None:
-        fields = self._profiles.get(user_id)
-        if fields is None:
-            return None
-        return codec.decode_profile(user_id, fields, self._interactions.get(user_id) or [])
+        return codec.decode_profile(user_id, self._users.get(user_id) or {})
 
     async def upsert_user(self, user_id: str, patch: Mapping[str, Any], now: datetime, ttl: timedelta) -> UserProfile:
-        fields = dict(self._profiles.get(user_id) or {})
+        fields = dict(self._users.get(user_id) or {})
         fields.update(codec.encode_patch(patch, now))
-        self._profiles.set(user_id, fields, ttl)
+        self._users.set(user_id, fields, ttl)
         profile = self._profile(user_id)
         assert profile is not None
         return profile
@@ -167,36 +211,36 @@ class MemoryStore:
         return self._profile(user_id)
 
     async def set_opt_out(self, user_id: str, entry: OptOut, opted_out: bool, ttl: timedelta) -> UserProfile | None:
-        fields = self._profiles.get(user_id)
-        if fields is None:
+        fields = self._users.get(user_id)
+        if fields is None or b"updated_at" not in fields:
             return None
         fields = dict(fields)
         if opted_out:
             name, value = codec.encode_opt_out(entry)
             fields[name] = value
         else:
-            fields.pop(codec.opt_out_field(entry.key), None)
-        self._profiles.set(user_id, fields, ttl)
+            fields.pop(codec.opt_out_field(entry.key).encode(), None)
+        self._users.set(user_id, fields, ttl)
         return self._profile(user_id)
 
     async def record_interaction(
         self, user_id: str, interaction: Interaction, keep: int, retention: timedelta
     ) -> UserProfile | None:
-        if self._profiles.get(user_id) is None:
+        fields = self._users.get(user_id)
+        if fields is None or b"updated_at" not in fields:
             return None
-        kept = [codec.encode_interaction(interaction), *(self._interactions.get(user_id) or [])][:keep]
-        self._interactions.set(user_id, kept, retention)
+        old = codec.INTERACTIONS.decode(fields[b"ix"]) if b"ix" in fields else ()
+        kept = (interaction, *old)[:keep]
+        self._users.set(user_id, {**fields, b"ix": codec.INTERACTIONS.encode(kept)}, None)
         return self._profile(user_id)
 
     # --- kill switches -------------------------------------------------------------
     async def put_kill_switch(self, switch: KillSwitch, audit: AuditEntry) -> None:
-        self._switches[switch.switch_id] = codec.encode_switch(switch)
+        self._switches[switch.switch_id] = codec.SWITCH.encode(switch)
         self._push_audit(audit)
 
     def _push_audit(self, audit: AuditEntry) -> None:
-        from gateway.store.keys import KILL_AUDIT_KEEP
-
-        self._audit.insert(0, codec.encode_audit(audit))
+        self._audit.insert(0, codec.AUDIT.encode(audit))
         del self._audit[KILL_AUDIT_KEEP:]
 
     async def clear_kill_switch(
@@ -205,7 +249,7 @@ class MemoryStore:
         raw = self._switches.pop(switch_id, None)
         if raw is None:
             return None
-        switch = codec.decode_switch(raw)
+        switch = codec.SWITCH.decode(raw)
         self._push_audit(audit_of(switch))
         return switch
 
@@ -214,57 +258,10 @@ class MemoryStore:
         await stopping.wait()
 
     async def kill_switches(self) -> list[KillSwitch]:
-        return [codec.decode_switch(raw) for raw in self._switches.values()]
+        return [codec.SWITCH.decode(raw) for raw in self._switches.values()]
 
     async def kill_audit(self, limit: int) -> list[AuditEntry]:
-        return [codec.decode_audit(raw) for raw in self._audit[:limit]]
-
-    async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
-        return [await self.get_message(m) for m in message_ids]
-
-    # --- arbitration state ---------------------------------------------------------
-    async def load_user(
-        self, user_id: str, dedup: tuple[str, str] | None, since: datetime
-    ) -> tuple[UserProfile | None, UserState]:
-        sent = tuple(sorted((e for e in self._sent.get(user_id, {}).values() if e.at >= since), key=lambda e: e.at))
-        held = tuple(Held(m, due) for m, due in sorted(self._held.get(user_id, {}).items(), key=lambda i: i[1]))
-        seen = dedup is not None and self._dedup.get(f"{user_id}\0{dedup[0]}\0{dedup[1]}") is not None
-        state = UserState(self._versions.get(user_id, 0), sent, held, seen)
-        return self._profile(user_id), state
-
-    async def apply(
-        self,
-        user_id: str,
-        expected_version: int | None,
-        mutations: Sequence[Mutation],
-        now: datetime,
-        retention: timedelta,
-    ) -> bool:
-        version = self._versions.get(user_id, 0)
-        if expected_version is not None and expected_version != version:
-            return False
-        sent = self._sent.setdefault(user_id, {})
-        held = self._held.setdefault(user_id, {})
-        for change in mutations:
-            if isinstance(change, Reserve):
-                sent[change.entry.message_id] = change.entry
-            elif isinstance(change, Release):
-                sent.pop(change.message_id, None)
-            elif isinstance(change, Commit):
-                if change.message_id in sent:
-                    sent[change.message_id] = replace(sent[change.message_id], channel=change.channel, committed=True)
-            elif isinstance(change, MarkDedup):
-                self._dedup.set(f"{user_id}\0{change.bu}\0{change.key}", True, change.ttl)
-            elif isinstance(change, Hold):
-                held[change.message_id] = change.due
-                self._due_earlier(user_id, _ms(change.due))
-            elif isinstance(change, Unhold):
-                held.pop(change.message_id, None)
-        cutoff = now - retention
-        for message_id in [m for m, e in sent.items() if e.at < cutoff]:
-            del sent[message_id]
-        self._versions[user_id] = version + 1
-        return True
+        return [codec.AUDIT.decode(raw) for raw in self._audit[:limit]]
 
     # --- due index -----------------------------------------------------------------
     def _due_earlier(self, user_id: str, score: int) -> None:
@@ -287,18 +284,25 @@ class MemoryStore:
             taken.append((user_id, leased_until))
         return taken
 
-    async def finish_due(self, user_id: str, leased_until: datetime, next_due: datetime | None) -> None:
-        current = self._due_members.get(user_id)
-        if current == _ms(leased_until):
-            if next_due is None:
-                del self._due_members[user_id]
-            else:
-                self._due_set(user_id, _ms(next_due))
-        elif next_due is not None:
-            self._due_earlier(user_id, _ms(next_due))
+    async def finish_due(self, done: Sequence[tuple[str, datetime, datetime | None]]) -> None:
+        for user_id, leased_until, next_due in done:
+            current = self._due_members.get(user_id)
+            if current == _ms(leased_until):
+                if next_due is None:
+                    del self._due_members[user_id]
+                else:
+                    self._due_set(user_id, _ms(next_due))
+            elif next_due is not None:
+                self._due_earlier(user_id, _ms(next_due))
 
     async def due_count(self) -> int:
         return len(self._due_members)
+
+    def next_due(self) -> datetime | None:
+        """The earliest due time in the index (simulation steps its clock by it)."""
+        if not self._due_members:
+            return None
+        return datetime.fromtimestamp(min(self._due_members.values()) / 1000, UTC)
 
     # --- shared small state ----------------------------------------------------------
     async def shared_get(self, name: str) -> str | None:
@@ -333,12 +337,123 @@ class MemoryStore:
         del window[last:]
         return len(window), sum(window)
 
-    def next_due(self) -> datetime | None:
-        """The earliest due time in the index (simulation steps its clock by it)."""
-        if not self._due_members:
-            return None
-        return datetime.fromtimestamp(min(self._due_members.values()) / 1000, UTC)
+    # --- what the queue changes in place ---------------------------------------------
+    def settle(self, user_id: str, change: Any) -> None:
+        fields = self._users.get(user_id)
+        if fields is None or b"st" not in fields:
+            return
+        _, state = codec.decode_user(user_id, fields)
+        if not any(e.message_id == change.message_id for e in state.sent):
+            return
+        version = int(fields.get(b"v", b"0"))
+        updated = {**fields, b"v": str(version + 1).encode(), b"st": codec.encode_state(settle(state, [change]))}
+        self._users.set(user_id, updated, None)
 
 
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
+class MemoryQueue:
+    """Per-lane in-process queues over the memory store (which it settles in place)."""
+
+    kind = "memory"
+
+    def __init__(self, store: MemoryStore, dead_keep: int = 10_000) -> None:
+        self._store = store
+        self._clock = store._clock
+        self._lanes: dict[Category, deque[tuple[str, bytes]]] = {lane: deque() for lane in LANES}
+        self._ready = asyncio.Event()
+        self._open: dict[str, tuple[Category, bytes]] = {}
+        self._seq = itertools.count(1)
+        self._dead: deque[DeadLetter] = deque(maxlen=dead_keep)
+        self._waiting: list[tuple[float, int, bytes]] = []
+        self._parked: dict[str, tuple[float, bytes]] = {}
+        store.attach(self._put_one)
+
+    def _put_one(self, job: Job) -> None:
+        self._lanes[job.lane].append((str(next(self._seq)), codec.JOB.encode(job)))
+        self._ready.set()
+
+    async def put(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            self._put_one(job)
+
+    async def take(self, lanes: Sequence[Category], count: int, block: float) -> list[Lease]:
+        leases = self._take_now(lanes, count)
+        if not leases and block > 0:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), block)
+            except TimeoutError:
+                return []
+            leases = self._take_now(lanes, count)
+        return leases
+
+    def _take_now(self, lanes: Sequence[Category], count: int) -> list[Lease]:
+        leases: list[Lease] = []
+        for lane in lanes:
+            queue = self._lanes[lane]
+            while queue and len(leases) < count:
+                entry_id, raw = queue.popleft()
+                self._open[entry_id] = (lane, raw)
+                leases.append(Lease(entry_id, codec.JOB.decode(raw)))
+        return leases
+
+    async def finish(self, settlements: Sequence[Settlement], retention: timedelta) -> None:
+        for done in settlements:
+            job = done.job
+            if done.parked is not None and self._parked.pop(job.message_id, None) is None:
+                continue  # another sweep took it
+            if done.settle is not None:
+                self._store.settle(job.claim.user_id, done.settle)
+            self._store._add_events(job.message_id, done.events, done.current, retention)
+            if done.lease is not None:
+                self._open.pop(done.lease.entry_id, None)
+            if done.then is Then.DEAD:
+                self._dead.append(DeadLetter(job.message_id, done.why, self._clock.now()))
+            elif done.then is Then.WAIT:
+                assert done.until is not None
+                heapq.heappush(self._waiting, (done.until.timestamp(), next(self._seq), codec.JOB.encode(job)))
+            elif done.then is Then.PARK:
+                assert done.until is not None
+                self._parked[job.message_id] = (
+                    done.until.timestamp(),
+                    codec.PARKED.encode(Parked(job, done.until, done.why)),
+                )
+            elif done.then is Then.RESUME:
+                self._put_one(job)
+
+    async def wake(self, now: datetime, limit: int) -> int:
+        woken = 0
+        while self._waiting and self._waiting[0][0] <= now.timestamp() and woken < limit:
+            _, _, raw = heapq.heappop(self._waiting)
+            self._put_one(codec.JOB.decode(raw))
+            woken += 1
+        return woken
+
+    async def parked(self, due_before: datetime | None, limit: int, offset: int = 0) -> list[Parked]:
+        items = sorted(self._parked.values())
+        if due_before is not None:
+            items = [i for i in items if i[0] <= due_before.timestamp()]
+        return [codec.PARKED.decode(raw) for _, raw in items[offset : offset + limit]]
+
+    async def depth(self) -> dict[Category, int]:
+        counts = {lane: len(queue) for lane, queue in self._lanes.items()}
+        for lane, _ in self._open.values():
+            counts[lane] += 1
+        return counts
+
+    async def oldest(self, now: datetime) -> dict[Category, float]:
+        ages = dict.fromkeys(LANES, 0.0)
+        for lane, queue in self._lanes.items():
+            if queue:
+                job = codec.JOB.decode(queue[0][1])
+                if job.queued_at is not None:
+                    ages[lane] = max(0.0, (now - job.queued_at).total_seconds())
+        return ages
+
+    async def held_counts(self) -> tuple[int, int]:
+        return len(self._parked), len(self._waiting)
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        return list(reversed(self._dead))[:limit]
+
+    async def close(self) -> None:
+        return None

@@ -13,7 +13,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.clock import FixedClock
 from gateway.metrics import fresh_metrics
-from gateway.store.records import ScopeKind
+from gateway.values.records import ScopeKind
 from herald.v1 import profile_pb2, push_pb2, types_pb2
 from tests.e2e.conftest import OPENID, Api, auth, open_api, settings_for
 from tests.e2e.test_push import shipped, ts, wait_status

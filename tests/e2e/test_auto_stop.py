@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from gateway.clock import FixedClock
-from gateway.store.records import ScopeKind
+from gateway.values.records import ScopeKind
 from herald.v1 import profile_pb2, push_pb2, types_pb2
 from tests.e2e.channels_setup import CALLBACK_TOKEN, Fakes, gateway_on_fakes, policies_for, settled
 from tests.e2e.conftest import auth
@@ -101,11 +101,11 @@ async def test_rising_user_blocks_trip_auto_stop_at_the_threshold(tmp_path: Path
 
 async def test_a_campaign_is_stopped_by_its_own_figures_only(tmp_path: Path) -> None:
     from gateway.autostop import AutoStop
-    from gateway.domain import Category
     from gateway.killswitches import KillSwitches
     from gateway.metrics import fresh_metrics
     from gateway.policy.holder import PolicyHolder
     from gateway.store.memory import MemoryStore
+    from gateway.values.domain import Category
     from tests.conftest import POLICIES
 
     clock = FixedClock(local(10))

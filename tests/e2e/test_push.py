@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.store.records import ScopeKind
+from gateway.values.records import ScopeKind
 from herald.v1 import profile_pb2, push_pb2, types_pb2
 from tests.e2e.conftest import KEYS, OPENID, Api, auth
 

@@ -40,15 +40,25 @@ class FakeServer:
         response: web.StreamResponse = await handler(request)
         return response
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
-        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        self.port = int(sockets[0].getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
         return self.url
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+
+    async def refuse(self) -> None:
+        """Stop listening: connections are refused (a provider that is down hard)."""
+        await self.stop()
+
+    async def resume(self) -> None:
+        """Listen again on the same port."""
+        await self.start(self.port)

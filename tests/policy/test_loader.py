@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.domain import Category, Channel
 from gateway.errors import PolicyError
 from gateway.policy.loader import load_policy
+from gateway.values.domain import Category, Channel
 from tests.conftest import POLICIES
 
 

@@ -5,19 +5,38 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 import redis
 
 from gateway.clock import FixedClock
-from gateway.core.state import Commit, Held, Hold, MarkDedup, Release, Reserve, SentEntry, UserState
-from gateway.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
-from gateway.profiles import DeviceToken, Interaction, OptOut, Rfm, WeChat
-from gateway.store.base import IdemKey, IdemState, Store
-from gateway.store.records import AuditEntry, Final, KillSwitch, MessageRecord, ScopeKind, TimelineEntry
+from gateway.core.caps import keep_for
+from gateway.ids import new_message_id
+from gateway.policy.loader import load_policy
+from gateway.store.base import (
+    Change,
+    Committed,
+    IdemKey,
+    IdemState,
+    Lifetimes,
+    MessageUpdate,
+    NewMessage,
+    Store,
+    UserRead,
+)
+from gateway.store.shards import shard_of
+from gateway.values.decisions import PushAnswer
+from gateway.values.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
+from gateway.values.profiles import DeviceToken, Interaction, OptOut, Rfm, WeChat
+from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, ScopeKind, TimelineEntry
+from gateway.values.state import Held, Hold, MarkDedup, Reserve, SentEntry, UserState, apply_mutations
+from tests.conftest import POLICIES
 
 DAY = timedelta(days=1)
-FP_A = "a" * 64
-FP_B = "b" * 64
+LIFE = Lifetimes(DAY, DAY)
+FP_A = "a" * 32
+FP_B = "b" * 32
+KEEP = keep_for(load_policy(POLICIES))
 
 
 def record(message_id: str, clock: FixedClock, **changes: object) -> MessageRecord:
@@ -40,76 +59,178 @@ def record(message_id: str, clock: FixedClock, **changes: object) -> MessageReco
         params={"order_id": "O1"},
         timeline=(TimelineEntry(clock.now(), "decided", detail="accepted"),),
     )
-    from dataclasses import replace
-
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(base, **changes)
 
 
-async def test_idempotency_new_pending_same_conflict(store: Store) -> None:
+def answer_of(rec: MessageRecord) -> PushAnswer:
+    return PushAnswer(
+        rec.message_id, rec.category, rec.outcome, rec.reason, rec.detail, rec.channel_plan, None, rec.policy_version
+    )
+
+
+async def decide(store: Store, user: str, rec: MessageRecord, idem: IdemKey | None = None) -> Committed:
+    """Commit one suppressed-or-accepted decision that changes no state."""
+    [result] = await store.commit([Change(user, 0, None, (NewMessage(rec, idem, answer_of(rec)),))], LIFE)
+    return result
+
+
+def mid_for(store: Store, user: str = "u-1") -> str:
+    """A message id of the user's shard, as the pipeline makes them."""
+    return new_message_id(shard_of(user, store.shards))
+
+
+async def add_user(store: Store, clock: FixedClock, user: str = "u-1") -> None:
+    await store.upsert_user(user, {"phone": "+8613800138000"}, clock.now(), DAY)
+
+
+# --- idempotency ------------------------------------------------------------------------
+async def test_a_request_is_new_then_answered_the_same_and_conflicts_with_another_body(
+    store: Store, clock: FixedClock
+) -> None:
     key = IdemKey("order", "r-1", FP_A)
-    assert (await store.idem_begin(key, DAY)).state is IdemState.NEW
-    assert (await store.idem_begin(key, DAY)).state is IdemState.PENDING
-    assert (await store.idem_begin(IdemKey("order", "r-1", FP_B), DAY)).state is IdemState.CONFLICT
+    [view] = await store.read_users([UserRead("u-1", key)], DAY)
+    assert view.idem is IdemState.NEW
+    rec = record("m_1", clock)
+    assert await decide(store, "u-1", rec, key) is Committed.OK
+    [view] = await store.read_users([UserRead("u-1", key)], DAY)
+    assert view.idem is IdemState.SAME and view.answer == answer_of(rec)
+    [view] = await store.read_users([UserRead("u-1", IdemKey("order", "r-1", FP_B))], DAY)
+    assert view.idem is IdemState.CONFLICT
 
 
-async def test_idempotency_answer_is_returned_byte_for_byte(store: Store, clock: FixedClock) -> None:
+async def test_a_request_read_again_before_it_is_decided_is_still_new(store: Store) -> None:
+    # What a decision that lost a race to another replica does: read again, decide again.
     key = IdemKey("order", "r-1", FP_A)
-    await store.idem_begin(key, DAY)
-    answer = b"\x00\x01binary answer\xff"
-    await store.save_decision(record("m_1", clock), key, answer, DAY, DAY)
-    seen = await store.idem_begin(key, DAY)
-    assert seen.state is IdemState.SAME
-    assert seen.answer == answer
+    for _ in range(3):
+        [view] = await store.read_users([UserRead("u-1", key)], DAY)
+        assert view.idem is IdemState.NEW
 
 
-async def test_idempotency_is_per_business_unit(store: Store) -> None:
-    assert (await store.idem_begin(IdemKey("order", "r-1", FP_A), DAY)).state is IdemState.NEW
-    assert (await store.idem_begin(IdemKey("growth", "r-1", FP_B), DAY)).state is IdemState.NEW
+async def test_a_request_id_reused_for_another_user_is_a_conflict(store: Store) -> None:
+    await store.read_users([UserRead("u-1", IdemKey("order", "r-1", FP_A))], DAY)
+    [view] = await store.read_users([UserRead("u-other", IdemKey("order", "r-1", FP_B))], DAY)
+    assert view.idem is IdemState.CONFLICT
 
 
-async def test_idempotency_abort_frees_only_a_pending_claim(store: Store, clock: FixedClock) -> None:
+async def test_idempotency_is_per_business_unit(store: Store, clock: FixedClock) -> None:
+    await decide(store, "u-1", record("m_1", clock), IdemKey("order", "r-1", FP_A))
+    [view] = await store.read_users([UserRead("u-1", IdemKey("growth", "r-1", FP_B))], DAY)
+    assert view.idem is IdemState.NEW
+
+
+async def test_a_request_answered_meanwhile_makes_the_commit_a_duplicate(store: Store, clock: FixedClock) -> None:
     key = IdemKey("order", "r-1", FP_A)
-    await store.idem_begin(key, DAY)
-    await store.idem_abort(key)
-    assert (await store.idem_begin(key, DAY)).state is IdemState.NEW
-    await store.save_decision(record("m_1", clock), key, b"done", DAY, DAY)
-    await store.idem_abort(key)  # a finished answer is never given back
-    assert (await store.idem_begin(key, DAY)).state is IdemState.SAME
+    results = await asyncio.gather(*(decide(store, "u-1", record(f"m_{i}", clock), key) for i in range(10)))
+    assert sorted(results) == sorted([Committed.OK] + [Committed.DUPLICATE] * 9)
 
 
-async def test_concurrent_idem_begin_has_exactly_one_winner(store: Store) -> None:
-    key = IdemKey("order", "race", FP_A)
-    results = await asyncio.gather(*(store.idem_begin(key, DAY) for _ in range(50)))
-    assert sum(r.state is IdemState.NEW for r in results) == 1
+async def test_idempotency_expires(store: Store, clock: FixedClock) -> None:
+    key = IdemKey("order", "r-exp", FP_A)
+    short = Lifetimes(timedelta(milliseconds=200), DAY)
+    await store.commit(
+        [Change("u-1", 0, None, (NewMessage(record("m_1", clock), key, answer_of(record("m_1", clock))),))], short
+    )
+    if store.kind == "memory":
+        clock.advance(1)
+    else:
+        await asyncio.sleep(0.3)
+    [view] = await store.read_users([UserRead("u-1", key)], timedelta(milliseconds=200))
+    assert view.idem is IdemState.NEW
 
 
-async def test_message_round_trip_with_timeline_and_status(store: Store, clock: FixedClock) -> None:
-    original = record("m_1", clock, content={"title": "t"}, deadline=clock.now() + DAY)
-    await store.save_decision(original, None, b"", DAY, DAY)
-    later = TimelineEntry(clock.now() + timedelta(seconds=1), "sent", Channel.SMS, "OK", "sandbox")
-    await store.add_events("m_1", [later], "sent", DAY)
-    got = await store.get_message("m_1")
+# --- arbitration state --------------------------------------------------------------------
+def sent(message_id: str, at: datetime, channel: Channel = Channel.SMS, bu: str = "growth") -> SentEntry:
+    return SentEntry(message_id, at, Category.REMINDER, channel, bu)
+
+
+async def test_state_round_trips_and_moves_its_version(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await add_user(store, clock)
+    [view] = await store.read_users([UserRead("u-1")], DAY)
+    assert view.profile is not None and view.state == UserState()
+    changes = [Reserve(sent("m_1", now)), MarkDedup("growth", "k1", DAY), Hold("m_2", now + timedelta(hours=1), True)]
+    state = apply_mutations(view.state, changes, now, KEEP)
+    [result] = await store.commit([Change("u-1", 0, state, due=now + timedelta(hours=1))], LIFE)
+    assert result is Committed.OK
+    [view] = await store.read_users([UserRead("u-1")], DAY)
+    assert view.state.version == 1
+    assert view.state.sent == (sent("m_1", now),)
+    assert view.state.held == (Held("m_2", now + timedelta(hours=1), True),)
+    assert view.state.seen("growth", "k1", now) and not view.state.seen("order", "k1", now)
+
+
+async def test_a_stale_version_is_refused_and_nothing_written(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await add_user(store, clock)
+    one = UserState(sent=(sent("m_1", now),))
+    assert (await store.commit([Change("u-1", 0, one)], LIFE)) == [Committed.OK]
+    two = UserState(sent=(sent("m_2", now),))
+    rec = record("m_2", clock)
+    stale = Change("u-1", 0, two, (NewMessage(rec, IdemKey("order", "r-2", FP_A), answer_of(rec)),))
+    assert (await store.commit([stale], LIFE)) == [Committed.CONFLICT]
+    [view] = await store.read_users([UserRead("u-1", IdemKey("order", "r-2", FP_A))], DAY)
+    assert [e.message_id for e in view.state.sent] == ["m_1"]
+    assert view.idem is IdemState.NEW  # the stale change wrote no answer
+    assert await store.get_messages(["m_2"]) == [None]
+
+
+async def test_concurrent_commits_at_one_version_have_one_winner(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    await add_user(store, clock)
+    changes = [Change("u-1", 0, UserState(sent=(sent(f"m_{i}", now),))) for i in range(20)]
+    results = await asyncio.gather(*(store.commit([c], LIFE) for c in changes))
+    assert [r for [r] in results].count(Committed.OK) == 1
+
+
+async def test_state_of_a_user_without_profile_is_not_written(store: Store, clock: FixedClock) -> None:
+    result = await store.commit([Change("ghost", 0, UserState(sent=(sent("m_1", clock.now()),)))], LIFE)
+    assert result == [Committed.CONFLICT]
+    [view] = await store.read_users([UserRead("ghost")], DAY)
+    assert view.profile is None and view.state == UserState()
+
+
+async def test_changes_for_many_users_commit_each_on_its_own(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    for user in ("u-1", "u-2", "u-3"):
+        await add_user(store, clock, user)
+    await store.commit([Change("u-2", 0, UserState(sent=(sent("m_0", now),)))], LIFE)
+    results = await store.commit(
+        [Change(u, 0, UserState(sent=(sent(f"m_{u}", now),))) for u in ("u-1", "u-2", "u-3")], LIFE
+    )
+    assert results == [Committed.OK, Committed.CONFLICT, Committed.OK]
+
+
+# --- messages ---------------------------------------------------------------------------
+async def test_message_round_trip_with_timeline_and_current(store: Store, clock: FixedClock) -> None:
+    mid = mid_for(store)
+    original = record(mid, clock, content={"title": "t"}, deadline=clock.now() + DAY, outcome=Outcome.SCHEDULED)
+    await decide(store, "u-1", original)
+    later = TimelineEntry(clock.now() + timedelta(seconds=1), "carried", Channel.SMS, "", "to 18:05")
+    current = Current("scheduled", Outcome.SCHEDULED, None, "carried to 18:05", clock.now() + DAY)
+    await store.add_events(mid, [later], current, DAY)
+    [got, missing] = await store.get_messages([mid, "m_unknown"])
+    assert missing is None
     assert got is not None
-    assert got.status == "sent"
+    assert got.status == "scheduled" and got.detail == "carried to 18:05" and got.scheduled_at == current.scheduled_at
     assert got.timeline == (*original.timeline, later)
-    assert got.params == {"order_id": "O1"}
+    assert got.params == {"order_id": "O1"} and got.content == {"title": "t"}
     assert got.deadline == original.deadline
     assert got.channel_plan == original.channel_plan
-    assert await store.get_message("m_unknown") is None
 
 
-async def test_suppressed_message_keeps_its_reason(store: Store, clock: FixedClock) -> None:
-    await store.save_decision(
-        record("m_2", clock, outcome=Outcome.SUPPRESSED, reason=Reason.KILL_SWITCH, status="suppressed"),
-        None,
-        b"",
-        DAY,
-        DAY,
-    )
-    got = await store.get_message("m_2")
-    assert got is not None and got.reason is Reason.KILL_SWITCH and got.status == "suppressed"
+async def test_a_release_update_lands_with_its_state(store: Store, clock: FixedClock) -> None:
+    mid = mid_for(store)
+    await add_user(store, clock)
+    await decide(store, "u-1", record(mid, clock, outcome=Outcome.SCHEDULED, status="scheduled"))
+    ended = Current("suppressed", Outcome.SUPPRESSED, Reason.LOST_ARBITRATION, "lost to double11.presale")
+    update = MessageUpdate(mid, (TimelineEntry(clock.now(), "suppressed"),), ended)
+    assert await store.commit([Change("u-1", 0, UserState(), updates=(update,))], LIFE) == [Committed.OK]
+    [got] = await store.get_messages([mid])
+    assert got is not None and got.outcome is Outcome.SUPPRESSED and got.reason is Reason.LOST_ARBITRATION
+    assert got.detail == "lost to double11.presale" and got.timeline[-1].kind == "suppressed"
 
 
+# --- profiles ---------------------------------------------------------------------------
 async def test_profile_sections_merge(store: Store, clock: FixedClock) -> None:
     now = clock.now()
     await store.upsert_user("u-1", {"phone": "+8613800138000", "timezone": "Asia/Shanghai"}, now, DAY)
@@ -138,10 +259,18 @@ async def test_clearing_a_section(store: Store, clock: FixedClock) -> None:
     assert profile.wechat is None
 
 
+async def test_a_profile_write_keeps_the_arbitration_state(store: Store, clock: FixedClock) -> None:
+    await add_user(store, clock)
+    await store.commit([Change("u-1", 0, UserState(sent=(sent("m_1", clock.now()),)))], LIFE)
+    await store.upsert_user("u-1", {"email": "a@example.com"}, clock.now(), DAY)
+    [view] = await store.read_users([UserRead("u-1")], DAY)
+    assert view.state.version == 1 and [e.message_id for e in view.state.sent] == ["m_1"]
+
+
 async def test_opt_out_and_back_in(store: Store, clock: FixedClock) -> None:
     now = clock.now()
     assert await store.set_opt_out("ghost", OptOut(Category.MARKETING, None, now), True, DAY) is None
-    await store.upsert_user("u-1", {"phone": "+8613800138000"}, now, DAY)
+    await add_user(store, clock)
     entry = OptOut(Category.MARKETING, Channel.SMS, now, "sms-stop")
     profile = await store.set_opt_out("u-1", entry, True, DAY)
     assert profile is not None and profile.opt_outs == (entry,)
@@ -155,7 +284,7 @@ async def test_interactions_keep_the_most_recent(store: Store, clock: FixedClock
     now = clock.now()
     ix = Interaction(InteractionKind.USER_MESSAGE, now)
     assert await store.record_interaction("ghost", ix, 3, DAY) is None
-    await store.upsert_user("u-1", {"phone": "+8613800138000"}, now, DAY)
+    await add_user(store, clock)
     for minute in range(5):
         profile = await store.record_interaction(
             "u-1", Interaction(InteractionKind.MENU_CLICK, now + timedelta(minutes=minute)), 3, DAY
@@ -164,6 +293,7 @@ async def test_interactions_keep_the_most_recent(store: Store, clock: FixedClock
     assert [i.at for i in profile.interactions] == [now + timedelta(minutes=m) for m in (4, 3, 2)]
 
 
+# --- kill switches ------------------------------------------------------------------------
 async def test_kill_switches_and_audit(store: Store, clock: FixedClock) -> None:
     now = clock.now()
     switch = KillSwitch("ks_1", ScopeKind.CAMPAIGN, "d11", "bad link", "alice", now, now + DAY)
@@ -177,69 +307,19 @@ async def test_kill_switches_and_audit(store: Store, clock: FixedClock) -> None:
     assert [(a.action, a.actor) for a in audit] == [("clear", "bob"), ("set", "alice")]
 
 
-def sent(message_id: str, at: datetime, channel: Channel = Channel.SMS, bu: str = "growth") -> SentEntry:
-    return SentEntry(message_id, at, Category.REMINDER, channel, bu)
-
-
-async def test_load_and_apply_arbitration_state(store: Store, clock: FixedClock) -> None:
-    now = clock.now()
-    await store.upsert_user("u-1", {"phone": "+8613800138000"}, now, DAY)
-    profile, state = await store.load_user("u-1", ("growth", "k1"), now - DAY)
-    assert profile is not None and state == UserState()
-    ok = await store.apply(
-        "u-1",
-        0,
-        [Reserve(sent("m_1", now)), MarkDedup("growth", "k1", DAY), Hold("m_2", now + timedelta(hours=1))],
-        now,
-        timedelta(days=32),
-    )
-    assert ok
-    _, state = await store.load_user("u-1", ("growth", "k1"), now - DAY)
-    assert state.version == 1 and state.dedup_seen
-    assert state.sent == (sent("m_1", now),)
-    assert state.held == (Held("m_2", now + timedelta(hours=1)),)
-    _, other = await store.load_user("u-1", ("order", "k1"), now - DAY)
-    assert not other.dedup_seen  # dedup is per business unit
-
-
-async def test_apply_refuses_a_stale_version(store: Store, clock: FixedClock) -> None:
-    now = clock.now()
-    assert await store.apply("u-1", 0, [Reserve(sent("m_1", now))], now, DAY)
-    assert not await store.apply("u-1", 0, [Reserve(sent("m_2", now))], now, DAY)
-    _, state = await store.load_user("u-1", None, now - DAY)
-    assert [e.message_id for e in state.sent] == ["m_1"]
-
-
-async def test_concurrent_applies_at_one_version_have_one_winner(store: Store, clock: FixedClock) -> None:
-    now = clock.now()
-    results = await asyncio.gather(
-        *(store.apply("u-1", 0, [Reserve(sent(f"m_{i}", now))], now, DAY) for i in range(20))
-    )
-    assert sum(results) == 1
-
-
-async def test_commit_and_release(store: Store, clock: FixedClock) -> None:
-    now = clock.now()
-    await store.apply("u-1", None, [Reserve(sent("m_1", now)), Reserve(sent("m_2", now))], now, DAY)
-    await store.apply(
-        "u-1", None, [Commit("m_1", Channel.APP_PUSH), Release("m_2"), Commit("m_gone", Channel.SMS)], now, DAY
-    )
-    _, state = await store.load_user("u-1", None, now - DAY)
-    assert state.sent == (SentEntry("m_1", now, Category.REMINDER, Channel.APP_PUSH, "growth", committed=True),)
-
-
-async def test_old_reservations_are_trimmed(store: Store, clock: FixedClock) -> None:
-    now = clock.now()
-    await store.apply("u-1", None, [Reserve(sent("m_old", now - timedelta(days=40)))], now, timedelta(days=32))
-    await store.apply("u-1", None, [Reserve(sent("m_new", now))], now, timedelta(days=32))
-    _, state = await store.load_user("u-1", None, now - timedelta(days=60))
-    assert [e.message_id for e in state.sent] == ["m_new"]
+# --- due index ---------------------------------------------------------------------------
+async def hold(store: Store, clock: FixedClock, user: str, due: datetime) -> None:
+    [view] = await store.read_users([UserRead(user)], DAY)
+    state = apply_mutations(view.state, [Hold(f"m_{user}_{due.timestamp()}", due)], clock.now(), KEEP)
+    assert await store.commit([Change(user, view.state.version, state, due=due)], LIFE) == [Committed.OK]
 
 
 async def test_holds_put_the_user_in_the_due_index(store: Store, clock: FixedClock) -> None:
     now = clock.now()
-    await store.apply("u-1", None, [Hold("m_1", now + timedelta(minutes=10))], now, DAY)
-    await store.apply("u-2", None, [Hold("m_2", now + timedelta(minutes=1))], now, DAY)
+    await add_user(store, clock, "u-1")
+    await add_user(store, clock, "u-2")
+    await hold(store, clock, "u-1", now + timedelta(minutes=10))
+    await hold(store, clock, "u-2", now + timedelta(minutes=1))
     assert await store.due_count() == 2
     assert await store.take_due(now, 10, timedelta(seconds=60)) == []
     later = now + timedelta(minutes=5)
@@ -250,7 +330,8 @@ async def test_holds_put_the_user_in_the_due_index(store: Store, clock: FixedClo
 
 async def test_a_lease_that_runs_out_is_taken_again(store: Store, clock: FixedClock) -> None:
     now = clock.now()
-    await store.apply("u-1", None, [Hold("m_1", now)], now, DAY)
+    await add_user(store, clock)
+    await hold(store, clock, "u-1", now)
     assert [u for u, _ in await store.take_due(now, 10, timedelta(seconds=60))] == ["u-1"]
     assert await store.take_due(now + timedelta(seconds=30), 10, timedelta(seconds=60)) == []
     again = await store.take_due(now + timedelta(seconds=61), 10, timedelta(seconds=60))
@@ -259,47 +340,29 @@ async def test_a_lease_that_runs_out_is_taken_again(store: Store, clock: FixedCl
 
 async def test_finish_due_moves_or_removes_the_user(store: Store, clock: FixedClock) -> None:
     now = clock.now()
-    await store.apply("u-1", None, [Hold("m_1", now)], now, DAY)
+    await add_user(store, clock)
+    await hold(store, clock, "u-1", now)
     [(_, until)] = await store.take_due(now, 10, timedelta(seconds=60))
-    await store.finish_due("u-1", until, now + timedelta(hours=1))
+    await store.finish_due([("u-1", until, now + timedelta(hours=1))])
     assert await store.take_due(now + timedelta(minutes=59), 10, timedelta(seconds=60)) == []
     [(_, until)] = await store.take_due(now + timedelta(hours=1), 10, timedelta(seconds=60))
-    await store.finish_due("u-1", until, None)
+    await store.finish_due([("u-1", until, None)])
     assert await store.due_count() == 0
 
 
 async def test_a_hold_added_during_a_lease_is_not_lost(store: Store, clock: FixedClock) -> None:
     now = clock.now()
-    await store.apply("u-1", None, [Hold("m_1", now)], now, DAY)
+    await add_user(store, clock)
+    await hold(store, clock, "u-1", now)
     [(_, until)] = await store.take_due(now, 10, timedelta(seconds=60))
     # Meanwhile another replica holds a new claim due in 5 s.
-    await store.apply("u-1", None, [Hold("m_2", now + timedelta(seconds=5))], now, DAY)
-    await store.finish_due("u-1", until, None)  # the releaser saw no more due claims
+    await hold(store, clock, "u-1", now + timedelta(seconds=5))
+    await store.finish_due([("u-1", until, None)])  # the releaser saw no more due claims
     taken = await store.take_due(now + timedelta(seconds=5), 10, timedelta(seconds=60))
     assert [u for u, _ in taken] == ["u-1"]
 
 
-async def test_final_outcome_overrides_the_first_decision(store: Store, clock: FixedClock) -> None:
-    await store.save_decision(record("m_1", clock, outcome=Outcome.SCHEDULED, status="scheduled"), None, b"", DAY, DAY)
-    final = Final(Outcome.SUPPRESSED, Reason.LOST_ARBITRATION, "lost to double11.presale")
-    await store.add_events("m_1", [TimelineEntry(clock.now(), "suppressed")], "suppressed", DAY, final)
-    [got, missing] = await store.get_messages(["m_1", "m_none"])
-    assert missing is None
-    assert got is not None and got.outcome is Outcome.SUPPRESSED and got.reason is Reason.LOST_ARBITRATION
-    assert got.detail == "lost to double11.presale"
-
-
-async def test_idempotency_expires(store: Store, clock: FixedClock) -> None:
-    key = IdemKey("order", "r-exp", FP_A)
-    short = timedelta(milliseconds=200)
-    await store.idem_begin(key, short)
-    if store.kind == "memory":
-        clock.advance(1)
-    else:
-        await asyncio.sleep(0.3)
-    assert (await store.idem_begin(key, DAY)).state is IdemState.NEW
-
-
+# --- Redis only ----------------------------------------------------------------------------
 @pytest.mark.redis
 async def test_every_redis_key_has_a_ttl_or_a_reason(clean_redis: str, clock: FixedClock) -> None:
     """keys.py documents which keys live without a TTL; every other key must expire."""
@@ -308,26 +371,42 @@ async def test_every_redis_key_has_a_ttl_or_a_reason(clean_redis: str, clock: Fi
     store = RedisStore(clean_redis)
     now = clock.now()
     try:
-        key = IdemKey("order", "r-1", FP_A)
-        await store.idem_begin(key, DAY)
-        await store.save_decision(record("m_1", clock), key, b"x", DAY, DAY)
-        await store.add_events("m_1", [TimelineEntry(now, "sent")], "sent", DAY)
+        await store.prepare()
         await store.upsert_user("u-1", {"phone": "+8613800138000"}, now, DAY)
+        mid = mid_for(store)
+        await decide(store, "u-1", record(mid, clock), IdemKey("order", "r-1", FP_A))
+        await store.read_users([UserRead("u-1", IdemKey("order", "r-1", FP_A))], DAY)
+        await store.add_events(mid, [TimelineEntry(now, "sent")], Current("sent", Outcome.ACCEPTED), DAY)
         await store.record_interaction("u-1", Interaction(InteractionKind.FOLLOW, now), 5, DAY)
         await store.set_opt_out("u-1", OptOut(Category.MARKETING, None, now), True, DAY)
         switch = KillSwitch("ks_1", ScopeKind.GLOBAL, "", "r", "a", now)
         await store.put_kill_switch(switch, AuditEntry(now, "set", "a", switch))
-        await store.apply(
-            "u-1", None, [Reserve(sent("m_9", now)), MarkDedup("order", "k", DAY), Hold("m_9", now + DAY)], now, DAY
-        )
+        await hold(store, clock, "u-1", now + DAY)
     finally:
         await store.close()
     client = redis.Redis.from_url(clean_redis)
-    without_ttl = sorted(k.decode() for k in client.scan_iter() if client.pttl(k) < 0)
-    assert without_ttl == ["herald:due", "herald:ks", "herald:ks:audit"]
-    user_keys = sorted(k.decode().split("}:")[1] for k in client.scan_iter("*{u:u-1}*"))
-    # Every per-user key shares the user's hash tag (one cluster slot, one script).
-    assert user_keys == ["dd:order:k", "held", "ix", "profile", "sent", "sentinfo", "ver"]
+    without_ttl = sorted(k.decode().replace(store.tag_of("u-1"), "T") for k in client.scan_iter() if client.pttl(k) < 0)
+    assert without_ttl == ["herald:ks", "herald:ks:audit", "herald:meta", "herald:{T}:due"]
+    tag = store.tag_of("u-1")
+    shard_keys = sorted(k.decode().split("}:")[1] for k in client.scan_iter(f"*{{{tag}}}*"))
+    # Everything of the user and their messages shares the user's shard tag (one slot).
+    assert shard_keys == sorted(["due", "idem:order:r-1", f"m:{mid}", f"m:{mid}:ev", f"m:{mid}:st", "u:u-1"])
+
+
+@pytest.mark.redis
+async def test_a_store_laid_out_in_other_shards_refuses_to_start(clean_redis: str) -> None:
+    from gateway.errors import FailedPrecondition
+    from gateway.store.redis import RedisStore
+
+    first, second = RedisStore(clean_redis, shards=16), RedisStore(clean_redis, shards=32)
+    try:
+        await first.prepare()
+        with pytest.raises(FailedPrecondition) as info:
+            await second.prepare()
+        assert "HERALD_REDIS_SHARDS=16" in str(info.value)
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_unreachable_redis_raises_store_unavailable() -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 
-from gateway.core.claims import Claim
+from gateway.core.caps import keep_for
 from gateway.core.decide import Context, HeldClaim, decide_arrival, decide_release
-from gateway.core.state import Hold, MarkDedup, Reserve, SentEntry, Unhold, UserState
-from gateway.domain import Category, Channel, Outcome, Platform, PushProvider, Reason
+from gateway.core.trace import render
 from gateway.policy.loader import load_policy
-from gateway.profiles import DeviceToken, Rfm, UserProfile, WeChat
+from gateway.values.claims import Claim
+from gateway.values.decisions import Decision
+from gateway.values.domain import Category, Channel, Outcome, Platform, PushProvider, Reason
+from gateway.values.profiles import DeviceToken, Rfm, UserProfile, WeChat
+from gateway.values.state import Hold, MarkDedup, Reserve, SentEntry, Unhold, UserState, apply_mutations
 from tests.conftest import POLICIES
 
 POLICY = load_policy(POLICIES)
@@ -41,7 +44,7 @@ def user(tz: str = "Asia/Shanghai", tier: str = "loyal", **changes: object) -> U
         timezone=tz,
         rfm=rfm,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(base, **changes)
 
 
 def claim(scenario: str, bu: str = "growth", **changes: object) -> Claim:
@@ -60,11 +63,15 @@ def claim(scenario: str, bu: str = "growth", **changes: object) -> Claim:
         deadline=None,
         priority=50,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return msgspec.structs.replace(base, **changes)
 
 
 def ctx(now: datetime, profile: UserProfile | None = None, state: UserState | None = None) -> Context:
     return Context(POLICY, profile if profile is not None else user(), state or UserState(), (), now)
+
+
+def apply(state: UserState, decision: Decision, now: datetime) -> UserState:
+    return apply_mutations(state, decision.mutations, now, keep_for(POLICY))
 
 
 def sent(
@@ -80,7 +87,7 @@ def test_a_reminder_by_day_is_accepted_and_reserves_its_channel() -> None:
     assert decision.plan == (Channel.APP_PUSH,)  # WECHAT_CS needs an open window
     [reserve] = [m for m in decision.mutations if isinstance(m, Reserve)]
     assert reserve.entry == SentEntry("m_1", now, Category.REMINDER, Channel.APP_PUSH, "growth")
-    assert any("cap reminder.daily (day): 0 of 2 used" in line for line in decision.trace)
+    assert any("cap reminder.daily (day): 0 of 2 used" in line for line in render(decision.trace))
 
 
 def test_a_reminder_at_night_is_deferred_to_the_morning_with_spread() -> None:
@@ -182,7 +189,7 @@ def test_dedup() -> None:
     decision = decide_arrival(claim("price.drop", dedup_key="item-9"), "m_1", ctx(local(10)))
     assert MarkDedup("growth", "item-9", timedelta(hours=24)) in decision.mutations
     again = decide_arrival(
-        claim("price.drop", dedup_key="item-9"), "m_2", ctx(local(10), state=UserState(dedup_seen=True))
+        claim("price.drop", dedup_key="item-9"), "m_2", ctx(local(10), state=apply(UserState(), decision, local(10)))
     )
     assert (again.outcome, again.reason) == (Outcome.SUPPRESSED, Reason.DUPLICATE)
 
@@ -251,7 +258,7 @@ def test_the_same_inputs_give_the_same_decision() -> None:
 
 
 def test_release_rechecks_kill_switch_and_opt_out() -> None:
-    from gateway.profiles import OptOut
+    from gateway.values.profiles import OptOut
 
     opted = user(opt_outs=(OptOut(Category.REMINDER, None, local(1)),))
     [(_, decision)] = decide_release([HeldClaim("m_1", claim("price.drop"), local(1))], ctx(local(8, 30), opted))

@@ -17,16 +17,19 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.core.claims import Claim
-from gateway.core.decide import Context, Decision, HeldClaim, decide_arrival, decide_release, score
-from gateway.core.state import Commit, Held, Hold, MarkDedup, Mutation, Release, Reserve, SentEntry, Unhold, UserState
-from gateway.domain import Category, Channel, Outcome, Platform, PushProvider, Reason
+from gateway.core.decide import Context, HeldClaim, decide_arrival, decide_release, score
+from gateway.core.trace import render
 from gateway.policy.loader import load_policy
 from gateway.policy.model import Policy
-from gateway.profiles import DeviceToken, Rfm, UserProfile, WeChat
+from gateway.values.claims import Claim
+from gateway.values.decisions import Decision
+from gateway.values.domain import Category, Channel, Outcome, Platform, PushProvider, Reason
+from gateway.values.profiles import DeviceToken, Rfm, UserProfile, WeChat
+from gateway.values.state import Commit, Held, Hold, MarkDedup, Mutation, Release, Reserve, SentEntry, Unhold, UserState
 from tests.conftest import POLICIES
 
 BASE = load_policy(POLICIES)
@@ -102,16 +105,16 @@ class Sim:
     def apply(self, user: int, mutations: tuple[Mutation, ...] | list[Mutation], fails: set[str]) -> None:
         state = self.states[user]
         sent = {e.message_id: e for e in state.sent}
-        held = {h.message_id: h.due for h in state.held}
+        held = {h.message_id: h for h in state.held}
         for m in mutations:
             if isinstance(m, Reserve):
                 sent[m.entry.message_id] = m.entry
             elif isinstance(m, Release):
                 sent.pop(m.message_id, None)
             elif isinstance(m, Commit):
-                sent[m.message_id] = replace(sent[m.message_id], committed=True)
+                sent[m.message_id] = msgspec.structs.replace(sent[m.message_id], committed=True)
             elif isinstance(m, Hold):
-                held[m.message_id] = m.due
+                held[m.message_id] = Held(m.message_id, m.due, m.pooled)
             elif isinstance(m, Unhold):
                 held.pop(m.message_id, None)
             elif isinstance(m, MarkDedup):
@@ -123,9 +126,7 @@ class Sim:
                     sent.pop(m.entry.message_id)
                 else:
                     self.kept[user].append(m.entry)
-        self.states[user] = UserState(
-            state.version + 1, tuple(sent.values()), tuple(Held(k, v) for k, v in held.items()), False
-        )
+        self.states[user] = UserState(state.version + 1, tuple(sent.values()), tuple(held.values()))
 
     def release_until(self, until: datetime, fails: set[str]) -> None:
         while True:
@@ -321,7 +322,7 @@ def test_arbitration_invariants(
         if decision.outcome is Outcome.ACCEPTED and claim.category is not Category.BASIC:
             quiet = policy.categories[claim.category].quiet_hours
             if quiet.mode != "exempt":
-                assert "quiet" not in decision.trace[-1]
+                assert "quiet" not in render(decision.trace)[-1]
 
     # 4. Each loser of a window was really blocked, by entries that were there before the
     #    round or by winners that outscore it; never by a lower-scored winner.

@@ -6,12 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gateway.core.profile_rules import compute_tier, cs_window
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.route import Skip, route
-from gateway.domain import Category, Channel, InteractionKind, Platform, PushProvider
 from gateway.durations import format_duration, parse_duration
 from gateway.policy.loader import load_policy
-from gateway.profiles import DeviceToken, Interaction, Rfm, UserProfile, WeChat, compute_tier, cs_window
+from gateway.values.domain import Category, Channel, InteractionKind, Platform, PushProvider
+from gateway.values.profiles import DeviceToken, Interaction, Rfm, UserProfile, WeChat
 from tests.conftest import POLICIES
 
 POLICY = load_policy(POLICIES)
@@ -100,9 +101,9 @@ def test_a_channel_whose_provider_is_down_goes_last() -> None:
     from datetime import UTC, datetime
 
     from gateway.core.route import route
-    from gateway.domain import Category, Channel
     from gateway.policy.loader import load_policy
-    from gateway.profiles import UserProfile, WeChat
+    from gateway.values.domain import Category, Channel
+    from gateway.values.profiles import UserProfile, WeChat
     from tests.conftest import POLICIES
 
     policy = load_policy(POLICIES)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
 import orjson
 
-from gateway.domain import Category
+from gateway.values.domain import Category
 
 DEFAULT_PRIORITY = 50
 
 
-@dataclass(frozen=True)
-class Content:
+class Content(msgspec.Struct, frozen=True, array_like=True):
     title: str = ""
     body: str = ""
     url: str = ""
@@ -24,14 +22,13 @@ class Content:
         return not (self.title or self.body or self.url)
 
 
-@dataclass(frozen=True)
-class PushInput:
+class PushInput(msgspec.Struct, frozen=True):
     """A push request's fields, unvalidated, free of any wire format."""
 
     request_id: str
     user_id: str
     scenario: str
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: dict[str, str] = msgspec.field(default_factory=dict)
     content: Content | None = None
     campaign_id: str = ""
     dedup_key: str = ""
@@ -41,22 +38,21 @@ class PushInput:
 
     def fingerprint(self) -> str:
         """A hash of the whole body: the same request_id must come with the same one."""
-        body = {
-            "user_id": self.user_id,
-            "scenario": self.scenario,
-            "params": dict(sorted(self.params.items())),
-            "content": None if self.content is None else [self.content.title, self.content.body, self.content.url],
-            "campaign_id": self.campaign_id,
-            "dedup_key": self.dedup_key,
-            "not_before": None if self.not_before is None else self.not_before.timestamp(),
-            "deadline": None if self.deadline is None else self.deadline.timestamp(),
-            "priority": self.priority,
-        }
-        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        body = (
+            self.user_id,
+            self.scenario,
+            sorted(self.params.items()),
+            None if self.content is None else (self.content.title, self.content.body, self.content.url),
+            self.campaign_id,
+            self.dedup_key,
+            None if self.not_before is None else self.not_before.timestamp(),
+            None if self.deadline is None else self.deadline.timestamp(),
+            self.priority,
+        )
+        return hashlib.blake2b(orjson.dumps(body), digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(msgspec.Struct, frozen=True, array_like=True):
     """A validated request to reach one user."""
 
     bu: str
@@ -64,7 +60,7 @@ class Claim:
     user_id: str
     scenario: str
     category: Category
-    params: Mapping[str, str]
+    params: dict[str, str]
     content: Content | None
     campaign_id: str
     dedup_key: str

@@ -1,79 +1,16 @@
-"""User profiles as values, and the pure rules over them: RFM tier, opt-outs and the
-WeChat customer-service window.
+"""The pure rules over user profiles: RFM tier, opt-outs and the WeChat
+customer-service window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.domain import Category, Channel, InteractionKind, Platform, PushProvider
 from gateway.policy.schema import CsWindow, TierPolicy
-
-# The profile fields a caller sets (UpsertUser's update_mask paths).
-PROFILE_SECTIONS = ("wechat", "phone", "email", "device_tokens", "timezone", "locale", "rfm")
-
-
-@dataclass(frozen=True)
-class WeChat:
-    openid: str
-    unionid: str = ""
-    following: bool = False
-
-
-@dataclass(frozen=True)
-class DeviceToken:
-    token: str
-    platform: Platform
-    provider: PushProvider
-
-
-@dataclass(frozen=True)
-class Rfm:
-    last_purchase_at: datetime | None = None
-    orders_in_period: int = 0
-    spend_in_period_minor: int = 0
-
-
-@dataclass(frozen=True)
-class OptOut:
-    """``category`` None: every category; ``channel`` None: every channel."""
-
-    category: Category | None
-    channel: Channel | None
-    at: datetime
-    source: str = ""
-
-    @property
-    def key(self) -> str:
-        return opt_out_key(self.category, self.channel)
-
-
-def opt_out_key(category: Category | None, channel: Channel | None) -> str:
-    return f"{category or '*'}:{channel or '*'}"
-
-
-@dataclass(frozen=True)
-class Interaction:
-    kind: InteractionKind
-    at: datetime
-
-
-@dataclass(frozen=True)
-class UserProfile:
-    user_id: str
-    wechat: WeChat | None = None
-    phone: str = ""
-    email: str = ""
-    device_tokens: tuple[DeviceToken, ...] = ()
-    timezone: str = ""
-    locale: str = ""
-    rfm: Rfm = field(default_factory=Rfm)
-    opt_outs: tuple[OptOut, ...] = ()
-    # Most recent first.
-    interactions: tuple[Interaction, ...] = ()
-    updated_at: datetime | None = None
+from gateway.values.domain import Category, Channel, InteractionKind
+from gateway.values.profiles import Interaction, OptOut, Rfm, UserProfile
 
 
 def compute_tier(rfm: Rfm, tiers: TierPolicy, now: datetime) -> str:

@@ -1,0 +1,238 @@
+"""The connection to Redis (one node, or a cluster): the client, the one place where
+the client's errors become ``StoreUnavailable``, the Lua scripts, and the coalescing
+of concurrent calls into shared pipelines.
+
+Every store call is a list of commands. Calls made in the same turn of the event loop
+(the decisions of many concurrent Push calls, a PushBatch's users) go to Redis in one
+pipeline, one round trip for all of them; a cluster client splits the pipeline per node
+and sends the parts at once. Scripts run as EVALSHA; a node that does not know a script
+(a fresh or promoted node) gets it loaded and the command is sent again. No
+``SCRIPT EXISTS`` on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from gateway.errors import StoreUnavailable
+
+Command = tuple[Any, ...]
+# Pipelines in flight at once; calls made meanwhile wait and share the next one.
+MAX_FLUSHES = 4
+MAX_BATCH = 2000
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+    def call(self, keys: Sequence[Any], args: Sequence[Any]) -> Command:
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+def client(url: str, cluster: bool, *, timeout: float, max_connections: int) -> Any:
+    """A redis-py asyncio client for ``url``: a cluster client (which discovers the
+    other nodes from the one named) or a single-node one. Connection faults are retried
+    once by the client; Herald's scripts are safe to run twice."""
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 1)
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=max_connections,
+            retry=retry,
+            cluster_error_retry_attempts=3,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        # Waiting for a free connection under load is not an outage.
+        timeout=max(10.0, timeout * 5),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        retry=retry,
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+
+
+@dataclass
+class _Call:
+    op: str
+    commands: Sequence[Command]
+    future: asyncio.Future[list[Any]]
+    # True: a refused command's error is its reply, for the caller to look at.
+    errors: bool = False
+
+
+class Connection:
+    """One client and the pipelines that carry every store call."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cluster: bool = False,
+        timeout: float = 2.0,
+        max_connections: int = 128,
+        scripts: Sequence[Script] = (),
+        on_round_trip: Callable[[str], None] = lambda op: None,
+    ) -> None:
+        self.where = redacted(url)
+        self.cluster = cluster
+        self.client: Any = client(url, cluster, timeout=timeout, max_connections=max_connections)
+        self._scripts = {s.sha: s for s in scripts}
+        self._on_round_trip = on_round_trip
+        self._waiting: list[_Call] = []
+        self._flushes = 0
+        self._scheduled = False
+
+    def unavailable(self, exc: BaseException, what: str = "state store") -> StoreUnavailable:
+        return StoreUnavailable(
+            f"{what} {self.where} did not answer ({type(exc).__name__}); check that Redis is up and reachable"
+        )
+
+    async def run(self, op: str, commands: Sequence[Command], *, errors: bool = False) -> list[Any]:
+        """Send ``commands`` (in the next shared pipeline); their replies, in order. A
+        command that Redis refuses raises ``StoreUnavailable`` naming it (with
+        ``errors``, its ``ResponseError`` is its reply instead)."""
+        if not commands:
+            return []
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Call(op, commands, future, errors))
+        self._schedule()
+        return await future
+
+    def _schedule(self) -> None:
+        if self._scheduled or self._flushes >= MAX_FLUSHES or not self._waiting:
+            return
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._scheduled = False
+        if not self._waiting or self._flushes >= MAX_FLUSHES:
+            return
+        batch: list[_Call] = []
+        size = 0
+        while self._waiting and (not batch or size + len(self._waiting[0].commands) <= MAX_BATCH):
+            call = self._waiting.pop(0)
+            batch.append(call)
+            size += len(call.commands)
+        self._flushes += 1
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes -= 1
+        self._schedule()
+
+    async def _flush(self, batch: list[_Call]) -> None:
+        ops = {call.op for call in batch}
+        self._on_round_trip(ops.pop() if len(ops) == 1 else "mixed")
+        commands = [command for call in batch for command in call.commands]
+        try:
+            replies = await self._execute(commands)
+        except asyncio.CancelledError:
+            for call in batch:
+                if not call.future.done():
+                    call.future.cancel()
+            raise
+        except (RedisError, OSError) as exc:
+            error = self.unavailable(exc)
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(error)
+            return
+        at = 0
+        for call in batch:
+            part = replies[at : at + len(call.commands)]
+            at += len(call.commands)
+            if call.future.done():
+                continue
+            failed = next(
+                (r for r in part if isinstance(r, Exception) and not (call.errors and isinstance(r, ResponseError))),
+                None,
+            )
+            if failed is not None:
+                call.future.set_exception(
+                    StoreUnavailable(f"state store {self.where} refused {call.op} ({type(failed).__name__}: {failed})")
+                )
+            else:
+                call.future.set_result(part)
+
+    async def _execute(self, commands: Sequence[Command]) -> list[Any]:
+        replies = await self._pipeline(commands)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            # A node that restarted or was promoted does not know our scripts yet.
+            for sha in {commands[i][1] for i in missing}:
+                await self.client.script_load(self._scripts[sha].source)
+            again = await self._pipeline([commands[i] for i in missing])
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
+        return replies
+
+    async def _pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        try:
+            for command in commands:
+                if command and isinstance(command[-1], dict):  # options for the reply's parser
+                    pipe.execute_command(*command[:-1], **command[-1])
+                else:
+                    pipe.execute_command(*command)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
+        finally:
+            reset = pipe.reset()
+            if asyncio.iscoroutine(reset):
+                await reset
+
+    def count_round_trip(self, op: str) -> None:
+        self._on_round_trip(op)
+
+    async def direct(self, op: str, command: Command) -> Any:
+        """One command on its own (not pipelined): for blocking reads and pub/sub-like
+        calls that must not hold up the shared pipelines."""
+        self._on_round_trip(op)
+        try:
+            return await self.client.execute_command(*command)
+        except ResponseError as exc:
+            raise StoreUnavailable(f"state store {self.where} refused {op} ({exc})") from exc
+        except (RedisError, OSError) as exc:
+            raise self.unavailable(exc) from exc
+
+    async def load_scripts(self) -> None:
+        try:
+            for script in self._scripts.values():
+                await self.client.script_load(script.source)
+        except (RedisError, OSError) as exc:
+            raise self.unavailable(exc) from exc
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,228 @@
+"""Herald's Lua scripts. Each touches the keys of one shard (one cluster slot), declares
+every key it touches, and is safe to run twice (the client retries a pipeline once
+after a connection fault): a commit is guarded by the user's version and the request's
+answer, a finish by the state it settles and by the entry it removes.
+"""
+
+from __future__ import annotations
+
+from gateway.store.keys import DEAD_LETTERS_KEEP, DELIVERY_GROUP
+from gateway.store.redis.connection import Script
+
+# One user's part of a commit.
+# KEYS: 1 user hash, 2 due zset, then 3 per new message (record, answer, stream), then
+#       3 per update (events, current, stream). Unused slots repeat KEYS[1].
+# ARGV: 1 expected version ('' = no state write), 2 state, 3 due ms ('' = none),
+#       4 answer ttl ms, 5 message ttl ms, 6 new count, 7 update count, 8 user id,
+#       then 3 per new message (record, answer or '', job or ''),
+#       then 3 per update (events or '', current or '', job or '').
+# Returns 'ok', 'conflict' (the user changed, or has no profile) or 'duplicate' (a
+# request of the change was answered meanwhile); nothing is written unless 'ok'.
+COMMIT = Script(
+    "commit",
+    """
+local n, u = tonumber(ARGV[6]), tonumber(ARGV[7])
+if ARGV[1] ~= '' then
+  local cur = redis.call('HMGET', KEYS[1], 'v', 'updated_at')
+  if not cur[2] or tonumber(cur[1] or '0') ~= tonumber(ARGV[1]) then return 'conflict' end
+end
+for i = 0, n - 1 do
+  if ARGV[9 + i * 3 + 1] ~= '' and redis.call('EXISTS', KEYS[3 + i * 3 + 1]) == 1 then return 'duplicate' end
+end
+if ARGV[1] ~= '' then
+  redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[1]) + 1, 'st', ARGV[2])
+end
+for i = 0, n - 1 do
+  local k, a = 3 + i * 3, 9 + i * 3
+  redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[5])
+  if ARGV[a + 1] ~= '' then redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'PX', ARGV[4]) end
+  if ARGV[a + 2] ~= '' then redis.call('XADD', KEYS[k + 2], '*', 'j', ARGV[a + 2]) end
+end
+for i = 0, u - 1 do
+  local k, a = 3 + n * 3 + i * 3, 9 + n * 3 + i * 3
+  if ARGV[a] ~= '' then
+    redis.call('APPEND', KEYS[k], ARGV[a])
+    redis.call('PEXPIRE', KEYS[k], ARGV[5])
+  end
+  if ARGV[a + 1] ~= '' then redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'PX', ARGV[5]) end
+  if ARGV[a + 2] ~= '' then redis.call('XADD', KEYS[k + 2], '*', 'j', ARGV[a + 2]) end
+end
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[8]) end
+return 'ok'
+""",
+)
+
+# The end of one delivery attempt.
+# KEYS: 1 user hash, 2 events, 3 current, 4 the lease's stream, 5 dead letters,
+#       6 waiting zset, 7 parked zset, 8 the job's lane stream.
+# ARGV: 1 settle ('' | 'commit' | 'release'), 2 message id, 3 channel, 4 events or '',
+#       5 current or '', 6 retention ms, 7 entry id or '', 8 then ('done' | 'dead' |
+#       'wait' | 'park' | 'resume'), 9 payload (dead letter, waiting or parked member,
+#       job), 10 score ms, 11 the parked member this takes out, or ''.
+# Returns 0 when the parked member was already taken (nothing written), else 1.
+FINISH = Script(
+    "finish",
+    f"""
+if ARGV[11] ~= '' and redis.call('ZREM', KEYS[7], ARGV[11]) == 0 then return 0 end
+if ARGV[1] ~= '' then
+  local cur = redis.call('HMGET', KEYS[1], 'v', 'st')
+  if cur[2] then
+    local st = cjson.decode(cur[2])
+    local found = false
+    if type(st.r) == 'table' then
+      for i, e in ipairs(st.r) do
+        if e[1] == ARGV[2] then
+          found = true
+          if ARGV[1] == 'release' then table.remove(st.r, i) else e[4] = ARGV[3]; e[6] = true end
+          break
+        end
+      end
+      if #st.r == 0 then st.r = nil end
+    end
+    if found then redis.call('HSET', KEYS[1], 'v', (tonumber(cur[1]) or 0) + 1, 'st', cjson.encode(st)) end
+  end
+end
+if ARGV[4] ~= '' then
+  redis.call('APPEND', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6]) end
+if ARGV[7] ~= '' then
+  redis.call('XACK', KEYS[4], '{DELIVERY_GROUP}', ARGV[7])
+  redis.call('XDEL', KEYS[4], ARGV[7])
+end
+local t = ARGV[8]
+if t == 'dead' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', '{DEAD_LETTERS_KEEP}', '*', 'd', ARGV[9])
+elseif t == 'wait' then
+  redis.call('ZADD', KEYS[6], ARGV[10], ARGV[9])
+elseif t == 'park' then
+  redis.call('ZADD', KEYS[7], ARGV[10], ARGV[9])
+elseif t == 'resume' then
+  redis.call('XADD', KEYS[8], '*', 'j', ARGV[9])
+end
+return 1
+""",
+)
+
+# Waiting jobs whose time has come, back into their lane's stream.
+# KEYS: 1 waiting zset, 2-4 the streams of lanes b(asic), r(eminder), m(arketing).
+# ARGV: 1 now ms, 2 limit. A member is the lane's letter and the job.
+WAKE = Script(
+    "wake",
+    """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(items) do
+  local lane = string.sub(m, 1, 1)
+  local key = KEYS[4]
+  if lane == 'b' then key = KEYS[2] elseif lane == 'r' then key = KEYS[3] end
+  redis.call('XADD', key, '*', 'j', string.sub(m, 2))
+  redis.call('ZREM', KEYS[1], m)
+end
+return #items
+""",
+)
+
+# KEYS[1] due zset; ARGV[1] now ms; ARGV[2] limit; ARGV[3] lease end ms. Taking a user
+# moves its score to the lease end, so nobody else takes it meanwhile.
+TAKE_DUE = Script(
+    "take_due",
+    """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+return ids
+""",
+)
+
+# KEYS[1] due zset; ARGV[1] user; ARGV[2] lease end ms; ARGV[3] next due ms or ''.
+FINISH_DUE = Script(
+    "finish_due",
+    """
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if cur and tonumber(cur) == tonumber(ARGV[2]) then
+  if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+elseif ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[1], 'LT', ARGV[3], ARGV[1])
+end
+return 1
+""",
+)
+
+# KEYS[1] user hash; ARGV[1] ttl ms; ARGV[2] 'set' | 'del'; ARGV[3] field; ARGV[4] value.
+OPT_OUT = Script(
+    "opt_out",
+    """
+if redis.call('HEXISTS', KEYS[1], 'updated_at') == 0 then return 0 end
+if ARGV[2] == 'set' then
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+else
+  redis.call('HDEL', KEYS[1], ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+# KEYS[1] user hash; ARGV[1] the interaction (JSON), ARGV[2] how many to keep.
+INTERACTION = Script(
+    "interaction",
+    """
+if redis.call('HEXISTS', KEYS[1], 'updated_at') == 0 then return 0 end
+local old = redis.call('HGET', KEYS[1], 'ix')
+local items = {cjson.decode(ARGV[1])}
+if old then
+  for _, e in ipairs(cjson.decode(old)) do
+    if #items >= tonumber(ARGV[2]) then break end
+    items[#items + 1] = e
+  end
+end
+redis.call('HSET', KEYS[1], 'ix', cjson.encode(items))
+return 1
+""",
+)
+
+# KEYS[1] lock or value; ARGV[1] the value it must still hold. Compare and delete.
+DELETE_IF = Script(
+    "delete_if",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""",
+)
+
+# KEYS[1] bucket hash; ARGV: 1 rate a second, 2 burst, 3 now ms. Returns 0 when a token
+# was taken, else the milliseconds until one is there.
+TAKE_TOKEN = Script(
+    "take_token",
+    """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 't', 'at')
+local tokens = tonumber(state[1]) or burst
+local last = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate / 1000)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.max(1000, math.ceil(2000 * burst / rate)))
+return wait
+""",
+)
+
+# KEYS[1] outcome list; ARGV: 1 '1' bad or '0', 2 window size, 3 ttl ms. Returns the
+# window's size and how many bad.
+OUTCOME = Script(
+    "outcome",
+    """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local bad = 0
+for _, v in ipairs(items) do if v == '1' then bad = bad + 1 end end
+return {#items, bad}
+""",
+)
+
+ALL = (COMMIT, FINISH, WAKE, TAKE_DUE, FINISH_DUE, OPT_OUT, INTERACTION, DELETE_IF, TAKE_TOKEN, OUTCOME)

@@ -1,0 +1,361 @@
+"""The Redis store: durable, shared by every gateway replica; one node or a cluster.
+
+Every method is one round trip (one pipeline, shared with the other calls of the same
+turn of the event loop), and every key it writes has its lifetime set in the same step
+(see ``keys``). A decision's commit is one script on the user's shard: the state (only
+at the version that was read), the message, the idempotent answer and the delivery job
+land together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from gateway.errors import FailedPrecondition, StoreUnavailable
+from gateway.logs import get_logger
+from gateway.store import codec, keys
+from gateway.store.base import Change, Committed, IdemState, Lifetimes, UserRead, UserView
+from gateway.store.redis import scripts
+from gateway.store.redis.connection import Command, Connection
+from gateway.store.shards import DEFAULT_SHARDS, message_shard, shard_of, tags
+from gateway.values.jobs import Job
+from gateway.values.profiles import Interaction, OptOut, UserProfile
+from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, TimelineEntry
+
+log = get_logger(__name__)
+
+
+def ms(delta: timedelta) -> int:
+    return max(1, int(delta.total_seconds() * 1000))
+
+
+def epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cluster: bool = False,
+        shards: int = DEFAULT_SHARDS,
+        timeout: float = 2.0,
+        max_connections: int = 128,
+        on_round_trip: Callable[[str], None] | None = None,
+    ) -> None:
+        self.shards = shards
+        self.tags = tags(shards)
+        self.connection = Connection(
+            url,
+            cluster=cluster,
+            timeout=timeout,
+            max_connections=max_connections,
+            scripts=scripts.ALL,
+            on_round_trip=on_round_trip or (lambda op: None),
+        )
+        self.where = self.connection.where
+        self._run = self.connection.run
+
+    @property
+    def client(self) -> Any:
+        return self.connection.client
+
+    def tag_of(self, user_id: str) -> str:
+        return self.tags[shard_of(user_id, self.shards)]
+
+    async def ping(self) -> None:
+        await self.connection.direct("ping", ("PING",))
+
+    async def prepare(self) -> None:
+        """Load the scripts; check (or record, on an empty store) the shard count."""
+        await self.connection.load_scripts()
+        await self._run("prepare", [("HSETNX", keys.META, "shards", self.shards)])
+        [stored] = await self._run("prepare", [("HGET", keys.META, "shards")])
+        if int(stored) != self.shards:
+            raise FailedPrecondition(
+                f"the store {self.where} was laid out in {int(stored)} shards, and this gateway is set to "
+                f"{self.shards}: the data would be out of reach. Set HERALD_REDIS_SHARDS={int(stored)} "
+                "(or start on an empty store)"
+            )
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    # --- decisions -----------------------------------------------------------------
+    async def read_users(self, reads: Sequence[UserRead], idem_ttl: timedelta) -> list[UserView]:
+        commands: list[Command] = []
+        for read in reads:
+            tag = self.tag_of(read.user_id)
+            commands.append(("HGETALL", keys.user(tag, read.user_id)))
+            if read.idem is not None:
+                idem = read.idem
+                commands.append(("GET", keys.idempotency(tag, idem.bu, idem.request_id)))
+                index = keys.request_index(idem.bu, idem.request_id)
+                # {"get": True}: the reply is the old value (redis-py's parser needs telling).
+                commands.append(("SET", index, idem.fingerprint, "NX", "GET", "PX", ms(idem_ttl), {"get": True}))
+        replies = iter(await self._run("read_users", commands))
+        out = []
+        for read in reads:
+            fields = next(replies)
+            profile, state = codec.decode_user(read.user_id, fields or {})
+            status, answer = IdemState.NEW, None
+            if read.idem is not None:
+                stored, seen = next(replies), next(replies)
+                if stored is not None:
+                    kept = codec.ANSWER.decode(stored)
+                    if kept.fingerprint == read.idem.fingerprint:
+                        status, answer = IdemState.SAME, kept.answer
+                    else:
+                        status = IdemState.CONFLICT
+                elif seen is not None and codec.text(seen) != read.idem.fingerprint:
+                    status = IdemState.CONFLICT
+            out.append(UserView(read.user_id, profile, state, status, answer))
+        return out
+
+    def _commit_command(self, change: Change, lifetimes: Lifetimes) -> Command:
+        tag = self.tag_of(change.user_id)
+        user = keys.user(tag, change.user_id)
+        command_keys: list[str] = [user, keys.due(tag)]
+        args: list[Any] = [
+            "" if change.state is None else change.version,
+            b"" if change.state is None else codec.encode_state(change.state),
+            "" if change.due is None else epoch_ms(change.due),
+            ms(lifetimes.idempotency),
+            ms(lifetimes.messages),
+            len(change.new),
+            len(change.updates),
+            change.user_id,
+        ]
+        for new in change.new:
+            record = new.record
+            answer_key = user
+            answer = b""
+            if new.idem is not None and new.answer is not None:
+                answer_key = keys.idempotency(tag, new.idem.bu, new.idem.request_id)
+                answer = codec.ANSWER.encode(codec.StoredAnswer(new.idem.fingerprint, new.answer))
+            command_keys += [keys.message(tag, record.message_id), answer_key, self._stream_for(tag, new.job)]
+            args += [codec.MESSAGE.encode(record), answer, b"" if new.job is None else codec.JOB.encode(new.job)]
+        for update in change.updates:
+            command_keys += [
+                keys.message_events(tag, update.message_id),
+                keys.message_current(tag, update.message_id),
+                self._stream_for(tag, update.job),
+            ]
+            args += [
+                codec.encode_events(update.events),
+                b"" if update.current is None else codec.CURRENT.encode(update.current),
+                b"" if update.job is None else codec.JOB.encode(update.job),
+            ]
+        return scripts.COMMIT.call(command_keys, args)
+
+    @staticmethod
+    def _stream_for(tag: str, job: Job | None) -> str:
+        # A slot that is not used still needs a key of the shard's slot.
+        return keys.stream(tag, job.lane) if job is not None else keys.due(tag)
+
+    async def commit(self, changes: Sequence[Change], lifetimes: Lifetimes) -> list[Committed]:
+        replies = await self._run("commit", [self._commit_command(c, lifetimes) for c in changes])
+        return [Committed(codec.text(r)) for r in replies]
+
+    # --- messages ------------------------------------------------------------------
+    def _message_tag(self, message_id: str) -> str | None:
+        shard = message_shard(message_id, self.shards)
+        return None if shard is None else self.tags[shard]
+
+    async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
+        commands: list[Command] = []
+        found = []
+        for message_id in message_ids:
+            tag = self._message_tag(message_id)
+            found.append(tag is not None)
+            if tag is not None:
+                commands += [
+                    ("GET", keys.message(tag, message_id)),
+                    ("GET", keys.message_events(tag, message_id)),
+                    ("GET", keys.message_current(tag, message_id)),
+                ]
+        replies = iter(await self._run("get_messages", commands))
+        out: list[MessageRecord | None] = []
+        for known in found:
+            if not known:
+                out.append(None)
+                continue
+            raw, events, current = next(replies), next(replies), next(replies)
+            out.append(None if raw is None else codec.decode_message(raw, events, current))
+        return out
+
+    async def add_events(
+        self, message_id: str, events: Sequence[TimelineEntry], current: Current | None, retention: timedelta
+    ) -> None:
+        tag = self._message_tag(message_id)
+        if tag is None:
+            return
+        commands: list[Command] = []
+        if events:
+            commands += [
+                ("APPEND", keys.message_events(tag, message_id), codec.encode_events(events)),
+                ("PEXPIRE", keys.message_events(tag, message_id), ms(retention)),
+            ]
+        if current is not None:
+            commands.append(
+                ("SET", keys.message_current(tag, message_id), codec.CURRENT.encode(current), "PX", ms(retention))
+            )
+        await self._run("add_events", commands)
+
+    # --- profiles ------------------------------------------------------------------
+    async def _profile(
+        self, op: str, user_id: str, before: Sequence[Command] = ()
+    ) -> tuple[list[Any], UserProfile | None]:
+        key = keys.user(self.tag_of(user_id), user_id)
+        *replies, fields = await self._run(op, [*before, ("HGETALL", key)])
+        return replies, codec.decode_profile(user_id, fields or {})
+
+    async def upsert_user(self, user_id: str, patch: Mapping[str, Any], now: datetime, ttl: timedelta) -> UserProfile:
+        key = keys.user(self.tag_of(user_id), user_id)
+        fields = codec.encode_patch(patch, now)
+        flat = [item for pair in fields.items() for item in pair]
+        _, profile = await self._profile("upsert_user", user_id, [("HSET", key, *flat), ("PEXPIRE", key, ms(ttl))])
+        assert profile is not None
+        return profile
+
+    async def get_user(self, user_id: str) -> UserProfile | None:
+        _, profile = await self._profile("get_user", user_id)
+        return profile
+
+    async def set_opt_out(self, user_id: str, entry: OptOut, opted_out: bool, ttl: timedelta) -> UserProfile | None:
+        name, value = codec.encode_opt_out(entry)
+        key = keys.user(self.tag_of(user_id), user_id)
+        call = scripts.OPT_OUT.call([key], [ms(ttl), "set" if opted_out else "del", name, value])
+        [found], profile = await self._profile("set_opt_out", user_id, [call])
+        return profile if found else None
+
+    async def record_interaction(
+        self, user_id: str, interaction: Interaction, keep: int, retention: timedelta
+    ) -> UserProfile | None:
+        key = keys.user(self.tag_of(user_id), user_id)
+        call = scripts.INTERACTION.call([key], [codec.INTERACTION.encode(interaction), keep])
+        [found], profile = await self._profile("record_interaction", user_id, [call])
+        return profile if found else None
+
+    # --- kill switches -------------------------------------------------------------
+    async def put_kill_switch(self, switch: KillSwitch, audit: AuditEntry) -> None:
+        await self._run(
+            "put_kill_switch",
+            [
+                ("HSET", keys.KILL_SWITCHES, switch.switch_id, codec.SWITCH.encode(switch)),
+                ("LPUSH", keys.KILL_AUDIT, codec.AUDIT.encode(audit)),
+                ("LTRIM", keys.KILL_AUDIT, 0, keys.KILL_AUDIT_KEEP - 1),
+                ("PUBLISH", keys.KILL_CHANGED, switch.switch_id),
+            ],
+        )
+
+    async def clear_kill_switch(
+        self, switch_id: str, audit_of: Callable[[KillSwitch], AuditEntry]
+    ) -> KillSwitch | None:
+        [raw] = await self._run("clear_kill_switch", [("HGET", keys.KILL_SWITCHES, switch_id)])
+        if raw is None:
+            return None
+        switch = codec.SWITCH.decode(raw)
+        removed, *_ = await self._run(
+            "clear_kill_switch",
+            [
+                ("HDEL", keys.KILL_SWITCHES, switch_id),
+                ("LPUSH", keys.KILL_AUDIT, codec.AUDIT.encode(audit_of(switch))),
+                ("LTRIM", keys.KILL_AUDIT, 0, keys.KILL_AUDIT_KEEP - 1),
+                ("PUBLISH", keys.KILL_CHANGED, switch_id),
+            ],
+        )
+        return switch if removed else None
+
+    async def watch_kill_switches(self, on_change: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
+        """Call ``on_change`` whenever any replica changes a switch (pub/sub). Polling
+        stays as the fallback: a lost connection only makes this wait and retry."""
+        while not stopping.is_set():
+            pubsub = self._pubsub()
+            try:
+                await pubsub.subscribe(keys.KILL_CHANGED)
+                while not stopping.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is not None:
+                        await on_change()
+            except (RedisError, OSError, StoreUnavailable) as exc:
+                log.warning("kill_switch_feed_lost", error=type(exc).__name__, detail="polling continues")
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    def _pubsub(self) -> Any:
+        return self.client.pubsub()
+
+    async def kill_switches(self) -> list[KillSwitch]:
+        [raw] = await self._run("kill_switches", [("HVALS", keys.KILL_SWITCHES)])
+        return [codec.SWITCH.decode(item) for item in raw]
+
+    async def kill_audit(self, limit: int) -> list[AuditEntry]:
+        [raw] = await self._run("kill_audit", [("LRANGE", keys.KILL_AUDIT, 0, limit - 1)])
+        return [codec.AUDIT.decode(item) for item in raw]
+
+    # --- due index -----------------------------------------------------------------
+    async def take_due(self, now: datetime, limit: int, lease: timedelta) -> list[tuple[str, datetime]]:
+        until = now + lease
+        calls = [scripts.TAKE_DUE.call([keys.due(tag)], [epoch_ms(now), limit, epoch_ms(until)]) for tag in self.tags]
+        replies = await self._run("take_due", calls)
+        return [(codec.text(user), until) for ids in replies for user in ids]
+
+    async def finish_due(self, done: Sequence[tuple[str, datetime, datetime | None]]) -> None:
+        calls = [
+            scripts.FINISH_DUE.call(
+                [keys.due(self.tag_of(user))],
+                [user, epoch_ms(leased_until), "" if next_due is None else epoch_ms(next_due)],
+            )
+            for user, leased_until, next_due in done
+        ]
+        await self._run("finish_due", calls)
+
+    async def due_count(self) -> int:
+        replies = await self._run("due_count", [("ZCARD", keys.due(tag)) for tag in self.tags])
+        return sum(int(n) for n in replies)
+
+    # --- shared small state ----------------------------------------------------------
+    async def shared_get(self, name: str) -> str | None:
+        [raw] = await self._run("shared_get", [("GET", keys.shared(name))])
+        return None if raw is None else codec.text(raw)
+
+    async def shared_put(self, name: str, value: str, ttl: timedelta, *, only_if_absent: bool = False) -> bool:
+        command: Command = ("SET", keys.shared(name), value, "PX", ms(ttl), *(("NX",) if only_if_absent else ()))
+        [done] = await self._run("shared_put", [command])
+        return bool(done)
+
+    async def shared_delete(self, name: str, only_if: str | None = None) -> bool:
+        if only_if is None:
+            [removed] = await self._run("shared_delete", [("DEL", keys.shared(name))])
+        else:
+            [removed] = await self._run("shared_delete", [scripts.DELETE_IF.call([keys.shared(name)], [only_if])])
+        return bool(removed)
+
+    async def take_token(self, bucket: str, rate: float, burst: int, now: datetime) -> float:
+        [wait_ms] = await self._run(
+            "take_token", [scripts.TAKE_TOKEN.call([keys.bucket(bucket)], [rate, burst, epoch_ms(now)])]
+        )
+        return int(wait_ms) / 1000
+
+    async def record_outcome(self, key: str, bad: bool, last: int, ttl: timedelta) -> tuple[int, int]:
+        [reply] = await self._run(
+            "record_outcome", [scripts.OUTCOME.call([keys.outcomes(key)], ["1" if bad else "0", last, ms(ttl)])]
+        )
+        total, bad_count = reply
+        return int(total), int(bad_count)
+
+
+def from_ms(value: int | float | bytes) -> datetime:
+    return datetime.fromtimestamp(float(value) / 1000, UTC)

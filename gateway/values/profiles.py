@@ -1,0 +1,67 @@
+"""A user's identity, contact points and preferences, as values."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from gateway.values.domain import Category, Channel, InteractionKind, Platform, PushProvider
+
+# The profile fields a caller sets (UpsertUser's update_mask paths).
+PROFILE_SECTIONS = ("wechat", "phone", "email", "device_tokens", "timezone", "locale", "rfm")
+
+
+class WeChat(msgspec.Struct, frozen=True):
+    openid: str
+    unionid: str = ""
+    following: bool = False
+
+
+class DeviceToken(msgspec.Struct, frozen=True):
+    token: str
+    platform: Platform
+    provider: PushProvider
+
+
+class Rfm(msgspec.Struct, frozen=True):
+    last_purchase_at: datetime | None = None
+    orders_in_period: int = 0
+    spend_in_period_minor: int = 0
+
+
+def opt_out_key(category: Category | None, channel: Channel | None) -> str:
+    return f"{category or '*'}:{channel or '*'}"
+
+
+class OptOut(msgspec.Struct, frozen=True):
+    """``category`` None: every category; ``channel`` None: every channel."""
+
+    category: Category | None
+    channel: Channel | None
+    at: datetime
+    source: str = ""
+
+    @property
+    def key(self) -> str:
+        return opt_out_key(self.category, self.channel)
+
+
+class Interaction(msgspec.Struct, frozen=True, array_like=True):
+    kind: InteractionKind
+    at: datetime
+
+
+class UserProfile(msgspec.Struct, frozen=True):
+    user_id: str
+    wechat: WeChat | None = None
+    phone: str = ""
+    email: str = ""
+    device_tokens: tuple[DeviceToken, ...] = ()
+    timezone: str = ""
+    locale: str = ""
+    rfm: Rfm = msgspec.field(default_factory=Rfm)
+    opt_outs: tuple[OptOut, ...] = ()
+    # Most recent first.
+    interactions: tuple[Interaction, ...] = ()
+    updated_at: datetime | None = None

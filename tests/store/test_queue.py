@@ -1,0 +1,214 @@
+"""The delivery queue's contract, on the memory queue and on Redis Streams: jobs committed
+with their decisions, taken by lane, finished in one step (reservation, timeline,
+status, ack), put aside to wait or by a kill switch, and taken over when a worker dies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import msgspec
+import pytest
+
+from gateway.clock import FixedClock
+from gateway.ids import new_message_id
+from gateway.store.base import Change, Committed, Lifetimes, NewMessage, Queue, Settlement, Store, Then, UserRead
+from gateway.store.codec import Parked
+from gateway.store.memory import MemoryQueue, MemoryStore
+from gateway.store.shards import shard_of
+from gateway.values.claims import Claim
+from gateway.values.domain import Category, Channel, Outcome, Reason
+from gateway.values.jobs import LANES, Job
+from gateway.values.records import Current, MessageRecord, TimelineEntry
+from gateway.values.state import Commit, Release, SentEntry
+
+DAY = timedelta(days=1)
+LIFE = Lifetimes(DAY, DAY)
+
+
+@pytest.fixture
+async def queue(request: pytest.FixtureRequest, store: Store) -> AsyncIterator[Queue]:
+    if isinstance(store, MemoryStore):
+        yield MemoryQueue(store)
+        return
+    from gateway.store.redis import RedisQueue, RedisStore
+
+    assert isinstance(store, RedisStore)
+    redis_queue = RedisQueue(store, request.getfixturevalue("clean_redis"), reclaim_after=30, consumer="w1")
+    try:
+        yield redis_queue
+    finally:
+        await redis_queue.close()
+
+
+def job_for(store: Store, clock: FixedClock, user: str = "u-1", category: Category = Category.BASIC) -> Job:
+    claim = Claim("order", "r-1", user, "order.shipped", category, {"order_id": "O1"}, None, "", "", None, None, 50)
+    message_id = new_message_id(shard_of(user, store.shards))
+    return Job(message_id, claim, (Channel.WECHAT_TEMPLATE, Channel.SMS), clock.now())
+
+
+def record_of(job: Job, clock: FixedClock) -> MessageRecord:
+    claim = job.claim
+    return MessageRecord(
+        job.message_id, claim.request_id, claim.user_id, claim.bu, claim.scenario, claim.category, "",
+        Outcome.ACCEPTED, None, "sending", job.plan, None, clock.now(), "queued", "v1",
+    )  # fmt: skip
+
+
+async def accept(store: Store, clock: FixedClock, job: Job) -> None:
+    """What the pipeline does: the decision (a reservation), its message and its job."""
+    user = job.claim.user_id
+    await store.upsert_user(user, {"phone": "+8613800138000"}, clock.now(), DAY)
+    [view] = await store.read_users([UserRead(user)], DAY)
+    entry = SentEntry(job.message_id, clock.now(), job.lane, job.plan[0], job.claim.bu)
+    state = msgspec.structs.replace(view.state, sent=(*view.state.sent, entry))
+    change = Change(user, view.state.version, state, (NewMessage(record_of(job, clock), job=job),))
+    assert await store.commit([change], LIFE) == [Committed.OK]
+
+
+async def take_all(queue: Queue, lanes: tuple[Category, ...] = LANES, expect: int = 1) -> list:  # type: ignore[type-arg]
+    taken: list = []  # type: ignore[type-arg]
+    for _ in range(20):
+        taken += await queue.take(list(lanes), 100, 0.05)
+        if len(taken) >= expect:
+            break
+    return taken
+
+
+async def test_a_committed_job_is_taken_and_finished_in_one_step(store: Store, queue: Queue, clock: FixedClock) -> None:
+    job = job_for(store, clock)
+    await accept(store, clock, job)
+    assert (await queue.depth())[Category.BASIC] == 1
+    [lease] = await take_all(queue)
+    assert lease.job == job
+    delivered = TimelineEntry(clock.now(), "delivered", Channel.SMS, "OK")
+    done = Settlement(
+        job,
+        Then.DONE,
+        lease=lease,
+        settle=Commit(job.message_id, Channel.SMS),
+        events=(delivered,),
+        current=Current("delivered", Outcome.ACCEPTED, None, "delivered via SMS"),
+    )
+    await queue.finish([done], DAY)
+    [view] = await store.read_users([UserRead("u-1")], DAY)
+    [entry] = view.state.sent
+    assert entry.committed and entry.channel is Channel.SMS
+    assert view.state.version == 2  # the commit moved it on: a concurrent decision would read again
+    [message] = await store.get_messages([job.message_id])
+    assert message is not None and message.status == "delivered" and message.timeline[-1] == delivered
+    assert (await queue.depth())[Category.BASIC] == 0
+    assert await queue.take(list(LANES), 10, 0.05) == []
+
+
+async def test_only_the_lanes_asked_for_are_taken(store: Store, queue: Queue, clock: FixedClock) -> None:
+    marketing = job_for(store, clock, "u-m", Category.MARKETING)
+    basic = job_for(store, clock, "u-b", Category.BASIC)
+    await accept(store, clock, marketing)
+    await accept(store, clock, basic)
+    taken = await take_all(queue, (Category.BASIC,))
+    assert [lease.job.message_id for lease in taken] == [basic.message_id]
+    later = await take_all(queue, (Category.MARKETING,))
+    assert [lease.job.message_id for lease in later] == [marketing.message_id]
+
+
+async def test_a_failed_delivery_gives_the_reservation_back_and_is_dead_lettered(
+    store: Store, queue: Queue, clock: FixedClock
+) -> None:
+    job = job_for(store, clock)
+    await accept(store, clock, job)
+    [lease] = await take_all(queue)
+    await queue.finish([Settlement(job, Then.DEAD, lease=lease, settle=Release(job.message_id), why="no channel")], DAY)
+    [view] = await store.read_users([UserRead("u-1")], DAY)
+    assert view.state.sent == ()
+    [letter] = await queue.dead_letters(10)
+    assert (letter.message_id, letter.reason) == (job.message_id, "no channel")
+
+
+async def test_a_waiting_job_comes_back_when_its_time_comes(store: Store, queue: Queue, clock: FixedClock) -> None:
+    job = job_for(store, clock)
+    await accept(store, clock, job)
+    [lease] = await take_all(queue)
+    until = clock.now() + timedelta(seconds=30)
+    waiting = msgspec.structs.replace(job, waits=1)
+    await queue.finish([Settlement(waiting, Then.WAIT, lease=lease, until=until, why="wechat down")], DAY)
+    assert await queue.held_counts() == (0, 1)
+    assert await queue.wake(clock.now(), 100) == 0
+    assert await queue.take(list(LANES), 10, 0.05) == []
+    assert await queue.wake(until, 100) == 1
+    [again] = await take_all(queue)
+    assert again.job == waiting
+    [view] = await store.read_users([UserRead("u-1")], DAY)
+    assert [e.message_id for e in view.state.sent] == [job.message_id]  # the reservation stays
+
+
+async def test_a_parked_job_is_resumed_once(store: Store, queue: Queue, clock: FixedClock) -> None:
+    job = job_for(store, clock)
+    await accept(store, clock, job)
+    [lease] = await take_all(queue)
+    until = clock.now() + DAY
+    await queue.finish([Settlement(job, Then.PARK, lease=lease, until=until, why="kill switch")], DAY)
+    [parked] = await queue.parked(None, 100)
+    assert parked == Parked(job, until, "kill switch")
+    assert await queue.parked(clock.now(), 100) == []  # not due yet
+    resume = Settlement(
+        job, Then.RESUME, events=(TimelineEntry(clock.now(), "resumed"),), parked=parked,
+        current=Current("queued", Outcome.ACCEPTED, None, "kill switch cleared"),
+    )  # fmt: skip
+    await asyncio.gather(queue.finish([resume], DAY), queue.finish([resume], DAY))  # two sweeps at once
+    taken = await take_all(queue, expect=2)
+    assert [lease.job.message_id for lease in taken] == [job.message_id]
+    assert await queue.held_counts() == (0, 0)
+
+
+async def test_a_parked_job_past_its_time_ends(store: Store, queue: Queue, clock: FixedClock) -> None:
+    job = job_for(store, clock)
+    await accept(store, clock, job)
+    [lease] = await take_all(queue)
+    until = clock.now() + timedelta(minutes=1)
+    await queue.finish([Settlement(job, Then.PARK, lease=lease, until=until)], DAY)
+    [parked] = await queue.parked(until, 100)
+    ended = Current("expired", Outcome.SUPPRESSED, Reason.KILL_SWITCH, "kept and ended")
+    await queue.finish([Settlement(job, Then.DONE, settle=Release(job.message_id), current=ended, parked=parked)], DAY)
+    [message] = await store.get_messages([job.message_id])
+    assert message is not None and message.reason is Reason.KILL_SWITCH
+    [view] = await store.read_users([UserRead("u-1")], DAY)
+    assert view.state.sent == ()
+
+
+async def test_depth_and_age_by_lane(store: Store, queue: Queue, clock: FixedClock) -> None:
+    for index in range(3):
+        await accept(store, clock, job_for(store, clock, f"u-{index}", Category.MARKETING))
+    depth = await queue.depth()
+    assert depth == {Category.BASIC: 0, Category.REMINDER: 0, Category.MARKETING: 3}
+    ages = await queue.oldest(clock.now() + timedelta(seconds=5))
+    assert ages[Category.BASIC] == 0
+    assert ages[Category.MARKETING] >= 0
+
+
+@pytest.mark.redis
+async def test_a_dead_workers_jobs_are_taken_over(clean_redis: str, clock: FixedClock) -> None:
+    from gateway.store.redis import RedisQueue, RedisStore
+
+    store = RedisStore(clean_redis)
+    await store.prepare()
+    job = job_for(store, clock)
+    await accept(store, clock, job)
+    first = RedisQueue(store, clean_redis, reclaim_after=0.3, consumer="dies")
+    second = RedisQueue(store, clean_redis, reclaim_after=0.3, consumer="lives", max_deliveries=2)
+    try:
+        [taken] = await take_all(first)  # ...and the first worker dies holding it
+        await asyncio.sleep(0.4)
+        [again] = await take_all(second)
+        assert again.job == taken.job and again.deliveries == 2
+        await asyncio.sleep(0.4)
+        # Handed out once too often: dead-lettered, not looped.
+        second._next_reclaim = 0
+        assert await second.take(list(LANES), 10, 0.05) == []
+        [letter] = await second.dead_letters(10)
+        assert "handed out 3 times" in letter.reason
+    finally:
+        await first.close()
+        await second.close()
+        await store.close()
