@@ -2,26 +2,48 @@
 
 Faults name the file, the path inside it and the problem, e.g.
 ``policies/categories.yaml: categories.marketing.caps[1].window: unknown unit 'dya'``.
+
+One run finds every fault. Each entry of a merged section (a business unit, a scenario,
+a category, a channel, a provider, a content-guard language) and each single section
+(``defaults``, ``tiers``) is validated on its own, so one bad entry hides nothing else.
+An entry that fails is remembered by name as defined but invalid; the required-section
+and cross-reference checks then run over the entries that did validate, and a name that
+is defined but invalid (or that a file we could not read may define) is never called
+unknown or missing. Faults are given sorted by file, then in file order.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.model import CONTENT_PLACEHOLDERS, PLACEHOLDER_RE, ContentGuard, Policy
-from gateway.policy.schema import Defaults, PolicyFile, Scenario
+from gateway.policy.schema import CategoryPolicy, Defaults, PolicyFile, Scenario, TierPolicy
 from gateway.values.domain import Category, Channel
 
 _MERGED_SECTIONS = ("content_guard", "business_units", "scenarios", "categories", "channels", "providers")
 _SINGLE_SECTIONS = ("defaults", "tiers")
+_REQUIRED_SECTIONS = ("business_units", "scenarios", "categories", "channels", "providers")
+
+# The type of a merged section's names (str, Category, Channel), read off the schema, so
+# the name of an entry that fails validation can still be remembered as the schema reads it.
+_NAME_OF: dict[str, TypeAdapter[Any]] = {
+    section: TypeAdapter(get_args(get_args(PolicyFile.model_fields[section].annotation)[0])[0])
+    for section in _MERGED_SECTIONS
+}
+
+# Where something is in a file: (line, column), both from 0.
+_Position = tuple[int, int]
+# A fault before it is placed: file, path inside it, problem.
+_Fault = tuple[str, list[Any], str]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -76,10 +98,110 @@ def format_loc(loc: Iterable[Any]) -> str:
     return out
 
 
-def _problems_from_validation(file: str, error: ValidationError) -> list[PolicyProblem]:
-    problems = []
+class _Report:
+    """Every fault found, each with where it is, given back sorted by file and then in
+    file order (files in the order they were read; faults of the whole set first)."""
+
+    def __init__(self) -> None:
+        self._rank: dict[str, int] = {}
+        self._positions: dict[str, dict[tuple[Any, ...], _Position]] = {}
+        self._found: list[tuple[tuple[int, int, int], PolicyProblem]] = []
+
+    def file(self, file: str) -> None:
+        """``file`` is read next: its faults come after those of the files before it."""
+        self._rank[file] = len(self._rank)
+
+    def place(self, file: str, positions: dict[tuple[Any, ...], _Position]) -> None:
+        """Where each path of ``file`` is written, to put its faults in file order."""
+        self._positions[file] = positions
+
+    def add(self, file: str, loc: list[Any], problem: str, *, at: list[Any] | None = None) -> None:
+        """A fault at ``loc`` (placed at ``at`` when that is more precise)."""
+        line, column = self._where(file, loc if at is None else at)
+        self._found.append(((self._rank.get(file, -1), line, column), PolicyProblem(file, format_loc(loc), problem)))
+
+    def add_at(self, file: str, where: str, problem: str, position: _Position) -> None:
+        """A fault whose place is already written out (``line 3, column 5``)."""
+        self._found.append(((self._rank.get(file, -1), *position), PolicyProblem(file, where, problem)))
+
+    def __bool__(self) -> bool:
+        return bool(self._found)
+
+    def problems(self) -> list[PolicyProblem]:
+        return [problem for _, problem in sorted(self._found, key=lambda item: item[0])]
+
+    def _where(self, file: str, loc: list[Any]) -> _Position:
+        """The position of the deepest part of ``loc`` written in the file."""
+        positions = self._positions.get(file, {})
+        path = tuple(loc[: loc.index("[key]")] if "[key]" in loc else loc)
+        for end in range(len(path), 0, -1):
+            found = positions.get(path[:end])
+            if found is not None:
+                return found
+        return (0, 0)
+
+
+def _positions(loader: _UniqueKeyLoader, node: yaml.Node) -> dict[tuple[Any, ...], _Position]:
+    """Where each key and list item of a document starts, by its path of keys and indexes."""
+    out: dict[tuple[Any, ...], _Position] = {}
+
+    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                try:
+                    key = loader.construct_object(key_node, deep=True)
+                    here = (*path, key)
+                    out.setdefault(here, (key_node.start_mark.line, key_node.start_mark.column))
+                except (yaml.YAMLError, TypeError):  # a key no path can name (a list, say)
+                    continue
+                walk(value_node, here)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                here = (*path, index)
+                out.setdefault(here, (item.start_mark.line, item.start_mark.column))
+                walk(item, here)
+
+    walk(node, ())
+    return out
+
+
+def _read_yaml(path: Path, shown: str, report: _Report) -> tuple[dict[Any, Any] | None, bool]:
+    """The file's top-level mapping, or None; and whether its content is known (False
+    when it could not be read: it might define any name)."""
+    report.file(shown)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        report.add_at(shown, "", "is not UTF-8 text", (0, 0))
+        return None, False
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        raw = None
+        if node is not None:
+            raw = loader.construct_document(node)
+            report.place(shown, _positions(loader, node))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        report.add_at(shown, where, f"not valid YAML: {problem}", (mark.line, mark.column) if mark else (0, 0))
+        return None, False
+    finally:
+        loader.dispose()
+    if raw is None:
+        report.add(shown, [], "is empty; remove it or add a section")
+        return None, True
+    if not isinstance(raw, dict):
+        report.add(shown, [], "must be a mapping of sections (scenarios:, categories:, ...)")
+        return None, False
+    return raw, True
+
+
+def _add_validation(report: _Report, file: str, error: ValidationError) -> None:
     for item in error.errors():
         loc = list(item["loc"])
+        at = list(loc)
         message = str(item["msg"])
         if item["type"] == "extra_forbidden":
             key = loc.pop() if loc else "?"
@@ -92,28 +214,118 @@ def _problems_from_validation(file: str, error: ValidationError) -> list[PolicyP
             message = message[len("Assertion failed, ") :]
         if isinstance(item.get("input"), bool) or any(isinstance(p, bool) for p in loc):
             message += " (YAML reads yes/no/on/off unquoted as true/false: quote it)"
-        problems.append(PolicyProblem(file, format_loc(loc), message))
-    return problems
+        report.add(file, loc, message, at=at)
 
 
-def _read_file(path: Path, shown: str) -> tuple[PolicyFile | None, list[PolicyProblem]]:
+def _validate(report: _Report, file: str, part: dict[Any, Any]) -> PolicyFile | None:
+    """``part`` of a file (one section, or one entry of a merged section) checked against
+    the whole file's schema, so every fault reads as if the file had been checked at once."""
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except UnicodeDecodeError:
-        return None, [PolicyProblem(shown, "", "is not UTF-8 text")]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        return None, [PolicyProblem(shown, where, f"not valid YAML: {problem}")]
-    if raw is None:
-        return None, [PolicyProblem(shown, "", "is empty; remove it or add a section")]
-    if not isinstance(raw, dict):
-        return None, [PolicyProblem(shown, "", "must be a mapping of sections (scenarios:, categories:, ...)")]
-    try:
-        return PolicyFile.model_validate(raw), []
+        return PolicyFile.model_validate(part)
     except ValidationError as exc:
-        return None, _problems_from_validation(shown, exc)
+        _add_validation(report, file, exc)
+        return None
+
+
+@dataclass
+class _Sections:
+    """The files merged: the entries that validated, and what is known of the rest."""
+
+    valid: dict[str, dict[Any, Any]] = field(default_factory=lambda: {s: {} for s in _MERGED_SECTIONS})
+    # Names whose entry is written but failed validation, by section.
+    invalid: dict[str, set[Any]] = field(default_factory=lambda: {s: set() for s in _MERGED_SECTIONS})
+    # Sections holding an entry whose name could not be read (or that are not a mapping
+    # at all): any name may be meant there.
+    unreadable: set[str] = field(default_factory=set)
+    # A file could not be read, or holds a section we do not know: any name may be
+    # defined in it, so nothing is called unknown or missing.
+    unknown_content: bool = False
+    origin: dict[tuple[str, Any], str] = field(default_factory=dict)
+    singles: dict[str, Any] = field(default_factory=dict)  # single sections that validated
+    single_files: dict[str, str] = field(default_factory=dict)  # every single section written
+
+    def defined(self, section: str, name: Any) -> bool:
+        """Whether ``name`` is (or may be) written in ``section``, valid or not."""
+        return (
+            name in self.valid[section]
+            or name in self.invalid[section]
+            or section in self.unreadable
+            or self.unknown_content
+        )
+
+    def written(self, section: str) -> bool:
+        """Whether any file writes ``section`` (or may, for all we could read)."""
+        if section in _SINGLE_SECTIONS:
+            return section in self.single_files or self.unknown_content
+        return bool(self.valid[section] or self.invalid[section]) or section in self.unreadable or self.unknown_content
+
+    def names(self, section: str) -> list[str]:
+        return sorted(str(name) for name in {*self.valid[section], *self.invalid[section]})
+
+    @property
+    def tiers(self) -> TierPolicy | None:
+        """The tiers, when they are written and valid."""
+        tiers: TierPolicy | None = self.singles.get("tiers")
+        return tiers
+
+    @property
+    def defaults(self) -> Defaults | None:
+        """The defaults (those of the schema when no file writes them); None when they
+        are written but invalid, or may be in a file we could not read."""
+        if "defaults" in self.singles:
+            defaults: Defaults = self.singles["defaults"]
+            return defaults
+        return None if self.written("defaults") else Defaults()
+
+    def file_of(self, section: str, key: Any = None, *, default: str) -> str:
+        if key is None:
+            return self.single_files.get(section, default)
+        return self.origin.get((section, key), default)
+
+
+def _merge_file(raw: dict[Any, Any], shown: str, sections: _Sections, report: _Report) -> None:
+    """Validate one file's sections, entry by entry, into ``sections``."""
+    for section, value in raw.items():
+        if section in _MERGED_SECTIONS and isinstance(value, dict):
+            for key, entry in value.items():
+                _merge_entry(section, key, entry, shown, sections, report)
+            continue
+        parsed = _validate(report, shown, {section: value})
+        if section in _MERGED_SECTIONS:
+            if parsed is None:
+                sections.unreadable.add(section)
+            continue
+        if section not in _SINGLE_SECTIONS:
+            sections.unknown_content = True  # an unknown section: it may hold any name
+            continue
+        if value is None:
+            continue
+        if section in sections.single_files:
+            report.add(shown, [section], f"already defined in {sections.single_files[section]}")
+            continue
+        sections.single_files[section] = shown
+        if parsed is not None:
+            sections.singles[section] = getattr(parsed, section)
+
+
+def _merge_entry(section: str, key: Any, entry: Any, shown: str, sections: _Sections, report: _Report) -> None:
+    parsed = _validate(report, shown, {section: {key: entry}})
+    if parsed is not None:
+        ((name, value),) = getattr(parsed, section).items()
+    else:
+        try:
+            name = _NAME_OF[section].validate_python(key)
+        except ValidationError:  # the name itself is wrong (reported): any name may be meant
+            sections.unreadable.add(section)
+            return
+    if (section, name) in sections.origin:
+        report.add(shown, [section, key], f"already defined in {sections.origin[section, name]}")
+        return
+    sections.origin[section, name] = shown
+    if parsed is not None:
+        sections.valid[section][name] = value
+    else:
+        sections.invalid[section].add(name)
 
 
 def load_policy(directory: Path | str, *, now: datetime | None = None) -> Policy:
@@ -128,78 +340,49 @@ def load_policy(directory: Path | str, *, now: datetime | None = None) -> Policy
     if not files:
         raise PolicyError([PolicyProblem(str(directory), "", "holds no .yaml policy files")])
 
-    problems: list[PolicyProblem] = []
-    merged: dict[str, dict[Any, Any]] = {name: {} for name in _MERGED_SECTIONS}
-    origin: dict[tuple[str, Any], str] = {}
-    singles: dict[str, tuple[Any, str]] = {}
+    report = _Report()
+    sections = _Sections()
     for path in files:
         shown = str(directory / path.relative_to(directory))
-        parsed, file_problems = _read_file(path, shown)
-        problems.extend(file_problems)
-        if parsed is None:
-            continue
-        for section in _MERGED_SECTIONS:
-            for key, value in (getattr(parsed, section) or {}).items():
-                if (section, key) in origin:
-                    problems.append(
-                        PolicyProblem(shown, format_loc([section, key]), f"already defined in {origin[section, key]}")
-                    )
-                    continue
-                origin[section, key] = shown
-                merged[section][key] = value
-        for section in _SINGLE_SECTIONS:
-            value = getattr(parsed, section)
-            if value is None:
-                continue
-            if section in singles:
-                problems.append(PolicyProblem(shown, section, f"already defined in {singles[section][1]}"))
-                continue
-            singles[section] = (value, shown)
+        raw, known = _read_yaml(path, shown, report)
+        if not known:
+            sections.unknown_content = True
+        if raw is not None:
+            _merge_file(raw, shown, sections, report)
 
-    if problems:
-        raise PolicyError(problems)
+    for file, loc, problem in (
+        *_check_required(sections, str(directory)),
+        *cross_check(sections, str(directory)),
+    ):
+        report.add(file, loc, problem)
+    if report:
+        raise PolicyError(report.problems())
 
-    def file_of(section: str, key: Any = None) -> str:
-        if key is None:
-            return singles[section][1] if section in singles else str(directory)
-        return origin.get((section, key), str(directory))
-
-    problems.extend(_check_required(merged, singles, str(directory)))
-    if problems:
-        raise PolicyError(problems)
-
-    policy = Policy(
+    merged = sections.valid
+    return Policy(
         version=content_version(directory, files),
         loaded_at=now or datetime.now(UTC),
         files=tuple(str(p.relative_to(directory)) for p in files),
-        defaults=singles["defaults"][0] if "defaults" in singles else Defaults(),
+        defaults=sections.singles.get("defaults", Defaults()),
         content_guard=ContentGuard.build(merged["content_guard"]),
         business_units=merged["business_units"],
         scenarios=merged["scenarios"],
         categories=merged["categories"],
-        tiers=singles["tiers"][0],
+        tiers=sections.singles["tiers"],
         channels=merged["channels"],
         providers=merged["providers"],
     )
-    problems.extend(cross_check(policy, file_of))
-    if problems:
-        raise PolicyError(problems)
-    return policy
 
 
-def _check_required(
-    merged: Mapping[str, Mapping[Any, Any]], singles: Mapping[str, Any], directory: str
-) -> list[PolicyProblem]:
-    problems = []
-    for section in ("business_units", "scenarios", "categories", "channels", "providers"):
-        if not merged[section]:
-            problems.append(PolicyProblem(directory, section, "no file defines this section; it is required"))
-    if "tiers" not in singles:
-        problems.append(PolicyProblem(directory, "tiers", "no file defines the RFM tiers; it is required"))
+def _check_required(sections: _Sections, directory: str) -> Iterator[_Fault]:
+    for section in _REQUIRED_SECTIONS:
+        if not sections.written(section):
+            yield directory, [section], "no file defines this section; it is required"
+    if not sections.written("tiers"):
+        yield directory, ["tiers"], "no file defines the RFM tiers; it is required"
     for category in Category:
-        if merged["categories"] and category not in merged["categories"]:
-            problems.append(PolicyProblem(directory, f"categories.{category}", "every category needs a policy"))
-    return problems
+        if sections.written("categories") and not sections.defined("categories", category):
+            yield directory, ["categories", category], "every category needs a policy"
 
 
 def _placeholders(value: Any) -> Iterable[tuple[list[Any], str]]:
@@ -215,33 +398,32 @@ def _placeholders(value: Any) -> Iterable[tuple[list[Any], str]]:
         yield from _placeholders(value.model_dump(exclude_none=True))
 
 
-def _check_scenario(policy: Policy, name: str, scenario: Scenario, file: str) -> list[PolicyProblem]:
+def _check_scenario(sections: _Sections, name: str, scenario: Scenario, file: str) -> Iterator[_Fault]:
     base = ["scenarios", name]
-    problems = []
-
-    def add(loc: list[Any], problem: str) -> None:
-        problems.append(PolicyProblem(file, format_loc(base + loc), problem))
 
     overlap = set(scenario.params) & set(scenario.optional_params)
     if overlap:
-        add(["optional_params"], f"also listed in params: {', '.join(sorted(overlap))}")
+        yield file, [*base, "optional_params"], f"also listed in params: {', '.join(sorted(overlap))}"
     if scenario.category is Category.MARKETING and Channel.WECHAT_TEMPLATE in scenario.channels:
-        add(
-            ["channels"],
+        yield (
+            file,
+            [*base, "channels"],
             "marketing may never use WECHAT_TEMPLATE: WeChat blocks the account's template "
             "interface for marketing; use WECHAT_CS or WECHAT_MASS",
         )
     if scenario.category is not Category.MARKETING and Channel.WECHAT_MASS in scenario.channels:
-        add(["channels"], "WECHAT_MASS is for marketing only")
+        yield file, [*base, "channels"], "WECHAT_MASS is for marketing only"
     for index, channel in enumerate(scenario.channels):
         if scenario.content.for_channel(channel) is None:
-            add(["content"], f"no '{channel.content_key}' block for channel {channel} (channels[{index}])")
-        if channel not in policy.channels:
-            add(["channels", index], f"channel {channel} has no entry in the channels section")
+            missing = f"no '{channel.content_key}' block for channel {channel} (channels[{index}])"
+            yield file, [*base, "content"], missing
+        if not sections.defined("channels", channel):
+            yield file, [*base, "channels", index], f"channel {channel} has no entry in the channels section"
     for channel in Channel:
         if scenario.content.for_channel(channel) is not None and channel not in scenario.channels:
-            add(
-                ["content", channel.content_key],
+            yield (
+                file,
+                [*base, "content", channel.content_key],
                 f"content for {channel}, which is not in channels; add it there or remove the block",
             )
     declared = set(scenario.params) | set(scenario.optional_params)
@@ -254,81 +436,84 @@ def _check_scenario(policy: Policy, name: str, scenario: Scenario, file: str) ->
                 if placeholder in CONTENT_PLACEHOLDERS
                 else "declare it in params or optional_params"
             )
-            add(["content", *loc], f"placeholder '{{{placeholder}}}' is not declared; {hint}")
+            yield file, [*base, "content", *loc], f"placeholder '{{{placeholder}}}' is not declared; {hint}"
+    tiers = sections.tiers
     for index, tier in enumerate(scenario.target_tiers):
-        if tier not in policy.tiers.names:
-            add(["target_tiers", index], f"unknown tier '{tier}'; tiers are {', '.join(sorted(policy.tiers.names))}")
-    return problems
+        if tiers is not None and tier not in tiers.names:
+            yield (
+                file,
+                [*base, "target_tiers", index],
+                f"unknown tier '{tier}'; tiers are {', '.join(sorted(tiers.names))}",
+            )
 
 
-def cross_check(policy: Policy, file_of: Any) -> list[PolicyProblem]:
-    """What no single file can check: names that refer to each other."""
-    problems: list[PolicyProblem] = []
-    for bu_name, unit in policy.business_units.items():
+def _arbitrates(category: Category, policy: CategoryPolicy) -> bool:
+    """As ``Policy.arbitrates``, for a set not yet loaded."""
+    return policy.arbitrate if policy.arbitrate is not None else category is Category.MARKETING
+
+
+def cross_check(sections: _Sections, directory: str) -> Iterator[_Fault]:
+    """What no single entry can check: names that refer to each other, and rules over
+    several entries. Only entries that validated are checked, and a check whose input is
+    invalid (or may be in a file that could not be read) is skipped."""
+
+    def file_of(section: str, key: Any = None) -> str:
+        return sections.file_of(section, key, default=directory)
+
+    for bu_name, unit in sections.valid["business_units"].items():
         for index, granted in enumerate(unit.scenarios):
-            if granted not in policy.scenarios:
-                problems.append(
-                    PolicyProblem(
-                        file_of("business_units", bu_name),
-                        format_loc(["business_units", bu_name, "scenarios", index]),
-                        f"unknown scenario '{granted}'",
-                    )
+            if not sections.defined("scenarios", granted):
+                yield (
+                    file_of("business_units", bu_name),
+                    ["business_units", bu_name, "scenarios", index],
+                    f"unknown scenario '{granted}'",
                 )
-    for name, scenario in policy.scenarios.items():
-        problems.extend(_check_scenario(policy, name, scenario, file_of("scenarios", name)))
-    for category, cat_policy in policy.categories.items():
+    for name, scenario in sections.valid["scenarios"].items():
+        yield from _check_scenario(sections, name, scenario, file_of("scenarios", name))
+    tiers = sections.tiers
+    categories: dict[Category, CategoryPolicy] = sections.valid["categories"]
+    for category, cat_policy in categories.items():
+        file = file_of("categories", category)
         for index, cap in enumerate(cat_policy.caps):
-            loc = ["categories", str(category), "caps", index]
-            file = file_of("categories", category)
+            loc = ["categories", category, "caps", index]
             for tier in cap.per_tier:
-                if tier not in policy.tiers.names:
-                    problems.append(PolicyProblem(file, format_loc([*loc, "per_tier"]), f"unknown tier '{tier}'"))
-            if cap.bu is not None and cap.bu not in policy.business_units:
-                problems.append(PolicyProblem(file, format_loc([*loc, "bu"]), f"unknown business unit '{cap.bu}'"))
-            if cap.channel is not None and cap.channel not in policy.channels:
-                problems.append(
-                    PolicyProblem(file, format_loc([*loc, "channel"]), f"channel {cap.channel} is not configured")
-                )
-    basic = policy.categories[Category.BASIC]
-    if basic.arbitrate:
-        problems.append(
-            PolicyProblem(
-                file_of("categories", Category.BASIC),
-                "categories.basic.arbitrate",
-                "basic messages never wait for a send window or compete; remove it",
-            )
+                if tiers is not None and tier not in tiers.names:
+                    yield file, [*loc, "per_tier"], f"unknown tier '{tier}'"
+            if cap.bu is not None and not sections.defined("business_units", cap.bu):
+                yield file, [*loc, "bu"], f"unknown business unit '{cap.bu}'"
+            if cap.channel is not None and not sections.defined("channels", cap.channel):
+                yield file, [*loc, "channel"], f"channel {cap.channel} is not configured"
+    basic = categories.get(Category.BASIC)
+    if basic is not None and basic.arbitrate:
+        yield (
+            file_of("categories", Category.BASIC),
+            ["categories", Category.BASIC, "arbitrate"],
+            "basic messages never wait for a send window or compete; remove it",
         )
-    if basic.quiet_hours.mode == "drop":
-        problems.append(
-            PolicyProblem(
-                file_of("categories", Category.BASIC),
-                "categories.basic.quiet_hours.mode",
-                "basic messages are never dropped for quiet hours; use exempt or defer",
-            )
+    if basic is not None and basic.quiet_hours.mode == "drop":
+        yield (
+            file_of("categories", Category.BASIC),
+            ["categories", Category.BASIC, "quiet_hours", "mode"],
+            "basic messages are never dropped for quiet hours; use exempt or defer",
         )
-    if any(policy.arbitrates(c) for c in Category) and not policy.defaults.send_windows:
-        problems.append(
-            PolicyProblem(
-                file_of("defaults"),
-                "defaults.send_windows",
-                'a category arbitrates, so send windows are required (e.g. ["07:30-09:30", "18:00-22:00"])',
-            )
+    defaults = sections.defaults
+    if (
+        defaults is not None
+        and not defaults.send_windows
+        and any(_arbitrates(category, policy) for category, policy in categories.items())
+    ):
+        yield (
+            file_of("defaults"),
+            ["defaults", "send_windows"],
+            'a category arbitrates, so send windows are required (e.g. ["07:30-09:30", "18:00-22:00"])',
         )
-    for channel, chan_policy in policy.channels.items():
-        if chan_policy.provider not in policy.providers:
-            problems.append(
-                PolicyProblem(
-                    file_of("channels", channel),
-                    format_loc(["channels", str(channel), "provider"]),
-                    f"unknown provider '{chan_policy.provider}'; providers are {', '.join(sorted(policy.providers))}",
-                )
+    for channel, chan_policy in sections.valid["channels"].items():
+        file = file_of("channels", channel)
+        if not sections.defined("providers", chan_policy.provider):
+            yield (
+                file,
+                ["channels", channel, "provider"],
+                f"unknown provider '{chan_policy.provider}'; providers are {', '.join(sections.names('providers'))}",
             )
         if chan_policy.cs_windows and channel is not Channel.WECHAT_CS:
-            problems.append(
-                PolicyProblem(
-                    file_of("channels", channel),
-                    format_loc(["channels", str(channel), "cs_windows"]),
-                    "cs_windows belongs to WECHAT_CS only",
-                )
-            )
-    return problems
+            yield file, ["channels", channel, "cs_windows"], "cs_windows belongs to WECHAT_CS only"
