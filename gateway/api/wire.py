@@ -1,4 +1,4 @@
-"""What arrives on the wire before Herald's handlers run: request bodies.
+"""What arrives on the wire before Herald's handlers run: request bodies and metadata.
 
 grpc parses a request body with the deserializer the generated ``add_*Servicer_to_server``
 registers, before the handler runs; a body that is not a valid protobuf then answers
@@ -7,10 +7,16 @@ pass to those functions: it registers each handler with no deserializer and the 
 parsed inside the call, so that such a body answers INVALID_ARGUMENT, is counted in
 ``herald_requests_refused_total`` and never echoes its bytes. (Health and reflection
 are registered on the server itself, as before.)
+
+grpc also logs a metadata value that is not UTF-8 whole, traceback and all, through
+the root logger (``Invalid encoding on b'Bearer ...'`` from ``cygrpc._decode``) and
+then hands it on decoded as Latin-1: with a malformed API key, the key would land in
+the logs. :func:`guard` installs a filter that withholds the value.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -101,6 +107,35 @@ class Guarded:
         self._server.add_registered_method_handlers(service, checked)
 
 
+_GRPC_UNDECODABLE = "Invalid encoding on %s"  # grpc/_cython/_cygrpc/grpc_string.pyx.pxi, _decode
+
+
+class WithholdUndecodableMetadata(logging.Filter):
+    """grpc's log line for a metadata value that is not UTF-8, without the value."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _GRPC_UNDECODABLE:
+            record.msg = (
+                "grpc: a request carried a metadata value that is not valid UTF-8 (value withheld: "
+                "it may be a key); grpc hands it to the handler decoded as Latin-1"
+            )
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _withhold_undecodable_metadata() -> None:
+    # grpc logs it with ``logging.exception``: on the root logger, whose own filters
+    # apply before any handler (lastResort included); its module logger too, should
+    # a later grpc log it there.
+    for logger in (logging.getLogger(), logging.getLogger("grpc._cython.cygrpc")):
+        if not any(isinstance(f, WithholdUndecodableMetadata) for f in logger.filters):
+            logger.addFilter(WithholdUndecodableMetadata())
+
+
 def guard(server: grpc.aio.Server, metrics: Metrics) -> Guarded:
     """Register Herald's services through the returned object instead of ``server``."""
+    _withhold_undecodable_metadata()
     return Guarded(server, metrics)
