@@ -19,6 +19,7 @@ from channels.base import Delivery
 from channels.registry import Providers, build_providers
 from channels.sandbox import SandboxAdapter
 from gateway.admin import AdminApi
+from gateway.api import wire
 from gateway.api.auth import Credentials
 from gateway.api.servicers import Admission, ProfileServicer, PushServicer
 from gateway.autostop import AutoStop
@@ -261,13 +262,14 @@ class Gateway:
         self.server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=self.settings.max_in_flight * 2 + 64
         )
+        guarded = wire.guard(self.server, self.metrics)  # undecodable bodies and metadata: see wire.py
         push_pb2_grpc.add_PushServiceServicer_to_server(
             PushServicer(self.pipeline, lambda: self.credentials, self.policies, self.metrics, self.admission),
-            self.server,
+            guarded,
         )
         profile_pb2_grpc.add_ProfileServiceServicer_to_server(
             ProfileServicer(self.users, lambda: self.credentials, self.policies, self.metrics, self.clock.now),
-            self.server,
+            guarded,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

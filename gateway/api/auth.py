@@ -75,6 +75,12 @@ class Credentials:
         """The business unit a bearer key belongs to, or ``Unauthenticated``."""
         if not authorization:
             raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
+        if not authorization.isascii():
+            # grpc hands on a value that is not UTF-8 decoded as Latin-1; either way no key has such characters.
+            raise Unauthenticated(
+                "the authorization metadata is not valid UTF-8 or not ASCII; send 'Bearer <api key>' "
+                "with the key exactly as issued (API keys are printable ASCII)"
+            )
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("authorization metadata must be 'Bearer <api key>'")
