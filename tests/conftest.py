@@ -11,6 +11,8 @@ from gateway.clock import FixedClock
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
+from tests.cluster import Cluster
+from tests.cluster import redis_cluster as start_redis_cluster
 from tests.helpers import redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,23 @@ def redis_url() -> Iterator[str]:
 def clean_redis(redis_url: str) -> str:
     redis.Redis.from_url(redis_url).flushall()
     return redis_url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Cluster]:
+    """A real Redis Cluster (3 masters, 1 replica each, cluster-node-timeout 2000 ms),
+    started once per session on first use."""
+    with start_redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def clean_cluster(redis_cluster: Cluster) -> Iterator[str]:
+    """The session's cluster, put back together if a test broke it (nodes restarted or
+    resumed), with every master flushed; yields a seed URL (one master's)."""
+    redis_cluster.heal()
+    redis_cluster.flushall()
+    yield redis_cluster.seed_url
 
 
 @pytest.fixture
