@@ -120,7 +120,7 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
+TICK = os.sysconf("SC_CLK_TCK")  # /proc's CPU times count in 1/TICK s
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -146,7 +146,7 @@ def tree_cpu_seconds(root: int) -> float:
         if pid in ticks and pid not in tree:
             tree.add(pid)
             todo.extend(child for child, parent in parents.items() if parent == pid)
-    return sum(ticks[pid] for pid in tree) / _TICK
+    return sum(ticks[pid] for pid in tree) / TICK
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,10 @@ async def fixed_rate(stubs: list[Stub], args: argparse.Namespace, run: str) -> d
             outcome["not_accepted" if args.expect_accepted and refused(answer) else "served"] += 1
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # CANCELLED past the deadline: the server's deadline timer fired (and reset the
+            # stream) before this busy client's own did.
+            late = code == grpc.StatusCode.CANCELLED and time.perf_counter() >= due + args.deadline
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED or late:
                 outcome["deadline"] += 1
                 latencies.append(math.inf)
                 return

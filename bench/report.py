@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from common import ROOT
+from common import ROOT, TICK
 
 if TYPE_CHECKING:
     from compare import Outcome, Phase, Snapshot
@@ -94,6 +94,11 @@ def _cpu(phase: Phase) -> tuple[float, float]:
     return _per(phase, lambda s: s.server_cpu), _per(phase, lambda s: s.redis_cpu)
 
 
+def _rough(phase: Phase) -> bool:
+    """Whether the phase's server + Redis CPU is too few /proc ticks to divide by."""
+    return sum(_cpu(phase)) * phase.load["decisions"] < 20 / TICK
+
+
 def _rate(phase: Phase) -> float:
     return float(phase.load["decisions"]) / float(phase.load["seconds"])
 
@@ -112,8 +117,14 @@ def closed_table(outcomes: list[Outcome]) -> list[str]:
         ratio = cost = None
         if ceiling and ceiling.closed:
             ratio = _rate(p) / _rate(ceiling.closed) * 100
-            ceiling_cost = sum(_cpu(ceiling.closed))
-            cost = (server + redis) / ceiling_cost if ceiling_cost > 0 else None
+            if not _rough(ceiling.closed):
+                cost = (server + redis) / sum(_cpu(ceiling.closed))
+        if _rough(p):
+            seconds = sum(_cpu(p)) * p.load["decisions"]
+            notes.append(
+                f"{o.label}: {seconds:.2f} s of server and Redis CPU in all, a few of /proc's {1000 / TICK:.0f} ms "
+                f"ticks: its µs are rough and no CPU ratio is drawn against it"
+            )
         unit = "decisions/s" if o.target.batch else "calls/s"
         rows.append(
             [
@@ -204,7 +215,7 @@ def _per_delivery(o: Outcome, with_delivery: Phase, api_only: Phase) -> str:
 
 
 def rate_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
-    rows = []
+    rows, notes = [], []
     for o in outcomes:
         if not o.rate:
             continue
@@ -228,6 +239,11 @@ def rate_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
                 f"{client} (late p99 {_f(r['lag_p99_ms'])} ms, max {_f(r['lag_max_ms'])} ms)",
             ]
         )
+        problems = {**r["errors"], **({"not ACCEPTED": r["not_accepted"]} if r["not_accepted"] else {})}
+        if problems:
+            notes.append(f"{o.label}: other: " + ", ".join(f"{n:,} {what}" for what, n in problems.items()))
+        if r["unsent"]:
+            notes.append(f"{o.label}: {r['unsent']:,} of the missed were never sent (the client was that late)")
     head = [
         "target",
         "offered/s",
@@ -241,7 +257,7 @@ def rate_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
         "server CPU",
         "client",
     ]
-    return _table(head, rows, True)
+    return [*_table(head, rows, True), *(f"  note: {n}" for n in notes)]
 
 
 def _explain(text: str) -> list[str]:
