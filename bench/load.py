@@ -8,7 +8,8 @@ CPU is not the server's: drives one PushService (Herald or an echo) and prints J
 Modes: `unary` and `batch` are closed loops (a fixed number of calls in flight); `rate`
 is an open loop (calls sent at fixed intended times, whatever the answers do; latency
 from each call's intended send time; each call's deadline is its intended time plus
---deadline). Every call is an `order.shipped` with a fresh request_id and dedup key.
+--deadline; a CANCELLED before the deadline is counted as shed: gRPC core dropping calls
+that wait too many for the server to take them). Every call is an `order.shipped` with a fresh request_id and dedup key.
 
 Output: {"event": "ready", "accepted": <warm-up decisions accepted>} after the optional
 user load and the warm-up, then (after a line on stdin when --wait) {"event": "done", ...}
@@ -124,13 +125,18 @@ async def fixed_rate(stubs: list[Stub], args: argparse.Namespace, run: str) -> d
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             # CANCELLED past the deadline: the server's deadline timer fired (and reset the
-            # stream) before this busy client's own did.
-            late = code == grpc.StatusCode.CANCELLED and time.perf_counter() >= due + args.deadline
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED or late:
+            # stream) before this busy client's own did. Before it: gRPC core shed the call
+            # because too many were waiting for the server's application to take them
+            # (grpc.server.max_pending_requests).
+            cancelled = code == grpc.StatusCode.CANCELLED
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED or (cancelled and time.perf_counter() >= due + args.deadline):
                 outcome["deadline"] += 1
                 latencies.append(math.inf)
                 return
-            outcome["refused" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else code.name] += 1
+            if cancelled:
+                outcome["shed"] += 1
+            else:
+                outcome["refused" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else code.name] += 1
         last_answer = time.perf_counter()
         latencies.append(last_answer - due)
 
@@ -153,7 +159,7 @@ async def fixed_rate(stubs: list[Stub], args: argparse.Namespace, run: str) -> d
     window = max(args.duration, last_answer - t0)
     latencies.sort()
     lags.sort()
-    answered = total - outcome["deadline"] - outcome["unsent"]
+    answered = outcome["served"] + outcome["refused"] + outcome["not_accepted"]  # the application answered
     lag_p99 = percentile(lags, 0.99)
     return {
         "offered": total,
@@ -162,6 +168,7 @@ async def fixed_rate(stubs: list[Stub], args: argparse.Namespace, run: str) -> d
         "answered_per_s": answered / window,
         "served": outcome.pop("served", 0),
         "refused": outcome.pop("refused", 0),
+        "shed": outcome.pop("shed", 0),
         "deadline": outcome.pop("deadline", 0),
         "unsent": outcome.pop("unsent", 0),
         "not_accepted": outcome.pop("not_accepted", 0),

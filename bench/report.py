@@ -233,6 +233,7 @@ def rate_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
                 miss if r["p99_ms"] is None else _f(r["p99_ms"]),
                 f"{r['served']:,}",
                 f"{r['refused']:,}",
+                f"{r['shed']:,}",
                 f"{r['deadline'] + r['unsent']:,}",
                 f"{other:,}",
                 f"{cpu:.0f}%",
@@ -252,6 +253,7 @@ def rate_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
         "p99 ms",
         "served",
         "refused",
+        "shed",
         "missed",
         "other",
         "server CPU",
@@ -293,11 +295,13 @@ def tables(outcomes: list[Outcome], args: argparse.Namespace) -> str:
             f"Fixed rate: {args.rate:g} calls/s offered for {args.duration:g} s (open loop, unary targets)",
             *_explain(
                 f"Each call has a {args.deadline:g} s deadline from its intended send time. answered/s: calls "
-                "answered before their deadline (served, refused or another error) per second, from the first "
+                "the server answered before their deadline (served or refused) per second, from the first "
                 "intended send to the last answer. p50/p99: from the intended send time, over every call (a missed "
-                f"deadline counts as >{args.deadline * 1000:.0f}). missed: deadline exceeded. refused: "
-                "RESOURCE_EXHAUSTED. server CPU: share of one core over the phase. client: how late the load "
-                "generator started its calls; it fell behind when that p99 is over 10 ms."
+                f"deadline counts as >{args.deadline * 1000:.0f}). refused: RESOURCE_EXHAUSTED. shed: CANCELLED "
+                "before the deadline, gRPC core dropping a call because too many wait for the server's event loop "
+                "to take them. missed: deadline exceeded. other: any other error. server CPU: share of one core "
+                "over the phase. client: how late the load generator started its calls; it fell behind when that "
+                "p99 is over 10 ms."
             ),
             *rate_table(outcomes, args),
         ]
