@@ -149,6 +149,13 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(ticks[pid] for pid in tree) / TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as file:
+        fields = [int(f) for f in file.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK  # user nice system idle iowait irq softirq steal
+
+
 @dataclass(frozen=True)
 class HeraldMetrics:
     round_trips: float  # herald_store_round_trips_total, summed over ops

@@ -38,6 +38,7 @@ from common import (
     RedisServer,
     child_env,
     herald_metrics,
+    machine_busy_seconds,
     redis_command_calls,
     redis_flush,
     redis_server,
@@ -76,6 +77,7 @@ TARGETS = {
 class Snapshot:
     at: float
     server_cpu: float
+    machine_busy: float
     redis_cpu: float = 0.0
     commands: dict[str, int] = field(default_factory=dict)
     round_trips: float = 0.0
@@ -90,6 +92,13 @@ class Phase:
     before: Snapshot
     after: Snapshot
     settle_s: float = 0.0
+
+    def others(self) -> float:
+        """Cores the rest of the machine kept busy meanwhile: all busy CPU less the server's,
+        Redis's and the load generator's."""
+        ours = self.after.server_cpu - self.before.server_cpu + self.after.redis_cpu - self.before.redis_cpu
+        busy = self.after.machine_busy - self.before.machine_busy - ours - float(self.load["client_cpu_s"])
+        return max(0.0, busy) / (self.after.at - self.before.at)
 
     def commands(self) -> dict[str, int]:
         calls = {name: n - self.before.commands.get(name, 0) for name, n in self.after.commands.items()}
@@ -114,6 +123,7 @@ def snapshot(server: Server, redis: RedisServer | None) -> Snapshot:
     return Snapshot(
         at=time.perf_counter(),
         server_cpu=cpu_of(server.pid),
+        machine_busy=machine_busy_seconds(),
         redis_cpu=cpu_of(redis.pid) if redis else 0.0,
         commands=redis_command_calls(redis.url) if redis else {},
         round_trips=metrics.round_trips if metrics else 0.0,

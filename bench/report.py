@@ -108,7 +108,7 @@ def closed_table(outcomes: list[Outcome]) -> list[str]:
     rows, notes = [], []
     for o in outcomes:
         if not o.closed:
-            rows.append([o.label, "failed", *[""] * 8])
+            rows.append([o.label, "failed", *[""] * 9])
             notes.append(f"{o.label}: {o.error}")
             continue
         p = o.closed
@@ -138,6 +138,7 @@ def closed_table(outcomes: list[Outcome]) -> list[str]:
                 o.target.ceiling or "-",
                 _f(ratio, 0, "%"),
                 _f(cost, 1, "x"),
+                f"{p.others():.2f}",
             ]
         )
         problems = {**p.load["errors"], **({"not ACCEPTED": p.load["not_accepted"]} if p.load["not_accepted"] else {})}
@@ -162,6 +163,7 @@ def closed_table(outcomes: list[Outcome]) -> list[str]:
         "ceiling",
         "of ceiling",
         "CPU x",
+        "others",
     ]
     return [*_table(head, rows), *(f"  note: {n}" for n in notes)]
 
@@ -237,6 +239,7 @@ def rate_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
                 f"{r['deadline'] + r['unsent']:,}",
                 f"{other:,}",
                 f"{cpu:.0f}%",
+                f"{o.rate.others():.2f}",
                 f"{client} (late p99 {_f(r['lag_p99_ms'])} ms, max {_f(r['lag_max_ms'])} ms)",
             ]
         )
@@ -257,6 +260,7 @@ def rate_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
         "missed",
         "other",
         "server CPU",
+        "others",
         "client",
     ]
     return [*_table(head, rows, True), *(f"  note: {n}" for n in notes)]
@@ -274,7 +278,8 @@ def tables(outcomes: list[Outcome], args: argparse.Namespace) -> str:
             "for batches). server/redis/client µs: CPU per decision of the server's process tree, of redis-server "
             "and of the load generator (utime+stime from /proc/<pid>/stat over the measured phase and, where the "
             "gateway delivers, until its deliveries are done). of ceiling: throughput over the ceiling's. CPU x: "
-            "(server + redis) CPU per decision over the ceiling's."
+            "(server + redis) CPU per decision over the ceiling's. others: cores the rest of the machine kept busy "
+            "meanwhile (/proc/stat less the server, Redis and the load generator): other work skews the figures."
         ),
         *closed_table(outcomes),
     ]
@@ -300,8 +305,8 @@ def tables(outcomes: list[Outcome], args: argparse.Namespace) -> str:
                 f"deadline counts as >{args.deadline * 1000:.0f}). refused: RESOURCE_EXHAUSTED. shed: CANCELLED "
                 "before the deadline, gRPC core dropping a call because too many wait for the server's event loop "
                 "to take them. missed: deadline exceeded. other: any other error. server CPU: share of one core "
-                "over the phase. client: how late the load generator started its calls; it fell behind when that "
-                "p99 is over 10 ms."
+                "over the phase. others: as above. client: how late the load generator started its calls; it fell "
+                "behind when that p99 is over 10 ms."
             ),
             *rate_table(outcomes, args),
         ]
