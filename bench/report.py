@@ -96,7 +96,7 @@ def _cpu(phase: Phase) -> tuple[float, float]:
 
 def _rough(phase: Phase) -> bool:
     """Whether the phase's server + Redis CPU is too few /proc ticks to divide by."""
-    return sum(_cpu(phase)) * phase.load["decisions"] < 20 / TICK
+    return sum(_cpu(phase)) * float(phase.load["decisions"]) < 20 / TICK
 
 
 def _rate(phase: Phase) -> float:
