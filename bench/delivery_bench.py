@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from push_bench import KEY, free_port, load_users, redis_server, shipped, wait_port  # noqa: E402
+from common import KEY, free_port, load_users, redis_server, shipped, wait_port  # noqa: E402
 
 from herald.v1 import push_pb2_grpc, types_pb2  # noqa: E402
 from tests.e2e.channels_setup import fakes, policies_for  # noqa: E402
@@ -102,8 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="herald-bench-") as tmp:
         if args.store == "redis":
-            with redis_server() as url:
-                asyncio.run(run(args, url, Path(tmp)))
+            with redis_server() as server:
+                asyncio.run(run(args, server.url, Path(tmp)))
         else:
             asyncio.run(run(args, "", Path(tmp)))
 

@@ -1,0 +1,283 @@
+"""Herald against the best its own wire and one Redis call allow, measured in the same run.
+
+    .venv/bin/python bench/compare.py                          # every target, the defaults
+    .venv/bin/python bench/compare.py --targets echo,herald-memory --requests 2000
+    .venv/bin/python bench/compare.py --rate 500 --duration 20  # the fixed-rate phase
+    .venv/bin/python bench/compare.py --rate 0                  # closed loop only
+
+Each target is its own server process, driven by bench/load.py in another process (the
+same client for all): a warm-up, then a closed loop (--requests decisions, --concurrency
+calls in flight, or batches of --batch with --batches-in-flight), then for unary targets
+an open loop at --rate calls/s for --duration s. The Redis targets share a redis-server
+this script starts on a free port, flushed before each target. Herald targets get
+--users users first. Nothing here asserts on speed; read the figures beside their
+ceilings, measured minutes apart on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report
+from common import (
+    ROOT,
+    USERS,
+    RedisServer,
+    child_env,
+    herald_metrics,
+    machine_busy_seconds,
+    redis_command_calls,
+    redis_flush,
+    redis_server,
+)
+from common import tree_cpu_seconds as cpu_of
+from targets import Server, echo_server, herald_has_processes_flag, herald_server
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    herald: bool
+    redis: bool
+    batch: bool
+    deliver: bool  # deliveries in the same process (Herald)
+    ceiling: str  # the target whose figures this one is read against ("" for a ceiling)
+
+
+TARGETS = {
+    t.name: t
+    for t in [
+        Target("echo", False, False, False, False, ""),
+        Target("herald-memory", True, False, False, True, "echo"),
+        Target("echo-redis", False, True, False, False, ""),
+        Target("herald-redis-api", True, True, False, False, "echo-redis"),
+        Target("herald-redis", True, True, False, True, "echo-redis"),
+        Target("echo-batch", False, False, True, False, ""),
+        Target("herald-memory-batch", True, False, True, True, "echo-batch"),
+        Target("echo-redis-batch", False, True, True, False, ""),
+        Target("herald-redis-api-batch", True, True, True, False, "echo-redis-batch"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float
+    server_cpu: float
+    machine_busy: float
+    redis_cpu: float = 0.0
+    commands: dict[str, int] = field(default_factory=dict)
+    round_trips: float = 0.0
+    delivered: float = 0.0
+
+
+@dataclass
+class Phase:
+    """One measured phase: the load generator's figures and the servers' deltas."""
+
+    load: dict[str, Any]
+    before: Snapshot
+    after: Snapshot
+    settle_s: float = 0.0
+
+    def others(self) -> float:
+        """Cores the rest of the machine kept busy meanwhile: all busy CPU less the server's,
+        Redis's and the load generator's."""
+        ours = self.after.server_cpu - self.before.server_cpu + self.after.redis_cpu - self.before.redis_cpu
+        busy = self.after.machine_busy - self.before.machine_busy - ours - float(self.load["client_cpu_s"])
+        return max(0.0, busy) / (self.after.at - self.before.at)
+
+    def commands(self) -> dict[str, int]:
+        calls = {name: n - self.before.commands.get(name, 0) for name, n in self.after.commands.items()}
+        return {name: n for name, n in calls.items() if n > 0}
+
+
+@dataclass
+class Outcome:
+    target: Target
+    processes: int | None  # Herald's --processes, None when not passed
+    closed: Phase | None = None
+    rate: Phase | None = None
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.target.name + (f" ({self.processes} proc)" if self.processes else "")
+
+
+def snapshot(server: Server, redis: RedisServer | None) -> Snapshot:
+    metrics = herald_metrics(server.metrics_url) if server.metrics_url else None
+    return Snapshot(
+        at=time.perf_counter(),
+        server_cpu=cpu_of(server.pid),
+        machine_busy=machine_busy_seconds(),
+        redis_cpu=cpu_of(redis.pid) if redis else 0.0,
+        commands=redis_command_calls(redis.url) if redis else {},
+        round_trips=metrics.round_trips if metrics else 0.0,
+        delivered=metrics.delivered if metrics else 0.0,
+    )
+
+
+def read_event(proc: subprocess.Popen[str], expected: str) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise RuntimeError(f"the load generator exited with {proc.returncode} before '{expected}'")
+    event: dict[str, Any] = json.loads(line)
+    if event.get("event") != expected:
+        raise RuntimeError(f"the load generator said {line.strip()!r}, expected '{expected}'")
+    return event
+
+
+def measure(server: Server, redis: RedisServer | None, load_args: list[str], deliveries: Deliveries | None) -> Phase:
+    """Run bench/load.py against the server; snapshot after its warm-up and after its
+    measured phase. With `deliveries` (the gateway delivers in-process), each snapshot
+    waits for the deliveries of the decisions accepted so far, so that the phase's
+    CPU and Redis figures hold its own deliveries and no one else's."""
+    command = [sys.executable, str(ROOT / "bench" / "load.py"), "--target", server.address, "--wait", *load_args]
+    with subprocess.Popen(
+        command, env=child_env(), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdin is not None
+        ready = read_event(proc, "ready")
+        if deliveries:
+            deliveries.settle(server, ready["accepted"])
+        before = snapshot(server, redis)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        load = read_event(proc, "done")
+        ended = time.perf_counter()
+        if deliveries and "accepted" in load:
+            deliveries.settle(server, load["accepted"])
+        phase = Phase(load, before, snapshot(server, redis))
+        phase.settle_s = phase.after.at - ended if deliveries else 0.0
+        return phase
+
+
+@dataclass
+class Deliveries:
+    """The deliveries a gateway owes: every decision accepted since it started."""
+
+    expected: float = 0.0
+
+    def settle(self, server: Server, accepted: float, stall: float = 5.0, within: float = 300.0) -> None:
+        """Wait until `herald_sends_total{result="delivered"}` reaches what is owed,
+        stops moving for `stall` s, or `within` s pass."""
+        self.expected += accepted
+        end = time.monotonic() + within
+        seen, moved = -1.0, time.monotonic()
+        while time.monotonic() < end:
+            delivered = herald_metrics(server.metrics_url).delivered
+            if delivered >= self.expected:
+                return
+            if delivered != seen:
+                seen, moved = delivered, time.monotonic()
+            elif time.monotonic() - moved > stall:
+                return
+            time.sleep(0.05)
+
+
+def start(
+    outcome: Outcome, workdir: Path, redis: RedisServer | None, args: argparse.Namespace
+) -> AbstractContextManager[Server]:
+    target = outcome.target
+    url = redis.url if redis and target.redis else ""
+    if target.herald:
+        return herald_server(workdir, url, target.deliver, outcome.processes, args.herald_log_level)
+    return echo_server(workdir, url)
+
+
+def run_target(outcome: Outcome, workdir: Path, redis: RedisServer | None, args: argparse.Namespace) -> None:
+    target = outcome.target
+    if redis and target.redis:
+        redis_flush(redis.url)
+    common = ["--users", str(args.users), "--channels", str(args.channels), "--warmup", str(args.warmup)]
+    if target.herald:
+        common.append("--expect-accepted")
+    closed = [*common, "--requests", str(args.requests)]
+    if target.batch:
+        closed += ["--mode", "batch", "--batch", str(args.batch), "--concurrency", str(args.batches_in_flight)]
+    else:
+        closed += ["--mode", "unary", "--concurrency", str(args.concurrency)]
+    with start(outcome, workdir, redis, args) as server:
+        deliveries = Deliveries() if target.herald and target.deliver else None
+        first = [*closed, "--load-users"] if target.herald else closed
+        outcome.closed = measure(server, redis, first, deliveries)
+        if args.rate > 0 and not target.batch:
+            rate = [*common, "--mode", "rate", "--rate", str(args.rate), "--duration", str(args.duration)]
+            outcome.rate = measure(server, redis, [*rate, "--deadline", str(args.deadline)], deliveries)
+
+
+@contextmanager
+def maybe_redis(needed: bool) -> Iterator[RedisServer | None]:
+    if not needed:
+        yield None
+        return
+    with redis_server() as server:
+        yield server
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"comma-separated, run in this order: {', '.join(TARGETS)}"
+    )
+    parser.add_argument("--requests", type=int, default=10_000, help="decisions a target in the closed loop")
+    parser.add_argument("--concurrency", type=int, default=32, help="unary calls in flight (closed loop)")
+    parser.add_argument("--batch", type=int, default=500, help="requests a PushBatch")
+    parser.add_argument("--batches-in-flight", type=int, default=2)
+    parser.add_argument("--channels", type=int, default=4, help="gRPC connections the client spreads its calls over")
+    parser.add_argument("--warmup", type=int, default=500, help="decisions before each measured phase")
+    parser.add_argument("--rate", type=float, default=1000, help="fixed rate, calls/s (0: skip the fixed-rate phase)")
+    parser.add_argument("--duration", type=float, default=10, help="seconds of the fixed-rate phase")
+    parser.add_argument(
+        "--deadline", type=float, default=2.0, help="seconds a fixed-rate call may take from its intended send"
+    )
+    parser.add_argument("--users", type=int, default=USERS, help="users loaded into Herald first (and user ids used)")
+    parser.add_argument("--herald-log-level", default="INFO", help="HERALD_LOG_LEVEL (INFO is Herald's default)")
+    args = parser.parse_args()
+    unknown = [name for name in args.targets.split(",") if name not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; pick from {', '.join(TARGETS)}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    targets = [TARGETS[name] for name in args.targets.split(",")]
+    multi = any(t.herald for t in targets) and herald_has_processes_flag()
+    outcomes = [Outcome(t, n) for t in targets for n in ((1, 2) if t.herald and multi else (None,))]
+    print(report.header(args, multi, any(t.herald for t in targets)), flush=True)
+    with ExitStack() as stack:
+        redis = stack.enter_context(maybe_redis(any(t.redis for t in targets)))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="herald-bench-")))
+        for k, outcome in enumerate(outcomes):
+            print(f"[{k + 1}/{len(outcomes)}] {outcome.label} …", file=sys.stderr, flush=True)
+            workdir = tmp / f"{k}-{outcome.target.name}"
+            workdir.mkdir()
+            try:
+                run_target(outcome, workdir, redis, args)
+            except (RuntimeError, OSError, ValueError) as exc:
+                outcome.error = str(exc)
+                print(f"    failed: {exc}", file=sys.stderr, flush=True)
+    print(report.tables(outcomes, args))
+    sys.exit(1 if any(o.error for o in outcomes) else 0)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
