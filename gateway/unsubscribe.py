@@ -54,6 +54,8 @@ class UnsubscribeTokens:
                     "u": what.user_id,
                     "c": str(what.category),
                     "ch": str(what.channel),
+                    "s": what.scenario,
+                    "cmp": what.campaign_id,
                     "exp": int((now + LIFETIME).timestamp()),
                 }
             )

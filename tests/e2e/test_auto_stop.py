@@ -1,6 +1,7 @@
 """Auto-stop: when WeChat reports `failed:user block` for a rising share of a
 scenario's users, Herald stops that scenario itself at the policy's threshold; a
-campaign is stopped the same way by one-click unsubscribes."""
+campaign is stopped by its own figures only (one-click unsubscribes feed the same
+window: tests/e2e/test_email.py)."""
 
 from __future__ import annotations
 

@@ -54,9 +54,9 @@ async def email_only_user(api: Api, user_id: str = "u-1") -> None:
     await api.profiles.UpsertUser(request, metadata=auth("order"))
 
 
-def arrivals(request_id: str) -> push_pb2.PushRequest:
+def arrivals(request_id: str, user_id: str = "u-1") -> push_pb2.PushRequest:
     content = push_pb2.Content(title="New kettles", body="Twelve new kettles this week", url="https://shop.example/k")
-    return marketing(request_id, "new.arrivals", content=content)
+    return marketing(request_id, "new.arrivals", content=content, user_id=user_id)
 
 
 async def test_marketing_mail_carries_one_click_unsubscribe(api: tuple[Api, FixedClock], smtp: SmtpSink) -> None:
@@ -114,3 +114,42 @@ async def test_unknown_mailbox_is_cleared(api: tuple[Api, FixedClock], smtp: Smt
     got = await client.profiles.GetUser(profile_pb2.GetUserRequest(user_id="u-1"), metadata=auth("order"))
     assert got.email == ""
     assert smtp.messages == []
+
+
+async def test_one_click_unsubscribes_count_towards_the_campaigns_auto_stop(tmp_path: Path, smtp: SmtpSink) -> None:
+    async with fakes() as fake:
+        policy_dir = policies_for(tmp_path, fake)
+        path = policy_dir / "channels.yaml"
+        data = yaml.safe_load(path.read_text())
+        data["providers"]["smtp"] = {
+            "type": "smtp",
+            "host": "127.0.0.1",
+            "port": smtp.port,
+            "tls": "none",
+            "sender": "s@x.io",
+        }
+        path.write_text(yaml.safe_dump(data, allow_unicode=True))
+        defaults = policy_dir / "defaults.yaml"
+        defaults.write_text(
+            defaults.read_text().replace(
+                "auto_stop: {last: 200, min_sends: 50, threshold: 0.05}",
+                "auto_stop: {last: 20, min_sends: 5, threshold: 0.3}",
+            )
+        )
+        clock = FixedClock(local(10))
+        async with gateway_on_fakes(tmp_path, fake, clock=clock, policy_dir=policy_dir) as client:
+            answers = []
+            for index in range(4):
+                await email_only_user(client, f"u-{index}")
+                answers.append(await client.push.Push(arrivals(f"r-{index}", f"u-{index}"), metadata=auth("marketing")))
+            await release(client, clock, local(12, 30))
+            for answer in answers:
+                assert (await settled(client, answer.message_id, "marketing")).status == "delivered"
+            links = [mail["List-Unsubscribe"].strip("<>") for mail in smtp.messages]
+            async with aiohttp.ClientSession() as http:
+                for url in links[:2]:  # two of four recipients unsubscribe: 2 of 6 outcomes
+                    async with http.post(url, data="List-Unsubscribe=One-Click") as done:
+                        assert done.status == 200
+            [switch] = client.gateway.switches.current()
+            assert (switch.scope.value, switch.value) == ("campaign", "c-new.arrivals")
+            assert "2 of the last 6 sends of campaign 'c-new.arrivals'" in switch.reason
