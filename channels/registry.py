@@ -45,12 +45,23 @@ def _env(environ: Mapping[str, str], name: str | None, provider: str) -> str:
     return value
 
 
+def _identity(config: object, environ: Mapping[str, str]) -> tuple[object, ...]:
+    """What makes an adapter: its settings and the values of the variables they name.
+    An adapter whose identity did not change across a reload is kept (its connections,
+    its cached token, the mass sends it is collecting)."""
+    names = sorted(
+        str(value) for key, value in vars(config).items() if key.endswith("_env") and isinstance(value, str)
+    )
+    return (config, tuple((name, environ.get(name, "")) for name in names))
+
+
 @dataclass
 class Providers:
     sandbox: SandboxAdapter
     adapters: dict[str, ChannelAdapter] = field(default_factory=dict)
     # provider name -> why it is served by the sandbox
     sandboxed: dict[str, str] = field(default_factory=dict)
+    identities: dict[str, tuple[object, ...]] = field(default_factory=dict)
 
     def for_channel(self, channel: Channel, policy: Policy, device: PushProvider | None = None) -> ChannelAdapter:
         if channel is Channel.APP_PUSH and device is not None:
@@ -63,10 +74,15 @@ class Providers:
             return self.sandbox
         return self.adapters.get(settings.provider, self.sandbox)
 
-    async def close(self) -> None:
+    async def close(self, keep: Providers | None = None) -> None:
+        """Close the adapters (but those ``keep`` still uses, and the shared sandbox
+        when ``keep`` is given)."""
+        kept = set(map(id, keep.adapters.values())) if keep is not None else set()
         for adapter in self.adapters.values():
-            await adapter.close()
-        await self.sandbox.close()
+            if id(adapter) not in kept:
+                await adapter.close()
+        if keep is None:
+            await self.sandbox.close()
 
 
 def build_providers(
@@ -77,24 +93,50 @@ def build_providers(
     sandbox: SandboxAdapter,
     on_mass_batch: Callable[[int], None] = lambda size: None,
     unsubscribe_url: Callable[[Delivery], str | None] = lambda delivery: None,
+    *,
+    sandbox_allowed: bool = True,
+    previous: Providers | None = None,
 ) -> Providers:
+    """The adapters of every provider the policy uses. A provider whose credentials are
+    missing is served by the sandbox when ``sandbox_allowed`` (the embedded default);
+    otherwise that is an error naming it. Adapters of ``previous`` whose settings did
+    not change are reused."""
     providers = Providers(sandbox)
+    problems: list[str] = []
     used = {settings.provider for settings in policy.channels.values()}
     used |= {name for name, config in policy.providers.items() if config.type in DEVICE_PROVIDER_TYPE.values()}
     for name in sorted(used):
         config = policy.providers.get(name)
         if config is None or isinstance(config, SandboxProvider):
             continue
+        identity = _identity(config, environ)
+        if previous is not None and previous.identities.get(name) == identity and name in previous.adapters:
+            providers.adapters[name] = previous.adapters[name]
+            providers.identities[name] = identity
+            continue
         try:
             adapter = _build(name, config, environ, store, clock, on_mass_batch, unsubscribe_url)
         except MissingCredentials as exc:
+            if not sandbox_allowed:
+                problems.append(f"{exc}; set it, or name a provider of type sandbox for the channel")
             providers.sandboxed[name] = str(exc)
             continue
         if adapter is None:
             providers.sandboxed[name] = f"provider '{name}' ({config.type}) has no adapter in this version"
             continue
         providers.adapters[name] = adapter
+        providers.identities[name] = identity
+    if problems:
+        raise ProviderError(problems)
     return providers
+
+
+class ProviderError(Exception):
+    """Providers the policy names cannot be built (and the sandbox is off)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _build(

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from channels.base import Delivery
-from channels.registry import Providers, build_providers
+from channels.registry import ProviderError, Providers, build_providers
 from channels.sandbox import SandboxAdapter
 from gateway.admin import AdminApi
 from gateway.api import wire
@@ -30,12 +30,13 @@ from gateway.core.ratelimit import RateLimiter
 from gateway.core.users import Users
 from gateway.delivery.dispatcher import Dispatcher
 from gateway.delivery.spool import Spool, drain_forever
-from gateway.errors import HeraldError, PolicyError
+from gateway.errors import HeraldError, PolicyError, PolicyProblem
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
 from gateway.loops import every, stop_tasks
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
+from gateway.policy.model import Policy
 from gateway.public import Unsubscribes, unsubscribe_key
 from gateway.scheduler import Scheduler
 from gateway.store.base import Queue, Store
@@ -43,10 +44,11 @@ from gateway.store.memory import MemoryQueue, MemoryStore
 from gateway.store.redis import RedisQueue, RedisStore
 from gateway.unsubscribe import Unsubscribe, UnsubscribeTokens
 from gateway.webhooks import Webhooks
-from gateway.webhooks import configured as webhooks_configured
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = get_logger(__name__)
+# How long replaced provider adapters stay open for the sends already using them.
+RETIRE_AFTER = 30.0
 SERVICES = (
     push_pb2.DESCRIPTOR.services_by_name["PushService"].full_name,
     profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name,
@@ -93,18 +95,13 @@ class Gateway:
         self.credentials = self._load_credentials()
         self.switches = KillSwitches(self.store, self.clock, self.metrics)
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
-        self.providers: Providers = build_providers(
-            self.policies.current,
-            self.environ,
-            self.store,
-            self.clock,
-            SandboxAdapter(settings.data_dir / "outbox"),
-            on_mass_batch=self.metrics.mass_batch_size.observe,
-            unsubscribe_url=self.unsubscribe_url,
-        )
+        self._sandbox = SandboxAdapter(settings.data_dir / "outbox")
+        self.providers: Providers = self._build_providers(self.policies.current, None)
+        self._next_providers: tuple[str, Providers] | None = None
+        self._retired: list[asyncio.Task[None]] = []
+        self.policies.check_with(self._check_providers)
+        self.policies.on_change(self._swap_providers)
         self.tokens: UnsubscribeTokens | None = None
-        for name, why in self.providers.sandboxed.items():
-            log.warning("provider_sandboxed", provider=name, detail=f"{why}: its deliveries go to the sandbox outbox")
         self.users = Users(self.store, self.policies, self.clock)
         self.queue = build_queue(settings, self.store)
         # Fail-open decisions wait on disk for the store: only a store that can fail.
@@ -152,6 +149,55 @@ class Gateway:
         if unknown:
             log.warning("credentials_for_unknown_units", units=sorted(unknown))
         return credentials
+
+    def _build_providers(self, policy: Policy, previous: Providers | None) -> Providers:
+        """The provider adapters of ``policy``; a PolicyError naming what is missing
+        when the sandbox is off."""
+        try:
+            built = build_providers(
+                policy,
+                self.environ,
+                self.store,
+                self.clock,
+                self._sandbox,
+                on_mass_batch=self.metrics.mass_batch_size.observe,
+                unsubscribe_url=self.unsubscribe_url,
+                sandbox_allowed=self.settings.sandbox,
+                previous=previous,
+            )
+        except ProviderError as exc:
+            raise PolicyError(
+                [PolicyProblem(str(self.settings.policy_dir), "providers", p) for p in exc.problems]
+            ) from None
+        for name, why in built.sandboxed.items():
+            if previous is None or name not in previous.sandboxed:
+                log.warning(
+                    "provider_sandboxed", provider=name, detail=f"{why}: its deliveries go to the sandbox outbox"
+                )
+        return built
+
+    def _check_providers(self, policy: Policy) -> None:
+        """A new policy set serves only if its providers can be built."""
+        self._next_providers = (policy.version, self._build_providers(policy, self.providers))
+
+    def _swap_providers(self, policy: Policy) -> None:
+        """The new set serves: its adapters replace the old; the old ones that are not
+        reused are closed once the sends in flight on them are done."""
+        if self._next_providers is None or self._next_providers[0] != policy.version:
+            self._next_providers = (policy.version, self._build_providers(policy, self.providers))
+        old, self.providers = self.providers, self._next_providers[1]
+        self._next_providers = None
+        self.metrics.prime(sorted(policy.business_units), sorted({"sandbox", *self.providers.adapters}))
+        log.info(
+            "providers_rebuilt", providers=sorted(self.providers.adapters), sandboxed=sorted(self.providers.sandboxed)
+        )
+
+        async def retire() -> None:
+            await asyncio.sleep(RETIRE_AFTER)
+            await old.close(keep=self.providers)
+
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing in flight either
+            self._retired.append(asyncio.get_running_loop().create_task(retire(), name="retire-providers"))
 
     def reload(self) -> None:
         """SIGHUP: policies and credentials again; a bad new set keeps the old one."""
@@ -293,9 +339,8 @@ class Gateway:
     def _public_routes(self, app: web.Application) -> None:
         assert self.tokens is not None
         Unsubscribes(self.tokens, self.users, self.clock, self.metrics, self.auto_stop).add_routes(app)
-        wechat, sms_token = webhooks_configured(self.policies.current, self.environ)
         Webhooks(
-            self.store, self.users, self.policies, self.clock, self.metrics, wechat, sms_token, self.auto_stop
+            self.store, self.users, self.policies, self.clock, self.metrics, self.environ, self.auto_stop
         ).add_routes(app)
 
     async def _start_admin(self) -> None:
@@ -337,6 +382,8 @@ class Gateway:
             # On Redis what is queued stays in the stream for the other workers.
             log.warning("shutdown_with_deliveries_queued", detail="grace period ran out")
         await self.dispatcher.stop(grace)
+        for task in self._retired:
+            task.cancel()
         await self.providers.close()
         await self.queue.close()
         for runner in self._runners:

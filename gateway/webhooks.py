@@ -77,8 +77,7 @@ class Webhooks:
         policies: PolicyHolder,
         clock: Clock,
         metrics: Metrics,
-        wechat: WechatCallbackConfig | None,
-        sms_receipt_token: str,
+        environ: Mapping[str, str],
         auto_stop: AutoStop,
     ) -> None:
         self._auto_stop = auto_stop
@@ -87,8 +86,23 @@ class Webhooks:
         self._policies = policies
         self._clock = clock
         self._metrics = metrics
-        self._wechat = wechat
-        self._sms_token = sms_receipt_token
+        self._environ = environ
+        self._configured: tuple[str, tuple[WechatCallbackConfig | None, str]] | None = None
+
+    def _settings(self) -> tuple[WechatCallbackConfig | None, str]:
+        """The callback settings of the serving policy (read again after a reload)."""
+        policy = self._policies.current
+        if self._configured is None or self._configured[0] != policy.version:
+            self._configured = (policy.version, configured(policy, self._environ))
+        return self._configured[1]
+
+    @property
+    def _wechat(self) -> WechatCallbackConfig | None:
+        return self._settings()[0]
+
+    @property
+    def _sms_token(self) -> str:
+        return self._settings()[1]
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/webhooks/wechat", self.wechat_check)

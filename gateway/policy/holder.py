@@ -8,6 +8,7 @@ and the last good set keeps serving.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.errors import PolicyError
@@ -32,6 +33,9 @@ def _stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+Check = Callable[[Policy], None]
+
+
 class PolicyHolder:
     def __init__(self, directory: Path, metrics: Metrics) -> None:
         self.directory = directory
@@ -39,7 +43,18 @@ class PolicyHolder:
         self._policy = load_policy(directory)  # refuse to start on a bad set
         self._stamp = _stamp(directory)
         self.last_error: str | None = None
+        # Run on a new set before it serves (raising PolicyError refuses it), then told
+        # once it serves: e.g. the provider adapters are built from it, and a set whose
+        # providers cannot be built is refused like any invalid set.
+        self._checks: list[Check] = []
+        self._listeners: list[Check] = []
         self._publish()
+
+    def check_with(self, check: Check) -> None:
+        self._checks.append(check)
+
+    def on_change(self, listener: Check) -> None:
+        self._listeners.append(listener)
 
     @property
     def current(self) -> Policy:
@@ -54,6 +69,9 @@ class PolicyHolder:
         self._stamp = _stamp(self.directory)
         try:
             policy = load_policy(self.directory)
+            if policy.version != self._policy.version:
+                for check in self._checks:
+                    check(policy)
         except PolicyError as exc:
             self.last_error = str(exc)
             self._metrics.policy_reloads.labels("refused").inc()
@@ -69,6 +87,8 @@ class PolicyHolder:
             return False
         old, self._policy = self._policy, policy
         self._publish()
+        for listener in self._listeners:
+            listener(policy)
         log.info("policy_reloaded", old=old.version, new=policy.version)
         return True
 
