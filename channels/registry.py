@@ -49,9 +49,7 @@ def _identity(config: object, environ: Mapping[str, str]) -> tuple[object, ...]:
     """What makes an adapter: its settings and the values of the variables they name.
     An adapter whose identity did not change across a reload is kept (its connections,
     its cached token, the mass sends it is collecting)."""
-    names = sorted(
-        str(value) for key, value in vars(config).items() if key.endswith("_env") and isinstance(value, str)
-    )
+    names = sorted(str(value) for key, value in vars(config).items() if key.endswith("_env") and isinstance(value, str))
     return (config, tuple((name, environ.get(name, "")) for name in names))
 
 

@@ -29,11 +29,14 @@ class CallbackError(ValueError):
 
 
 def signature(*parts: str) -> str:
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+    # surrogatepass: a part that is not valid text still hashes (and fails to match).
+    return hashlib.sha1("".join(sorted(parts)).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_signature(expected: str, *parts: str) -> None:
-    if not expected or not hmac.compare_digest(expected.lower(), signature(*parts)):
+    # Compared as bytes: hmac.compare_digest refuses str with non-ASCII characters.
+    given = expected.lower().encode("utf-8", "surrogatepass")
+    if not expected or not hmac.compare_digest(given, signature(*parts).encode()):
         raise CallbackError("signature does not match")
 
 
@@ -49,14 +52,26 @@ def parse_xml(raw: bytes | str) -> dict[str, str]:
 
 
 def _key(encoding_aes_key: str) -> bytes:
-    key = base64.b64decode(encoding_aes_key + "=")
+    """The AES key; ValueError (never naming the key) unless it is 43 base64 characters."""
+    try:
+        key = base64.b64decode(encoding_aes_key + "=", validate=True) if len(encoding_aes_key) == 43 else b""
+    except ValueError:
+        key = b""
     if len(key) != 32:
-        raise ValueError("EncodingAESKey must be 43 characters (32 bytes once decoded)")
+        raise ValueError("EncodingAESKey must be the 43 letters and digits WeChat shows (32 bytes once base64-decoded)")
     return key
 
 
+def check_key(encoding_aes_key: str) -> None:
+    """Raise ValueError when the EncodingAESKey cannot be WeChat's (checked at start)."""
+    _key(encoding_aes_key)
+
+
 def decrypt(encrypted: str, encoding_aes_key: str, appid: str) -> bytes:
-    key = _key(encoding_aes_key)
+    try:
+        key = _key(encoding_aes_key)
+    except ValueError as exc:
+        raise CallbackError(f"cannot decrypt: the configured {exc}") from exc
     try:
         data = base64.b64decode(encrypted, validate=True)
     except ValueError as exc:
@@ -69,7 +84,11 @@ def decrypt(encrypted: str, encoding_aes_key: str, appid: str) -> bytes:
     if not 1 <= pad <= BLOCK or plain[-pad:] != bytes([pad]) * pad:
         raise CallbackError("Encrypt does not decrypt with this EncodingAESKey")
     plain = plain[:-pad]
+    if len(plain) < 20:
+        raise CallbackError("Encrypt decrypts to less than the 16 random bytes and 4-byte length WeChat sends")
     (length,) = struct.unpack(">I", plain[16:20])
+    if 20 + length > len(plain):
+        raise CallbackError("Encrypt declares a message longer than it holds")
     xml, sender = plain[20 : 20 + length], plain[20 + length :].decode(errors="replace")
     if sender != appid:
         raise CallbackError("message is for another appid")

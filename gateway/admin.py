@@ -2,7 +2,10 @@
 
 Every call needs ``Authorization: Bearer <HERALD_ADMIN_TOKEN>``; with no token set the
 API is off and says so. A switch needs a scope, a reason and an actor; every change is
-in the audit list.
+in the audit list. Bad input is answered 400 with what is wrong, and records nothing:
+text fields are plain text (no control characters, line breaks or bidirectional
+controls), unknown fields are refused rather than ignored (a misspelt ``expires_in``
+would otherwise make a switch that never expires).
 
     GET    /admin/kill-switches                 the active switches
     POST   /admin/kill-switches                 {"scope", "value", "reason", "actor", "expires_in"?, "expires_at"?}
@@ -13,15 +16,17 @@ in the audit list.
 from __future__ import annotations
 
 import hmac
+import re
+import unicodedata
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway.clock import Clock
-from gateway.durations import parse_duration
+from gateway.durations import LONGEST, parse_duration
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
@@ -33,6 +38,18 @@ from gateway.values.records import KillSwitch, ScopeKind
 log = get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TEXT_MAX = 500
+EXPIRY_MAX = 64  # characters of expires_in or expires_at
+CREATE_FIELDS = ("scope", "value", "reason", "actor", "expires_in", "expires_at")
+CLEAR_FIELDS = ("actor", "note")
+# What an error may repeat back: names as policies write them (lowercase, with a
+# letter: never a phone number, an email address or an openid), our switch ids, and
+# field names. Anything else is described, not repeated.
+NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+SWITCH_ID = re.compile(r"^ks_[0-9A-Z]{26}$")
+FIELD = re.compile(r"^[a-z_]{1,32}$")
+ID_CHARACTERS = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Controls that reorder how text is displayed (they can disguise a reason or an actor).
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def switch_view(switch: KillSwitch) -> dict[str, Any]:
@@ -60,13 +77,44 @@ class BadRequest(ValueError):
     pass
 
 
-def _text(body: dict[str, Any], name: str, required: bool = True) -> str:
-    value = body.get(name, "")
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise BadRequest(f"'{name}' is required: a non-empty string")
-    if len(value) > TEXT_MAX:
-        raise BadRequest(f"'{name}' is longer than {TEXT_MAX} characters")
+def _control(text: str) -> str | None:
+    """The first character that has no place in one line of plain text, if any."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in BIDI_CONTROLS:
+            return char
+    return None
+
+
+def _plain(name: str, value: str, longest: int = TEXT_MAX) -> str:
+    if len(value) > longest:
+        raise BadRequest(f"'{name}' is longer than {longest} characters")
+    char = _control(value)
+    if char is not None:
+        raise BadRequest(
+            f"'{name}' contains a control character (U+{ord(char):04X}); write it as plain text on one line"
+        )
     return value.strip()
+
+
+def _text(body: dict[str, Any], name: str, required: bool = True) -> str:
+    value = body.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(f"'{name}' is required: a non-empty string" if required else f"'{name}' must be a string")
+    return _plain(name, value)
+
+
+def _quoted(value: str, pattern: re.Pattern[str]) -> str:
+    """`` 'value'`` when an error may repeat it, else nothing."""
+    return f" '{value}'" if len(value) <= 64 and pattern.match(value) else ""
+
+
+def _fields(body: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        shown = ", ".join(q.strip() for q in (_quoted(name, FIELD) for name in unknown[:5]) if q)
+        raise BadRequest(f"unknown field {shown or '(not a plain name)'}; the fields are: {', '.join(known)}")
 
 
 class AdminApi:
@@ -87,8 +135,9 @@ class AdminApi:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if not self._token:
                 return _problem(403, "the admin API is off: start the gateway with HERALD_ADMIN_TOKEN set")
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
+            # aiohttp keeps header bytes that are not UTF-8 as surrogates: encode them back.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Bearer {self._token}".encode()):
                 return _problem(401, "missing or wrong admin token (Authorization: Bearer <HERALD_ADMIN_TOKEN>)")
             try:
                 return await handler(request)
@@ -127,11 +176,12 @@ class AdminApi:
             ScopeKind.SCENARIO: sorted(policy.scenarios),
         }
         if scope in known and value not in known[scope]:
-            raise BadRequest(f"unknown {scope} '{value}'; one of: {', '.join(known[scope])}")
+            raise BadRequest(f"unknown {scope}{_quoted(value, NAME)}; one of: {', '.join(known[scope])}")
         return value
 
     async def create(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        _fields(body, CREATE_FIELDS)
         try:
             scope = ScopeKind(body.get("scope", ""))
         except ValueError:
@@ -144,42 +194,51 @@ class AdminApi:
         return _json({"switch": switch_view(switch)}, status=201)
 
     def _expiry(self, body: dict[str, Any], now: datetime) -> datetime | None:
-        if body.get("expires_in"):
+        expires_in = body.get("expires_in")
+        if expires_in is not None:
+            if not isinstance(expires_in, str):
+                raise BadRequest("'expires_in' must be a string such as 30m, 6h or 2d")
             try:
-                span = parse_duration(str(body["expires_in"]))
+                span = parse_duration(_plain("expires_in", expires_in, EXPIRY_MAX))
             except ValueError as exc:
                 raise BadRequest(f"'expires_in': {exc}") from exc
-            if span <= timedelta(0):
-                raise BadRequest("'expires_in' must be positive")
             return now + span
-        if body.get("expires_at"):
+        expires_at = body.get("expires_at")
+        if expires_at is not None:
+            if not isinstance(expires_at, str):
+                raise BadRequest("'expires_at' must be a string: an ISO 8601 time with its offset")
             try:
-                at = datetime.fromisoformat(str(body["expires_at"]))
+                at = datetime.fromisoformat(_plain("expires_at", expires_at, EXPIRY_MAX))
             except ValueError:
                 raise BadRequest("'expires_at' must be an ISO 8601 time with its offset") from None
             if at.tzinfo is None:
                 raise BadRequest("'expires_at' needs a UTC offset, e.g. 2026-11-11T04:00:00+00:00")
             if at <= now:
                 raise BadRequest("'expires_at' is in the past")
+            if at - now > LONGEST:
+                raise BadRequest(f"'expires_at' is more than {LONGEST.days // 365} years away")
             return at
         return None
 
     async def clear(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        _fields(body, CLEAR_FIELDS)
         actor = _text(body, "actor")
         note = _text(body, "note", required=False)
-        cleared = await self._switches.clear(request.match_info["switch_id"], actor, note)
+        switch_id = request.match_info["switch_id"]
+        # An id that cannot be ours is not looked up.
+        cleared = await self._switches.clear(switch_id, actor, note) if ID_CHARACTERS.match(switch_id) else None
         if cleared is None:
-            return _problem(404, f"no active kill switch '{request.match_info['switch_id'][:64]}'")
+            shown = _quoted(switch_id, SWITCH_ID) or " with that id"
+            return _problem(404, f"no active kill switch{shown}; GET /admin/kill-switches lists them")
         return _json({"cleared": switch_view(cleared)})
 
     async def audit(self, request: web.Request) -> web.Response:
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError:
-            raise BadRequest("'limit' must be a whole number") from None
-        if not 1 <= limit <= 1000:
-            raise BadRequest("'limit' must be 1-1000")
+        text = request.query.get("limit", "50")
+        digits = text.lstrip("0") if text.isascii() and text.isdigit() else ""
+        if not digits or len(digits) > 4 or not 1 <= int(digits) <= 1000:
+            raise BadRequest("'limit' must be a whole number from 1 to 1000")
+        limit = int(digits)
         entries = await self._store.kill_audit(limit)
         return _json(
             {

@@ -390,4 +390,11 @@ class Gateway:
             await runner.cleanup()
         self._runners = []
         await self.store.close()
+        if self.spool is not None and self.spool.count():
+            log.warning(
+                "spool_kept",
+                entries=self.spool.count(),
+                path=str(self.spool.path),
+                detail="fail-open decisions wait on disk; the next start hands them to the store",
+            )
         log.info("stopped")

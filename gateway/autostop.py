@@ -59,6 +59,12 @@ class AutoStop:
             f"auto-stop: {blocked} of the last {total} sends of {scope} '{value}' were blocked or unsubscribed "
             f"({blocked / total:.1%}, threshold {rule.threshold:.1%})"
         )
-        switch = await self._switches.set(scope, value, reason, ACTOR)
+        try:
+            switch = await self._switches.set(scope, value, reason, ACTOR)
+        except HeraldError as exc:
+            # The next bad outcome tries again; the caller's own work stands.
+            self._metrics.store_errors.labels("auto_stop").inc()
+            log.error("auto_stop_not_set", scope=str(scope), value=value, error=exc.message)
+            return
         self._metrics.auto_stops.labels(str(scope)).inc()
         log.warning("auto_stop", switch_id=switch.switch_id, scope=str(scope), value=value, reason=reason)

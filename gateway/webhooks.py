@@ -11,6 +11,8 @@ template job report lands in the message's timeline.
 from __future__ import annotations
 
 import contextlib
+import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,11 +20,11 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from aiohttp import web
 
-from channels.wechat_callback import CallbackError, check_signature, decrypt, parse_xml
+from channels.wechat_callback import CallbackError, check_key, check_signature, decrypt, parse_xml
 from gateway.autostop import AutoStop
 from gateway.clock import Clock
 from gateway.core.users import Users
-from gateway.errors import HeraldError
+from gateway.errors import HeraldError, NotFound
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -37,6 +39,12 @@ log = get_logger(__name__)
 SEEN_FOR = timedelta(minutes=10)  # WeChat's retries come within seconds; receipts within hours
 RECEIPTS_SEEN_FOR = timedelta(days=2)
 MAX_BODY = 256 * 1024
+# The fields an event is keyed and routed by are short (an openid is 28 characters, a
+# MsgId 20 digits); longer ones are not WeChat's and would only make long store keys.
+KEY_FIELDS = ("ToUserName", "FromUserName", "CreateTime", "MsgType", "Event", "MsgId", "MsgID", "Status")
+KEY_FIELD_MAX = 128
+# Receipts name our delivery ids, "<message id>.<channel>"; anything else is not ours.
+MESSAGE_ID = re.compile(r"^m_[0-9A-Za-z]{1,64}$")
 
 OPENS_WINDOW = {
     ("event", "subscribe"): InteractionKind.FOLLOW,
@@ -63,6 +71,12 @@ def configured(policy: Policy, environ: Mapping[str, str]) -> tuple[WechatCallba
             token = environ.get(provider.callback_token_env, "")
             if token and wechat is None:
                 aes = environ.get(provider.encoding_aes_key_env, "") if provider.encoding_aes_key_env else ""
+                if aes:
+                    try:
+                        check_key(aes)
+                    except ValueError as exc:
+                        log.error("wechat_aes_key_invalid", env=provider.encoding_aes_key_env, detail=str(exc))
+                        aes = ""  # safe-mode callbacks are refused, saying so; plain mode still works
                 wechat = WechatCallbackConfig(token, environ.get(provider.appid_env, ""), aes)
         if isinstance(provider, AliyunSmsProvider) and provider.receipt_token_env:
             sms_token = sms_token or environ.get(provider.receipt_token_env, "")
@@ -109,6 +123,17 @@ class Webhooks:
         app.router.add_post("/webhooks/wechat", self.wechat_event)
         app.router.add_post("/webhooks/aliyun-sms", self.sms_receipts)
 
+    async def _body(self, request: web.Request) -> bytes | None:
+        """The whole body, or None when it is over MAX_BODY. ``content.read(n)`` alone
+        returns what has arrived so far: a body in two TCP segments came out cut."""
+        raw = bytearray()
+        while len(raw) <= MAX_BODY:
+            chunk = await request.content.read(MAX_BODY + 1 - len(raw))
+            if not chunk:
+                return bytes(raw)
+            raw += chunk
+        return None
+
     def _refuse(self, source: str, why: str, status: int) -> web.Response:
         self._metrics.webhooks.labels(source, "refused").inc()
         log.warning("webhook_refused", source=source, reason=why)
@@ -130,9 +155,9 @@ class Webhooks:
             return self._refuse("wechat", "WeChat callbacks are not configured (callback_token_env)", 404)
         config = self._wechat
         q = request.query
-        raw = await request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
-            return self._refuse("wechat", "body too large", 413)
+        raw = await self._body(request)
+        if raw is None:
+            return self._refuse("wechat", f"body too large: at most {MAX_BODY} bytes", 413)
         try:
             if q.get("encrypt_type") == "aes":
                 outer = parse_xml(raw)
@@ -141,11 +166,16 @@ class Webhooks:
                     q.get("msg_signature", ""), config.token, q.get("timestamp", ""), q.get("nonce", ""), encrypted
                 )
                 if not config.aes_key:
-                    raise CallbackError("safe-mode message but no EncodingAESKey configured")
+                    raise CallbackError(
+                        "safe-mode message but no valid EncodingAESKey configured (encoding_aes_key_env)"
+                    )
                 event = parse_xml(decrypt(encrypted, config.aes_key, config.appid))
             else:
                 check_signature(q.get("signature", ""), config.token, q.get("timestamp", ""), q.get("nonce", ""))
                 event = parse_xml(raw)
+            too_long = next((name for name in KEY_FIELDS if len(event.get(name, "")) > KEY_FIELD_MAX), None)
+            if too_long:
+                raise CallbackError(f"{too_long} is longer than {KEY_FIELD_MAX} characters: not a WeChat event")
         except CallbackError as exc:
             status = 403 if "signature" in str(exc) or "appid" in str(exc) else 400
             return self._refuse("wechat", str(exc), status)
@@ -211,17 +241,25 @@ class Webhooks:
         )
         self._metrics.receipts.labels(str(Channel.WECHAT_TEMPLATE), "delivered" if ok else "failed").inc()
         if status == "failed:user block":
-            profile = await self._users.get(user_id)
-            await self._users.apply_fact(profile, UserFact.UNFOLLOWED, "")
+            try:
+                profile = await self._users.get(user_id)
+            except NotFound:
+                profile = None  # forgotten since the send: nothing to mark
+            if profile is not None:
+                await self._users.apply_fact(profile, UserFact.UNFOLLOWED, "")
             [record] = await self._store.get_messages([message_id])
             if record is not None:
                 await self._auto_stop.record_for(record.category, record.scenario, record.campaign_id, True)
 
     # --- Alibaba Cloud SMS receipts ------------------------------------------------
     async def sms_receipts(self, request: web.Request) -> web.Response:
-        if self._sms_token and request.query.get("token", "") != self._sms_token:
+        if self._sms_token and not hmac.compare_digest(
+            request.query.get("token", "").encode("utf-8", "surrogatepass"), self._sms_token.encode()
+        ):
             return self._refuse("aliyun_sms", "receipt token does not match", 403)
-        raw = await request.content.read(MAX_BODY + 1)
+        raw = await self._body(request)
+        if raw is None:
+            return self._refuse("aliyun_sms", f"body too large: at most {MAX_BODY} bytes", 413)
         try:
             reports = orjson.loads(raw)
             if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
@@ -238,9 +276,9 @@ class Webhooks:
         return web.json_response({"code": 0, "msg": "ok"})
 
     async def _sms_receipt(self, report: dict[str, object]) -> None:
-        out_id, biz_id = str(report.get("out_id", "")), str(report.get("biz_id", ""))
-        message_id = out_id.split(".", 1)[0]
-        if not message_id.startswith("m_") or not biz_id:
+        out_id, biz_id = report.get("out_id"), report.get("biz_id")
+        message_id = out_id.split(".", 1)[0] if isinstance(out_id, str) else ""
+        if not MESSAGE_ID.match(message_id) or not isinstance(biz_id, str) or not 0 < len(biz_id) <= KEY_FIELD_MAX:
             log.info("webhook_unknown_message", source="aliyun_sms")
             return
         if not await self._store.shared_put(
@@ -248,19 +286,25 @@ class Webhooks:
         ):
             return  # a retried receipt
         ok = report.get("success") in (True, "true")
-        code = str(report.get("err_code") or ("DELIVERED" if ok else "FAILED"))[:64]
-        await self._store.add_events(
+        given = report.get("err_code")
+        code = given[:64] if isinstance(given, str) and given.isprintable() and given else ""
+        code = code or ("DELIVERED" if ok else "FAILED")
+        if not await self._store.add_events(
             message_id,
             [TimelineEntry(self._clock.now(), "receipt", Channel.SMS, code, "delivered" if ok else "not delivered")],
             None if ok else Current("failed", Outcome.ACCEPTED, None, f"SMS receipt: {code}"),
             self._policies.current.defaults.message_retention,
-        )
+        ):
+            log.info("webhook_unknown_message", source="aliyun_sms")  # only a message we keep gets a receipt
+            return
         self._metrics.receipts.labels(str(Channel.SMS), "delivered" if ok else "failed").inc()
 
 
 def _created(event: dict[str, str], now: datetime) -> datetime:
-    try:
-        at = datetime.fromtimestamp(int(event.get("CreateTime", "")), UTC)
-    except ValueError:
+    """When the user acted: WeChat's CreateTime (whole seconds since 1970), never later
+    than now. Anything else (not ASCII digits, past now: far enough out, datetime
+    overflows) is taken as now."""
+    text = event.get("CreateTime", "")
+    if not (text.isascii() and text.isdigit() and len(text) <= 12) or int(text) >= now.timestamp():
         return now
-    return min(at, now)
+    return datetime.fromtimestamp(int(text), UTC)

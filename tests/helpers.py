@@ -76,6 +76,55 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class RedisProcess:
+    """A redis-server the test can stop, restart on the same port and data, freeze and
+    thaw. With ``aof`` every write is fsynced to the append-only file before Redis
+    answers, so a restart keeps everything that was acknowledged."""
+
+    def __init__(self, aof: bool = True) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="herald-redis-")
+        self.aof = aof
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed; run scripts/test, which installs it")
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
+        where = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        self.proc = subprocess.Popen(
+            [binary, *where, "--save", "", *persistence, "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(19)  # SIGSTOP: up, but answers nothing
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(18)  # SIGCONT
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.thaw()
+            self.stop(9)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @asynccontextmanager
 async def herald(command: str, env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     """`herald <command>` as its own process, stderr to ``log``; stopped on exit."""

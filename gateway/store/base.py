@@ -138,8 +138,9 @@ class Store(Protocol):
 
     async def add_events(
         self, message_id: str, events: Sequence[TimelineEntry], current: Current | None, retention: timedelta
-    ) -> None:
-        """Append to a message's timeline and, when given, set where it stands now."""
+    ) -> bool:
+        """Append to a message's timeline and, when given, set where it stands now;
+        False (and nothing written) for a message the store does not keep."""
         ...
 
     # --- profiles ------------------------------------------------------------------

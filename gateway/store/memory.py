@@ -175,18 +175,19 @@ class MemoryStore:
     # --- messages ------------------------------------------------------------------
     def _add_events(
         self, message_id: str, events: Sequence[TimelineEntry], current: Current | None, retention: timedelta
-    ) -> None:
+    ) -> bool:
         stored = self._messages.get(message_id)
         if stored is None:
-            return
+            return False
         raw, old_events, old_current = stored
         new_current = codec.CURRENT.encode(current) if current is not None else old_current
         self._messages.set(message_id, (raw, old_events + codec.encode_events(events), new_current), retention)
+        return True
 
     async def add_events(
         self, message_id: str, events: Sequence[TimelineEntry], current: Current | None, retention: timedelta
-    ) -> None:
-        self._add_events(message_id, events, current, retention)
+    ) -> bool:
+        return self._add_events(message_id, events, current, retention)
 
     async def get_messages(self, message_ids: Sequence[str]) -> list[MessageRecord | None]:
         out: list[MessageRecord | None] = []

@@ -214,3 +214,51 @@ async def test_the_pool_survives_a_gateway_restart(clean_redis: str, tmp_path: P
     finally:
         await api.channel.close()
         await second.stop(grace=1.0)
+
+
+async def test_claims_inside_an_open_window_compete_as_a_pool(clocked: Clocked) -> None:
+    # Four marketing claims for one user while the noon window is open, the weakest
+    # first: all are decided together when the first one's collection period ends.
+    api = clocked.api
+    await add_user(api, "u-1")  # loyal: one marketing message a day
+    await clocked.at(local(12, 30))
+    arrivals = [
+        ("marketing", marketing("p-26", "double11.presale", priority=15)),  # score 26
+        ("marketing", marketing("p-30", "coupon.flash", priority=25)),  # score 30
+        ("growth", marketing("p-50", "new.arrivals", priority=33)),  # score 49.8
+        ("growth", marketing("p-45", "new.arrivals", priority=25)),  # score 45
+    ]
+    answers = {}
+    for minute, (bu, request) in enumerate(arrivals):
+        await clocked.at(local(12, 30 + minute))
+        answers[request.request_id] = (bu, await api.push.Push(request, metadata=auth(bu)))
+    times = {a.scheduled_at.ToDatetime(tzinfo=UTC) for _, a in answers.values()}
+    assert times == {local(12, 35)}
+    await clocked.at(local(12, 35))
+    bu, best = answers["p-50"]
+    assert (await wait_status(api, best.message_id, "delivered", bu=bu)).outcome == types_pb2.ACCEPTED
+    for request_id in ("p-26", "p-30", "p-45"):
+        bu, answer = answers[request_id]
+        carried = await clocked.message(answer.message_id, bu)
+        # GetMessage tells where a carried claim stands now: scheduled, for the evening.
+        assert carried.status == "scheduled" and carried.outcome == types_pb2.SCHEDULED
+        at = carried.scheduled_at.ToDatetime(tzinfo=UTC)
+        assert local(18) <= at < local(18, 20), at
+        assert "carried to 2026-11-11 18:" in carried.detail and "released" not in carried.detail
+        assert carried.detail.count("marketing.daily") == 1
+        assert carried.timeline[-1].kind == "carried"
+
+
+async def test_explain_shows_caps_rivals_and_the_release(clocked: Clocked) -> None:
+    api = clocked.api
+    await add_user(api, "u-1")
+    held = await api.push.Push(marketing("m-1", "double11.presale"), metadata=auth("marketing"))
+    assert held.outcome == types_pb2.SCHEDULED
+    request = push_pb2.ExplainRequest(request=marketing("x-1", "new.arrivals", priority=10), at=ts(local(10, 5)))
+    answer = await api.push.Explain(request, metadata=auth("growth"))
+    assert answer.decision.outcome == types_pb2.SCHEDULED
+    assert "user's RFM tier: loyal" in answer.trace
+    assert "cap marketing.daily (day): 0 of 1 used" in answer.trace
+    assert any(line.startswith(f"held for the user: {held.message_id} double11.presale") for line in answer.trace)
+    # Its pool at noon holds the stronger presale (score 40 x 1.0 > 60 x 0.6 x 1 = 36).
+    assert "when released: SCHEDULED: lost to double11.presale of marketing" in answer.decision.detail

@@ -33,6 +33,8 @@ class FakeWechat(FakeServer):
     cs_sends: list[dict[str, Any]] = field(default_factory=list)
     mass_calls: list[dict[str, Any]] = field(default_factory=list)
     template_calls: int = 0
+    # Template sends that repeated a (openid, client_msg_id) already delivered.
+    repeats: int = 0
     # openids that unfollowed (43004 / 45015), that refuse templates (43101)
     unfollowed: set[str] = field(default_factory=set)
     refusing: set[str] = field(default_factory=set)
@@ -154,6 +156,8 @@ class FakeWechat(FakeServer):
             self._client_ids.add((openid, client_id))
             self.template_sends.append({**body, "msgid": msgid})
             self.arrived_at[client_id] = time.time()
+        else:
+            self.repeats += 1  # sent again (a retry, a worker taking over): WeChat delivers it once
         return web.json_response({"errcode": 0, "errmsg": "ok", "msgid": msgid})
 
     async def _custom(self, request: web.Request) -> web.Response:

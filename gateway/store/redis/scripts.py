@@ -105,6 +105,21 @@ return 1
 """,
 )
 
+# A later step of a message (a receipt, a job report): only for a message we keep.
+# KEYS: 1 record, 2 events, 3 current; ARGV: 1 events or '', 2 current or '', 3 retention ms.
+ADD_EVENTS = Script(
+    "add_events",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' then
+  redis.call('APPEND', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3]) end
+return 1
+""",
+)
+
 # Waiting jobs whose time has come, back into their lane's stream.
 # KEYS: 1 waiting zset, 2-4 the streams of lanes b(asic), r(eminder), m(arketing).
 # ARGV: 1 now ms, 2 limit. A member is the lane's letter and the job.
@@ -225,4 +240,4 @@ return {#items, bad}
 """,
 )
 
-ALL = (COMMIT, FINISH, WAKE, TAKE_DUE, FINISH_DUE, OPT_OUT, INTERACTION, DELETE_IF, TAKE_TOKEN, OUTCOME)
+ALL = (COMMIT, FINISH, ADD_EVENTS, WAKE, TAKE_DUE, FINISH_DUE, OPT_OUT, INTERACTION, DELETE_IF, TAKE_TOKEN, OUTCOME)

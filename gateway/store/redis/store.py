@@ -195,21 +195,24 @@ class RedisStore:
 
     async def add_events(
         self, message_id: str, events: Sequence[TimelineEntry], current: Current | None, retention: timedelta
-    ) -> None:
+    ) -> bool:
         tag = self._message_tag(message_id)
         if tag is None:
-            return
-        commands: list[Command] = []
-        if events:
-            commands += [
-                ("APPEND", keys.message_events(tag, message_id), codec.encode_events(events)),
-                ("PEXPIRE", keys.message_events(tag, message_id), ms(retention)),
-            ]
-        if current is not None:
-            commands.append(
-                ("SET", keys.message_current(tag, message_id), codec.CURRENT.encode(current), "PX", ms(retention))
-            )
-        await self._run("add_events", commands)
+            return False
+        call = scripts.ADD_EVENTS.call(
+            [
+                keys.message(tag, message_id),
+                keys.message_events(tag, message_id),
+                keys.message_current(tag, message_id),
+            ],
+            [
+                codec.encode_events(events),
+                b"" if current is None else codec.CURRENT.encode(current),
+                ms(retention),
+            ],
+        )
+        [found] = await self._run("add_events", [call])
+        return bool(found)
 
     # --- profiles ------------------------------------------------------------------
     async def _profile(

@@ -1,0 +1,78 @@
+"""Load is turned away at the door, and contention is never an outage."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import Settings
+from gateway.metrics import fresh_metrics
+from herald.v1 import profile_pb2, push_pb2, types_pb2
+from tests.e2e.conftest import auth, open_api, settings_for
+from tests.e2e.test_push import shipped
+
+
+async def test_calls_beyond_the_limit_are_refused_at_once_with_a_hint(tmp_path: Path) -> None:
+    settings = Settings(**{**settings_for(tmp_path).__dict__, "max_in_flight": 1})
+    gateway = Gateway(settings, metrics=fresh_metrics())
+    await gateway.start()
+    api = await open_api(gateway)
+    try:
+        users = [
+            profile_pb2.UpsertUserRequest(user=profile_pb2.User(user_id=f"u-{i}", phone="+8613800138000"))
+            for i in range(1000)
+        ]
+        await api.profiles.UpsertUsers(profile_pb2.UpsertUsersRequest(requests=users), metadata=auth("order"))
+        batch = push_pb2.PushBatchRequest(requests=[shipped(f"b-{i}", user_id=f"u-{i}") for i in range(1000)])
+        running = asyncio.create_task(api.push.PushBatch(batch, metadata=auth("order")))
+        for _ in range(10_000):  # until the batch holds the only place
+            if gateway.admission.busy:
+                break
+            await asyncio.sleep(0)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await api.push.Push(shipped("r-1", user_id="u-1"), metadata=auth("order"))
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limit of 1 calls in flight; retry in about 100 ms" in (info.value.details() or "")
+        assert ("grpc-retry-pushback-ms", "100") in tuple(info.value.trailing_metadata() or ())
+        done = await running
+        assert {r.outcome for r in done.responses} == {types_pb2.ACCEPTED}
+        answer = await api.push.Push(shipped("r-1", user_id="u-1"), metadata=auth("order"))  # room again
+        assert answer.outcome == types_pb2.ACCEPTED
+        assert gateway.metrics.registry.get_sample_value("herald_requests_shed_total", {"method": "Push"}) == 1
+    finally:
+        await api.channel.close()
+        await gateway.stop(grace=1.0)
+
+
+@pytest.mark.parametrize("round_", range(3))
+async def test_seventy_pushes_for_one_user_over_two_replicas_are_all_decided(
+    tmp_path: Path, clean_redis: str, round_: int
+) -> None:
+    one = Gateway(settings_for(tmp_path / "a", clean_redis), metrics=fresh_metrics())
+    two = Gateway(settings_for(tmp_path / "b", clean_redis), metrics=fresh_metrics())
+    await one.start()
+    await two.start()
+    a, b = await open_api(one), await open_api(two)
+    try:
+        await a.add_user("u-busy", phone="+8613800138000")
+        answers = await asyncio.gather(
+            *(
+                (a if i % 2 else b).push.Push(
+                    shipped(f"r-{round_}-{i}", user_id="u-busy", dedup_key=""), metadata=auth("order")
+                )
+                for i in range(70)
+            )
+        )
+        outcomes = [(x.outcome, x.reason) for x in answers]
+        # The safety cap (60 an hour) holds exactly across both; nobody is refused.
+        assert outcomes.count((types_pb2.ACCEPTED, types_pb2.REASON_UNSPECIFIED)) == 60
+        assert outcomes.count((types_pb2.SUPPRESSED, types_pb2.SAFETY_CAP)) == 10
+    finally:
+        await a.channel.close()
+        await b.channel.close()
+        await one.stop(grace=1.0)
+        await two.stop(grace=1.0)
