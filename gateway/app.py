@@ -98,7 +98,8 @@ class Gateway:
         self._sandbox = SandboxAdapter(settings.data_dir / "outbox")
         self.providers: Providers = self._build_providers(self.policies.current, None)
         self._next_providers: tuple[str, Providers] | None = None
-        self._retired: list[asyncio.Task[None]] = []
+        self._retired: list[Providers] = []
+        self._retiring: list[asyncio.Task[None]] = []
         self.policies.check_with(self._check_providers)
         self.policies.on_change(self._swap_providers)
         self.tokens: UnsubscribeTokens | None = None
@@ -196,8 +197,9 @@ class Gateway:
             await asyncio.sleep(RETIRE_AFTER)
             await old.close(keep=self.providers)
 
+        self._retired.append(old)
         with contextlib.suppress(RuntimeError):  # no running loop: nothing in flight either
-            self._retired.append(asyncio.get_running_loop().create_task(retire(), name="retire-providers"))
+            self._retiring.append(asyncio.get_running_loop().create_task(retire(), name="retire-providers"))
 
     def reload(self) -> None:
         """SIGHUP: policies and credentials again; a bad new set keeps the old one."""
@@ -382,8 +384,10 @@ class Gateway:
             # On Redis what is queued stays in the stream for the other workers.
             log.warning("shutdown_with_deliveries_queued", detail="grace period ran out")
         await self.dispatcher.stop(grace)
-        for task in self._retired:
+        for task in self._retiring:
             task.cancel()
+        for old in self._retired:
+            await old.close(keep=self.providers)
         await self.providers.close()
         await self.queue.close()
         for runner in self._runners:

@@ -14,13 +14,30 @@ import signal
 from pathlib import Path
 
 import grpc
+import redis
 
+from gateway.store import keys
+from gateway.store.shards import DEFAULT_SHARDS, tags
+from gateway.values.jobs import LANES
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc, types_pb2
 from tests.e2e.channels_setup import Fakes, fakes, policies_for
 from tests.e2e.conftest import auth
 from tests.helpers import free_port, herald, wait_until
 
 MESSAGES = 600
+
+
+def held(redis_url: str) -> int:
+    """Deliveries a worker has taken and not finished (pending in the consumer group)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(
+            int(client.xpending(keys.stream(tag, lane), keys.DELIVERY_GROUP)["pending"])
+            for tag in tags(DEFAULT_SHARDS)
+            for lane in LANES
+        )
+    finally:
+        client.close()
 
 
 def environment(fake: Fakes, redis_url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
@@ -39,7 +56,7 @@ def environment(fake: Fakes, redis_url: str, tmp_path: Path, name: str, **extra:
 
 async def test_a_killed_worker_loses_nothing(clean_redis: str, tmp_path: Path) -> None:
     async with fakes() as fake:
-        fake.wechat.latency = 0.01  # slow enough that the kill lands mid-run
+        fake.wechat.latency = 0.1  # slow enough that the kill lands while sends are in flight
         api_env = environment(fake, clean_redis, tmp_path, "api", HERALD_DELIVER="false")
         worker_env = {"HERALD_RECLAIM_SECONDS": "1", "HERALD_DELIVERY_WORKERS": "40"}
         async with herald("serve", api_env, tmp_path / "api.log"):
@@ -79,10 +96,11 @@ async def test_a_killed_worker_loses_nothing(clean_redis: str, tmp_path: Path) -
                 "worker", environment(fake, clean_redis, tmp_path, "w1", **worker_env), tmp_path / "w1.log"
             ) as first:
 
-                async def some_sent() -> bool:
-                    return len(fake.wechat.template_sends) >= MESSAGES // 4
+                async def some_sent_and_some_held() -> bool:
+                    # Killed while it holds deliveries it has not finished: the worst instant.
+                    return len(fake.wechat.template_sends) >= MESSAGES // 4 and held(clean_redis) > 0
 
-                await wait_until(some_sent, 60, "the first worker to deliver some")
+                await wait_until(some_sent_and_some_held, 60, "the first worker to deliver some and hold some")
                 first.send_signal(signal.SIGKILL)
                 await first.wait()
             sent_before = len(fake.wechat.template_sends)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,10 @@ Command = tuple[Any, ...]
 # Pipelines in flight at once; calls made meanwhile wait and share the next one.
 MAX_FLUSHES = 4
 MAX_BATCH = 2000
+# After Redis failed to answer, calls fail at once for this long instead of each waiting
+# out its own timeout (the fail-open path answers in milliseconds, not seconds); then
+# the next calls try again.
+DOWN_HOLD = 1.0
 
 
 def redacted(url: str) -> str:
@@ -111,6 +116,8 @@ class Connection:
         self._waiting: list[_Call] = []
         self._flushes = 0
         self._scheduled = False
+        self._down_until = 0.0
+        self._down_error: StoreUnavailable | None = None
 
     def unavailable(self, exc: BaseException, what: str = "state store") -> StoreUnavailable:
         return StoreUnavailable(
@@ -123,6 +130,8 @@ class Connection:
         ``errors``, its ``ResponseError`` is its reply instead)."""
         if not commands:
             return []
+        if self._down_error is not None and time.monotonic() < self._down_until:
+            raise self._down_error
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Call(op, commands, future, errors))
         self._schedule()
@@ -165,6 +174,7 @@ class Connection:
             raise
         except (RedisError, OSError) as exc:
             error = self.unavailable(exc)
+            self._down_error, self._down_until = error, time.monotonic() + DOWN_HOLD
             for call in batch:
                 if not call.future.done():
                     call.future.set_exception(error)
