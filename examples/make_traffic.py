@@ -1,7 +1,7 @@
 """Writes examples/traffic-day.jsonl: one Double 11 day of traffic for 40 users.
 
-    .venv/bin/python examples/make_traffic.py
-    .venv/bin/herald policy simulate --policies policies --traffic examples/traffic-day.jsonl
+.venv/bin/python examples/make_traffic.py
+.venv/bin/herald policy simulate --policies policies --traffic examples/traffic-day.jsonl
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ def main() -> None:
             "phone": f"+86139{i:08d}",
             "deviceTokens": [{"token": f"tok-{i}", "platform": "ANDROID", "provider": "FCM"}] if i % 3 else [],
             "timezone": rng.choice(ZONES),
-            "rfm": {"lastPurchaseAt": purchase.isoformat(), "ordersInPeriod": rng.randint(0, 9),
-                    "spendInPeriodMinor": str(rng.randint(0, 600_000))},
+            "rfm": {
+                "lastPurchaseAt": purchase.isoformat(),
+                "ordersInPeriod": rng.randint(0, 9),
+                "spendInPeriodMinor": str(rng.randint(0, 600_000)),
+            },
         }
         lines.append({"at": (DAY - timedelta(hours=1)).isoformat(), "user": user})
     n = 0
@@ -40,19 +43,52 @@ def main() -> None:
         lines.append({"at": at.isoformat(), "bu": bu, "request": request})
 
     for user in range(40):
-        push(DAY + timedelta(minutes=5 + user), "marketing", "double11.presale", user,
-             {"deposit": "50", "discount": "150"}, campaignId="d11-presale", priority=60)
-        push(DAY + timedelta(hours=10, minutes=user), "order", "coupon.flash", user,
-             {"amount": "20", "expires": "11-12"}, campaignId="winback-11")
-        push(DAY + timedelta(hours=15, minutes=user), "growth", "new.arrivals", user,
-             {"category_name": "kitchen"}, campaignId="kitchen-11", content={"title": "New in kitchen", "body": "Fresh picks", "url": "https://m.shop.example.com/kitchen"})
+        push(
+            DAY + timedelta(minutes=5 + user),
+            "marketing",
+            "double11.presale",
+            user,
+            {"deposit": "50", "discount": "150"},
+            campaignId="d11-presale",
+            priority=60,
+        )
+        push(
+            DAY + timedelta(hours=10, minutes=user),
+            "order",
+            "coupon.flash",
+            user,
+            {"amount": "20", "expires": "11-12"},
+            campaignId="winback-11",
+        )
+        push(
+            DAY + timedelta(hours=15, minutes=user),
+            "growth",
+            "new.arrivals",
+            user,
+            {"category_name": "kitchen"},
+            campaignId="kitchen-11",
+            content={"title": "New in kitchen", "body": "Fresh picks", "url": "https://m.shop.example.com/kitchen"},
+        )
         for k in range(rng.randint(0, 3)):
             at = DAY + timedelta(minutes=rng.randint(0, 24 * 60 - 1))
-            push(at, "logistics", "order.shipped", user, {"order_id": f"O-{user}-{k}", "carrier": "SF", "tracking_no": f"SF{user}{k}"},
-                 dedupKey=f"O-{user}-{k}-shipped")
+            push(
+                at,
+                "logistics",
+                "order.shipped",
+                user,
+                {"order_id": f"O-{user}-{k}", "carrier": "SF", "tracking_no": f"SF{user}{k}"},
+                dedupKey=f"O-{user}-{k}-shipped",
+            )
         for k in range(rng.randint(0, 4)):
             at = DAY + timedelta(minutes=rng.randint(0, 24 * 60 - 1))
-            push(at, "growth", "price.drop", user, {"item_name": f"item {k}", "new_price": "99"}, dedupKey=f"pd-{user}-{k}")
+            push(
+                at,
+                "growth",
+                "price.drop",
+                user,
+                {"item_name": f"item {k}", "new_price": "99"},
+                dedupKey=f"pd-{user}-{k}",
+            )
     lines.sort(key=lambda line: line["at"])
     out = Path(__file__).with_name("traffic-day.jsonl")
     out.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")

@@ -62,7 +62,7 @@ def build_store(settings: Settings, clock: Clock, metrics: Metrics) -> Store:
         settings.redis_url,
         cluster=settings.redis_cluster,
         shards=settings.redis_shards,
-        on_round_trip=lambda op: metrics.store_round_trips.labels(op).inc(),
+        on_round_trip=lambda op: metrics.of(metrics.store_round_trips, op).inc(),
     )
 
 

@@ -12,14 +12,28 @@ import time
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALUE = {c: i for i, c in enumerate(_CROCKFORD)}
 MAX_SHARDS = 32 * 32
+# Two base32 characters for every 10-bit value: ids are built two characters a step.
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_last_millis = -1
+_time_part = ""
 
 
 def _base32(value: int, length: int) -> str:
+    """``value`` in ``length`` Crockford base32 characters (``length`` even)."""
     out = []
-    for _ in range(length):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
+    for _ in range(length // 2):
+        out.append(_PAIRS[value & 1023])
+        value >>= 10
     return "".join(reversed(out))
+
+
+def _time() -> str:
+    """10 characters of milliseconds since 1970, computed once per millisecond."""
+    global _last_millis, _time_part
+    millis = time.time_ns() // 1_000_000
+    if millis != _last_millis:
+        _last_millis, _time_part = millis, _base32(millis, 10)
+    return _time_part
 
 
 def new_id(prefix: str) -> str:
@@ -28,16 +42,14 @@ def new_id(prefix: str) -> str:
     Sorting ids sorts them by creation time, which keeps timelines and Redis scans
     readable.
     """
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    return f"{prefix}_{_base32(millis, 10)}{_base32(rand, 16)}"
+    return f"{prefix}_{_time()}{_base32(int.from_bytes(os.urandom(10), 'big'), 16)}"
 
 
 def new_message_id(shard: int = 0) -> str:
     """``m_`` + a ULID whose last two characters are ``shard`` (70 random bits left)."""
     if not 0 <= shard < MAX_SHARDS:
         raise ValueError(f"shard {shard} out of range 0-{MAX_SHARDS - 1}")
-    return new_id("m")[:-2] + _base32(shard, 2)
+    return f"m_{_time()}{_base32(int.from_bytes(os.urandom(9), 'big'), 14)}{_PAIRS[shard]}"
 
 
 def shard_of_message(message_id: str) -> int | None:

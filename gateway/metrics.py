@@ -217,6 +217,16 @@ class Metrics:
         )
 
         self._decisions: dict[tuple[str, Category, Outcome, Reason | None], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def of(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per combination (the hot paths
+        count every decision and every send; prometheus-client takes a lock a lookup)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def decision(self, bu: str, category: Category, outcome: Outcome, reason: Reason | None) -> None:
         """Count one decision (the label child is looked up once per combination)."""

@@ -85,7 +85,10 @@ async def test_kill_switch_stops_everywhere_keeps_and_releases(clean_redis: str,
             # Half with a deadline that passes while the switch is on, half without.
             short = datetime.now(UTC) + timedelta(seconds=35)
             ids: list[str] = []
+            # Paced like a real client: 'order' may send 2,000 requests a second.
+            began = time.monotonic()
             for start in range(0, MESSAGES, 1000):
+                await asyncio.sleep(max(0.0, began + start / 1000 * 0.6 - time.monotonic()))
                 stub = push_a if start % 2000 else push_b
                 batch = [shipped(i, short if i < MESSAGES // 2 else None) for i in range(start, start + 1000)]
                 answers = await stub.PushBatch(push_pb2.PushBatchRequest(requests=batch), metadata=auth("order"))

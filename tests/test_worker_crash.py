@@ -98,7 +98,14 @@ async def test_a_killed_worker_loses_nothing(clean_redis: str, tmp_path: Path) -
 
                 async def some_sent_and_some_held() -> bool:
                     # Killed while it holds deliveries it has not finished: the worst instant.
-                    return len(fake.wechat.template_sends) >= MESSAGES // 4 and held(clean_redis) > 0
+                    # Frozen first, so what it holds cannot change between the look and the kill.
+                    if len(fake.wechat.template_sends) < MESSAGES // 4:
+                        return False
+                    first.send_signal(signal.SIGSTOP)
+                    if held(clean_redis) > 0:
+                        return True
+                    first.send_signal(signal.SIGCONT)
+                    return False
 
                 await wait_until(some_sent_and_some_held, 60, "the first worker to deliver some and hold some")
                 first.send_signal(signal.SIGKILL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 
@@ -23,6 +24,20 @@ def _install_loop() -> str:
     return "uvloop"
 
 
+# The cyclic garbage collector's first generation runs every this many new container
+# objects (CPython's default, 700, makes a busy gateway spend a third of its time in
+# collections that find nothing: Herald's values are frozen msgspec structs outside the
+# collector, and what it keeps is freed by reference counting).
+GC_FIRST_GENERATION = 50_000
+
+
+def _tune_gc() -> None:
+    """What a long-running server wants from the collector: what start-up built (modules,
+    the policy, the servers) set aside for good, and collections far less often."""
+    gc.freeze()
+    gc.set_threshold(GC_FIRST_GENERATION, 20, 100)
+
+
 async def _serve(settings: Settings, api: bool) -> int:
     gateway = Gateway(settings, api=api)
     stop = asyncio.Event()
@@ -31,6 +46,7 @@ async def _serve(settings: Settings, api: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
     await gateway.start()
+    _tune_gc()
     await stop.wait()
     log.info("stopping", grace_seconds=settings.grace_seconds)
     await gateway.stop()

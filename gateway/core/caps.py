@@ -14,17 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from gateway.core.times import calendar_start
 from gateway.policy.model import Policy
 from gateway.policy.schema import CapWindow
 from gateway.values.domain import Category, Channel
-from gateway.values.state import SentEntry
+from gateway.values.state import MIN_KEEP, SentEntry
 
 # How far back a calendar window can reach, whatever the user's time zone.
 CALENDAR_REACH = {"day": timedelta(days=2), "week": timedelta(days=8), "month": timedelta(days=32)}
-MIN_KEEP = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Rule:
     category: Category | None  # None: every category (channel limits)
     channel: Channel | None
     bu: str | None
+
+    @property
+    def window_text(self) -> str:
+        return _window_text(self.window)
 
     def start(self, now: datetime, tz: ZoneInfo) -> datetime:
         if self.window.calendar is not None:
@@ -58,7 +62,20 @@ class Rule:
 
     def used(self, entries: Iterable[SentEntry], now: datetime, tz: ZoneInfo) -> int:
         start = self.start(now, tz)
-        return sum(1 for e in entries if e.at >= start and self.counts(e))
+        category, channel, bu = self.category, self.channel, self.bu
+        return sum(
+            1
+            for e in entries
+            if e.at >= start
+            and (category is None or e.category == category)
+            and (channel is None or e.channel == channel)
+            and (bu is None or e.bu == bu)
+        )
+
+
+@lru_cache(maxsize=256)
+def _window_text(window: CapWindow) -> str:
+    return str(window)
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,7 @@ class Blocked:
     used: int
 
     def describe(self) -> str:
-        return f"cap {self.rule.label} ({self.rule.window}): {self.used} of {self.rule.limit} used"
+        return f"cap {self.rule.label} ({self.rule.window_text}): {self.used} of {self.rule.limit} used"
 
 
 def _channel_rules(policy: Policy) -> list[Rule]:
@@ -113,27 +130,41 @@ def all_rules(policy: Policy, tier: str) -> tuple[Rule, ...]:
     return policy.derived(("all-rules", tier), build)
 
 
-def first_block(
-    rules: Sequence[Rule], channel: Channel, entries: Sequence[SentEntry], now: datetime, tz: ZoneInfo
-) -> Blocked | None:
+class Usage:
+    """How much of each rule the user's reservations use, counted once per rule and only
+    for the rules asked about (a rule's count does not depend on the channel tried)."""
+
+    def __init__(self, rules: Sequence[Rule], entries: Sequence[SentEntry], now: datetime, tz: ZoneInfo) -> None:
+        self.rules = rules
+        self._entries, self._now, self._tz = entries, now, tz
+        self._counts: list[int | None] = [None] * len(rules)
+
+    def count(self, index: int) -> int:
+        known = self._counts[index]
+        if known is None:
+            known = self._counts[index] = (
+                self.rules[index].used(self._entries, self._now, self._tz) if self._entries else 0
+            )
+        return known
+
+
+def first_block(used: Usage, channel: Channel) -> Blocked | None:
     """The first rule that one more message on ``channel`` would break."""
-    for rule in rules:
+    for index, rule in enumerate(used.rules):
         if rule.channel is not None and rule.channel != channel:
             continue
-        used = rule.used(entries, now, tz)
-        if used + 1 > rule.limit:
-            return Blocked(rule, used)
+        count = used.count(index)
+        if count + 1 > rule.limit:
+            return Blocked(rule, count)
     return None
 
 
-def pick_channel(
-    rules: Sequence[Rule], plan: Sequence[Channel], entries: Sequence[SentEntry], now: datetime, tz: ZoneInfo
-) -> tuple[Channel | None, list[Blocked]]:
+def pick_channel(plan: Sequence[Channel], used: Usage) -> tuple[Channel | None, list[Blocked]]:
     """The first channel of the plan that every rule allows, and what blocked the ones
     before it. ``None`` when no channel fits."""
     blocked: list[Blocked] = []
     for channel in plan:
-        block = first_block(rules, channel, entries, now, tz)
+        block = first_block(used, channel)
         if block is None:
             return channel, blocked
         blocked.append(block)

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from gateway.core.caps import Blocked, Rule, pick_channel, rules_for
+from gateway.core.caps import Blocked, Rule, Usage, pick_channel, rules_for
 from gateway.core.killswitch import blocking_switch
 from gateway.core.profile_rules import compute_tier, opted_out
 from gateway.core.route import Skip, route
@@ -42,9 +42,9 @@ KILL_RECHECK = timedelta(minutes=1)
 LAST_LOOK = timedelta(seconds=1)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Context:
-    """Everything a decision reads."""
+    """Everything a decision reads (one per decision: a plain class, cheap to make)."""
 
     policy: Policy
     profile: UserProfile | None
@@ -248,10 +248,12 @@ def _cap_verdict(
     claim: Claim, ctx: Context, plan: tuple[Channel, ...], entries: Sequence[SentEntry], trace: _Trace
 ) -> tuple[Channel | None, list[Blocked]]:
     rules = rules_for(ctx.policy, claim.category, claim.bu, ctx.tier)
-    channel, blocked = pick_channel(rules, plan, entries, ctx.now, ctx.tz)
-    for rule in rules:
-        if rule.channel is None or rule.channel == (channel or plan[0]):
-            trace.add("cap", rule.label, str(rule.window), rule.used(entries, ctx.now, ctx.tz), rule.limit)
+    used = Usage(rules, entries, ctx.now, ctx.tz)
+    channel, blocked = pick_channel(plan, used)
+    shown = channel or plan[0]
+    for index, rule in enumerate(rules):
+        if rule.channel is None or rule.channel == shown:
+            trace.add("cap", rule.label, rule.window_text, used.count(index), rule.limit)
     return channel, blocked
 
 

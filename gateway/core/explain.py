@@ -29,7 +29,7 @@ def explain_arrival(claim: Claim, ctx: Context, held: Sequence[HeldClaim]) -> De
     extra = [Step("tier", (ctx.tier,))]
     for rule in rules_for(ctx.policy, claim.category, claim.bu, ctx.tier):
         extra.append(
-            Step("cap", (rule.label, str(rule.window), rule.used(ctx.state.sent, ctx.now, ctx.tz), rule.limit))
+            Step("cap", (rule.label, rule.window_text, rule.used(ctx.state.sent, ctx.now, ctx.tz), rule.limit))
         )
     due = {h.message_id: h.due for h in ctx.state.held}
     rivals = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 
 class KeyedLock:
@@ -33,10 +33,29 @@ class KeyedLock:
 
     @asynccontextmanager
     async def hold_many(self, keys: Iterable[str]) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
+        # A plain loop of acquires: a batch of 500 users must not cost 500 context
+        # managers. ``joined``: keys counted as users; ``held``: locks acquired.
+        joined: list[str] = []
+        held: list[asyncio.Lock] = []
+        try:
             for key in sorted(set(keys)):
-                await stack.enter_async_context(self.hold(key))
+                lock, users = self._locks.get(key, (None, 0))
+                if lock is None:
+                    lock = asyncio.Lock()
+                self._locks[key] = (lock, users + 1)
+                joined.append(key)
+                await lock.acquire()
+                held.append(lock)
             yield
+        finally:
+            for lock in held:
+                lock.release()
+            for key in joined:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
 
     def __len__(self) -> int:
         return len(self._locks)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import datetime
 
 from gateway.values.domain import Channel
@@ -10,7 +10,7 @@ from gateway.values.records import KillSwitch, ScopeKind
 
 
 def blocking_switch(
-    switches: Iterable[KillSwitch],
+    switches: Sequence[KillSwitch],
     *,
     now: datetime,
     category: str,
@@ -20,6 +20,8 @@ def blocking_switch(
 ) -> KillSwitch | None:
     """The first active switch whose scope covers the whole claim (channel switches
     are applied per channel by the router)."""
+    if not switches:
+        return None
     wanted = {
         ScopeKind.CATEGORY: category,
         ScopeKind.BU: bu,
@@ -36,8 +38,10 @@ def blocking_switch(
     return None
 
 
-def killed_channels(switches: Iterable[KillSwitch], now: datetime) -> dict[Channel, KillSwitch]:
+def killed_channels(switches: Sequence[KillSwitch], now: datetime) -> dict[Channel, KillSwitch]:
     out: dict[Channel, KillSwitch] = {}
+    if not switches:
+        return out
     for switch in switches:
         if switch.scope is ScopeKind.CHANNEL and switch.active(now) and switch.value in Channel.__members__:
             out.setdefault(Channel(switch.value), switch)

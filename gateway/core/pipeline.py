@@ -227,6 +227,9 @@ class PushPipeline:
         views = await self._store.read_users(
             [UserRead(i.claim.user_id, i.idem) for i in todo], policy.defaults.idempotency_window
         )
+        # One log line a decision for a single push; one for a whole batch (a batch of
+        # 1000, a campaign's million, must not write a million lines).
+        single = len(todo) == 1
         now = self._clock.now()
         switches = self._switches.current()
         down = self._down()
@@ -276,7 +279,15 @@ class PushPipeline:
             for item, decision, answer in mine:
                 results[item.index] = answer
                 self._count(item.claim, decision)
-                self._log(item.claim, item.message_id, decision)
+                if single:
+                    self._log(item.claim, item.message_id, decision)
+        if not single and outcomes:
+            tally: dict[str, int] = {}
+            for mine in decided:
+                for _, decision, _ in mine:
+                    name = decision.outcome.value if decision.reason is None else decision.reason.value
+                    tally[name] = tally.get(name, 0) + 1
+            log.info("decisions", count=sum(tally.values()), outcomes=tally)
         return retry
 
     def _answer(self, item: _Item, decision: Decision, policy: Policy) -> PushAnswer:

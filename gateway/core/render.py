@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.policy.model import PLACEHOLDER_RE
-from gateway.policy.schema import Scenario
+from gateway.policy.model import PLACEHOLDER_RE, Policy
 from gateway.values.claims import Content
 from gateway.values.domain import Channel
 
@@ -29,10 +28,22 @@ def _fill(value: Any, values: Mapping[str, str]) -> Any:
     return value
 
 
-def render(scenario: Scenario, channel: Channel, params: Mapping[str, str], content: Content | None) -> dict[str, Any]:
+def template(policy: Policy, scenario: str, channel: Channel) -> dict[str, Any]:
+    """A scenario's content block for a channel as plain data, made once per policy."""
+
+    def build() -> dict[str, Any]:
+        block = policy.scenarios[scenario].content.for_channel(channel)
+        if block is None:
+            raise KeyError(f"scenario {scenario} has no content for {channel}")
+        dumped: dict[str, Any] = block.model_dump(exclude_none=True)
+        return dumped
+
+    return policy.derived(("template", scenario, channel), build)
+
+
+def render(
+    policy: Policy, scenario: str, channel: Channel, params: Mapping[str, str], content: Content | None
+) -> dict[str, Any]:
     """The channel's content block with every ``{placeholder}`` filled."""
-    block = scenario.content.for_channel(channel)
-    if block is None:
-        raise KeyError(f"scenario has no content for {channel}")
-    filled: dict[str, Any] = _fill(block.model_dump(exclude_none=True), _values(params, content))
+    filled: dict[str, Any] = _fill(template(policy, scenario, channel), _values(params, content))
     return filled

@@ -3,7 +3,7 @@ first (pure). See DESIGN.md "Channel routing semantics"."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -67,7 +67,7 @@ def route(
     category: Category,
     profile: UserProfile,
     policy: Policy,
-    switches: Iterable[KillSwitch],
+    switches: Sequence[KillSwitch],
     now: datetime,
     sent: Sequence[SentEntry] = (),
     down: frozenset[Channel] = frozenset(),
@@ -86,9 +86,10 @@ def route(
             plan.append(channel)
         else:
             skipped.append((channel, why))
-    if not scenario.keep_order:
+    if not scenario.keep_order and len(plan) > 1:
         plan.sort(key=lambda c: policy.channels[c].cost > 0)  # stable: free first
     # A channel whose provider is down (breaker open) stays in the plan, last: it may
     # be back by the time the others have failed.
-    plan.sort(key=lambda c: c in down)
+    if down and len(plan) > 1:
+        plan.sort(key=lambda c: c in down)
     return Route(tuple(plan), tuple(skipped))

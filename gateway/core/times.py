@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from gateway.policy.schema import TimeWindow
 
 
+@lru_cache(maxsize=1024)
 def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 

@@ -231,7 +231,6 @@ class Walk:
         job = lease.job
         claim = job.claim
         policy = self._policies.current
-        scenario = policy.scenarios[claim.scenario]
         down_waits: list[float] = []
         why = ""
         last: SendResult | None = None
@@ -260,7 +259,7 @@ class Walk:
                 campaign_id=claim.campaign_id,
                 device=device,
                 recipient=recipient_for(channel, profile),
-                payload=render(scenario, channel, claim.params, claim.content),
+                payload=render(policy, claim.scenario, channel, claim.params, claim.content),
             )
             move, judged, result, profile = await self._on_channel(
                 job, adapter, provider, delivery, profile, events, lend, has_next, down_waits
@@ -387,7 +386,7 @@ class Walk:
     ) -> SendResult:
         channel = delivery.channel
         started = time.monotonic()
-        if channel in getattr(adapter, "batched", frozenset()):
+        if channel in getattr(adapter, "batched", ()):
             # Joins a batch that goes out as one call: neither a provider slot nor a
             # token per user, and this delivery's own budget is lent meanwhile
             # (otherwise the waiting batch would hold the lane's whole budget).
@@ -396,11 +395,12 @@ class Walk:
         else:
             await self._rate_limit(adapter.name, provider)
             async with provider.slots.hold(job.lane):
-                self._metrics.provider_wait_seconds.labels(adapter.name).observe(time.monotonic() - started)
+                self._metrics.of(self._metrics.provider_wait_seconds, adapter.name).observe(time.monotonic() - started)
                 started = time.monotonic()
                 result = await adapter.send(delivery)
-        self._metrics.send_seconds.labels(channel.value).observe(time.monotonic() - started)
-        self._metrics.sends.labels(channel.value, adapter.name, result.status.value).inc()
+        metrics = self._metrics
+        metrics.of(metrics.send_seconds, channel.value).observe(time.monotonic() - started)
+        metrics.of(metrics.sends, channel.value, adapter.name, result.status.value).inc()
         log.info(
             "send",
             message_id=job.message_id,

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
+
+import msgspec
 
 from gateway.store.codec import DeadLetter, Parked
 from gateway.values.decisions import PushAnswer
@@ -39,21 +40,18 @@ class IdemState(StrEnum):
     CONFLICT = "conflict"  # the request id was used with a different body
 
 
-@dataclass(frozen=True)
-class IdemKey:
+class IdemKey(msgspec.Struct, frozen=True, gc=False):
     bu: str
     request_id: str
     fingerprint: str
 
 
-@dataclass(frozen=True)
-class UserRead:
+class UserRead(msgspec.Struct, frozen=True, gc=False):
     user_id: str
     idem: IdemKey | None = None
 
 
-@dataclass(frozen=True)
-class UserView:
+class UserView(msgspec.Struct, frozen=True, gc=False):
     user_id: str
     profile: UserProfile | None
     state: UserState
@@ -61,8 +59,7 @@ class UserView:
     answer: PushAnswer | None = None
 
 
-@dataclass(frozen=True)
-class NewMessage:
+class NewMessage(msgspec.Struct, frozen=True, gc=False):
     """A message decided now: its record, its request's answer, and (accepted) its job."""
 
     record: MessageRecord
@@ -71,8 +68,7 @@ class NewMessage:
     job: Job | None = None
 
 
-@dataclass(frozen=True)
-class MessageUpdate:
+class MessageUpdate(msgspec.Struct, frozen=True, gc=False):
     """A later step of an existing message (a held claim released, carried, ended)."""
 
     message_id: str
@@ -81,8 +77,7 @@ class MessageUpdate:
     job: Job | None = None
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(msgspec.Struct, frozen=True, gc=False):
     """One user's part of a commit. ``state`` is written only if the user's version is
     still ``version``; ``state`` None changes nothing of the user (and checks nothing)."""
 
@@ -101,8 +96,7 @@ class Committed(StrEnum):
     DUPLICATE = "duplicate"  # a request of the change was answered meanwhile: nothing written
 
 
-@dataclass(frozen=True)
-class Lifetimes:
+class Lifetimes(msgspec.Struct, frozen=True, gc=False):
     """How long what a commit writes lives (from the policy's defaults)."""
 
     idempotency: timedelta
@@ -219,8 +213,7 @@ class Store(Protocol):
 # --- the delivery queue --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(msgspec.Struct, frozen=True, gc=False):
     """A job taken from the queue; it stays there until its delivery is finished."""
 
     entry_id: str
@@ -237,8 +230,7 @@ class Then(StrEnum):
     RESUME = "resume"  # a parked job whose switch was cleared: back to the queue now
 
 
-@dataclass(frozen=True)
-class Settlement:
+class Settlement(msgspec.Struct, frozen=True, gc=False):
     """The end of one delivery attempt, written in one atomic step: the reservation
     settled, the timeline and where the message stands, and the job acked (and dead-
     lettered, put back later, parked or resumed, as ``then`` says)."""

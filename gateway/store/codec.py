@@ -55,7 +55,7 @@ class Codec(Generic[T]):
         return value
 
 
-class StoredState(msgspec.Struct, frozen=True, omit_defaults=True):
+class StoredState(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A user's arbitration state as the ``st`` field holds it (the version is the
     ``v`` field beside it). Empty lists are left out: that is also how the Lua finish
     script writes them back."""
@@ -65,19 +65,19 @@ class StoredState(msgspec.Struct, frozen=True, omit_defaults=True):
     d: tuple[DedupMark, ...] = ()
 
 
-class StoredOptOut(msgspec.Struct, frozen=True):
+class StoredOptOut(msgspec.Struct, frozen=True, gc=False):
     at: datetime
     source: str = ""
 
 
-class StoredAnswer(msgspec.Struct, frozen=True, array_like=True):
+class StoredAnswer(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """An idempotency record: the request body's fingerprint and the first answer."""
 
     fingerprint: str
     answer: PushAnswer
 
 
-class Parked(msgspec.Struct, frozen=True, array_like=True):
+class Parked(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """A job kept out of delivery: by a kill switch until ``until``, or waiting for a
     provider (a breaker's cool-down, a throttle) until ``until``."""
 
@@ -86,7 +86,7 @@ class Parked(msgspec.Struct, frozen=True, array_like=True):
     why: str = ""
 
 
-class Spooled(msgspec.Struct, frozen=True, array_like=True):
+class Spooled(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """A fail-open decision written to the local spool: its message and, when it was
     accepted, its job, handed to the store and the queue when the store is back."""
 
@@ -94,7 +94,7 @@ class Spooled(msgspec.Struct, frozen=True, array_like=True):
     job: Job | None = None
 
 
-class DeadLetter(msgspec.Struct, frozen=True, array_like=True):
+class DeadLetter(msgspec.Struct, frozen=True, gc=False, array_like=True):
     message_id: str
     reason: str
     at: datetime

@@ -1,8 +1,10 @@
 """In-memory store and queue: the embedded default. One process, nothing to install,
 not durable.
 
-They keep the same encoded values as the Redis ones (``codec``), so that both behave
-alike down to what survives a round trip, and they pass the same contract suite.
+Profiles and arbitration state are kept encoded as on Redis (``codec``: a partial
+profile write is a field write, and both stores agree on what survives a round trip);
+messages, answers and jobs are kept as the frozen values themselves (their encoding is
+covered by the codec's round-trip tests). Both stores pass the same contract suite.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
+
+import msgspec
 
 from gateway.clock import Clock, SystemClock
 from gateway.store import codec
@@ -30,14 +35,15 @@ from gateway.store.base import (
 )
 from gateway.store.codec import DeadLetter, Parked
 from gateway.store.keys import KILL_AUDIT_KEEP
+from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES, Job
 from gateway.values.profiles import Interaction, OptOut, UserProfile
 from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, TimelineEntry
-from gateway.values.state import settle
+from gateway.values.state import UserState, settle
 
 V = TypeVar("V")
-_SWEEP_EVERY = 10_000
+_SWEEP_EVERY = 1_000
 
 
 class _Expiring(Generic[V]):
@@ -45,10 +51,16 @@ class _Expiring(Generic[V]):
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+        # The system clock's time, read cheaply; a test's clock, through it.
+        self._now: Callable[[], float] = time.time if isinstance(clock, SystemClock) else self._clock_time
         self._items: dict[Any, tuple[V, float]] = {}
+        # Expiry times in a heap: a sweep looks only at what has run out (an entry set
+        # again leaves a stale heap item, which the sweep recognises and skips).
+        self._expiries: list[tuple[float, int, Any]] = []
+        self._seq = itertools.count()
         self._writes = 0
 
-    def _now(self) -> float:
+    def _clock_time(self) -> float:
         return self._clock.now().timestamp()
 
     def get(self, key: Any) -> V | None:
@@ -67,12 +79,19 @@ class _Expiring(Generic[V]):
             expires = old[1] if old is not None else float("inf")
         else:
             expires = self._now() + ttl.total_seconds()
+            heapq.heappush(self._expiries, (expires, next(self._seq), key))
         self._items[key] = (value, expires)
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
-            now = self._now()
-            for stale in [k for k, (_, exp) in self._items.items() if exp <= now]:
-                del self._items[stale]
+            self._sweep()
+
+    def _sweep(self) -> None:
+        now = self._now()
+        while self._expiries and self._expiries[0][0] <= now:
+            expires, _, key = heapq.heappop(self._expiries)
+            item = self._items.get(key)
+            if item is not None and item[1] == expires:
+                del self._items[key]
 
     def delete(self, key: Any) -> None:
         self._items.pop(key, None)
@@ -92,9 +111,11 @@ class MemoryStore:
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
         self._users: _Expiring[dict[bytes, bytes]] = _Expiring(self._clock)
-        self._idem: _Expiring[bytes] = _Expiring(self._clock)
+        self._idem: _Expiring[tuple[str, PushAnswer]] = _Expiring(self._clock)
         self._rid: _Expiring[str] = _Expiring(self._clock)
-        self._messages: _Expiring[tuple[bytes, bytes, bytes | None]] = _Expiring(self._clock)
+        self._messages: _Expiring[tuple[MessageRecord, tuple[TimelineEntry, ...], Current | None]] = _Expiring(
+            self._clock
+        )
         self._switches: dict[str, bytes] = {}
         self._audit: list[bytes] = []
         self._due: list[tuple[int, str]] = []
@@ -104,6 +125,21 @@ class MemoryStore:
         self._outcomes: dict[str, list[bool]] = {}
         self._orphans: list[Job] = []
         self._put: Callable[[Job], None] = self._orphans.append
+        # The decoded form of each user's fields, kept beside them (a fields dict is
+        # replaced on every write, never changed in place, so identity tells staleness).
+        self._decoded: dict[str, tuple[dict[bytes, bytes], tuple[UserProfile | None, UserState]]] = {}
+
+    def _user(self, user_id: str) -> tuple[UserProfile | None, UserState]:
+        fields = self._users.get(user_id)
+        if fields is None:
+            self._decoded.pop(user_id, None)
+            return None, UserState()
+        cached = self._decoded.get(user_id)
+        if cached is not None and cached[0] is fields:
+            return cached[1]
+        decoded = codec.decode_user(user_id, fields)
+        self._decoded[user_id] = (fields, decoded)
+        return decoded
 
     async def ping(self) -> None:
         return None
@@ -118,14 +154,14 @@ class MemoryStore:
     async def read_users(self, reads: Sequence[UserRead], idem_ttl: timedelta) -> list[UserView]:
         out = []
         for read in reads:
-            profile, state = codec.decode_user(read.user_id, self._users.get(read.user_id) or {})
+            profile, state = self._user(read.user_id)
             idem, answer = IdemState.NEW, None
             if read.idem is not None:
                 key = (read.idem.bu, read.idem.request_id)
                 seen = self._rid.get(key)
                 stored = self._idem.get((read.user_id, *key))
-                if stored is not None and codec.ANSWER.decode(stored).fingerprint == read.idem.fingerprint:
-                    idem, answer = IdemState.SAME, codec.ANSWER.decode(stored).answer
+                if stored is not None and stored[0] == read.idem.fingerprint:
+                    idem, answer = IdemState.SAME, stored[1]
                 elif (seen is not None and seen != read.idem.fingerprint) or stored is not None:
                     idem = IdemState.CONFLICT
                 if seen is None:
@@ -146,14 +182,13 @@ class MemoryStore:
             if new.idem is not None and self._idem.get((change.user_id, new.idem.bu, new.idem.request_id)):
                 return Committed.DUPLICATE
         if change.state is not None and fields is not None:
-            updated = {**fields, b"v": str(change.version + 1).encode(), b"st": codec.encode_state(change.state)}
-            self._users.set(change.user_id, updated, None)
+            self._write_state(change.user_id, fields, msgspec.structs.replace(change.state, version=change.version + 1))
         for new in change.new:
             record = new.record
-            self._messages.set(record.message_id, (codec.MESSAGE.encode(record), b"", None), lifetimes.messages)
+            self._messages.set(record.message_id, (record, (), None), lifetimes.messages)
             if new.idem is not None and new.answer is not None:
-                stored = codec.ANSWER.encode(codec.StoredAnswer(new.idem.fingerprint, new.answer))
-                self._idem.set((change.user_id, new.idem.bu, new.idem.request_id), stored, lifetimes.idempotency)
+                key = (change.user_id, new.idem.bu, new.idem.request_id)
+                self._idem.set(key, (new.idem.fingerprint, new.answer), lifetimes.idempotency)
             if new.job is not None:
                 self._put(new.job)
         for update in change.updates:
@@ -163,6 +198,15 @@ class MemoryStore:
         if change.due is not None:
             self._due_earlier(change.user_id, _ms(change.due))
         return Committed.OK
+
+    def _write_state(self, user_id: str, fields: dict[bytes, bytes], state: UserState) -> None:
+        """The user's new state (with its version), encoded beside the profile as on
+        Redis; the decoded form is kept too, so the next read decodes nothing."""
+        updated = {**fields, b"v": str(state.version).encode(), b"st": codec.encode_state(state)}
+        self._users.set(user_id, updated, None)
+        cached = self._decoded.get(user_id)
+        profile = cached[1][0] if cached is not None and cached[0] is fields else codec.decode_profile(user_id, fields)
+        self._decoded[user_id] = (updated, (profile, state))
 
     def attach(self, put: Callable[[Job], None]) -> None:
         """The queue a commit hands its jobs to, in the same step (as the Redis commit
@@ -179,9 +223,8 @@ class MemoryStore:
         stored = self._messages.get(message_id)
         if stored is None:
             return False
-        raw, old_events, old_current = stored
-        new_current = codec.CURRENT.encode(current) if current is not None else old_current
-        self._messages.set(message_id, (raw, old_events + codec.encode_events(events), new_current), retention)
+        record, old_events, old_current = stored
+        self._messages.set(message_id, (record, old_events + tuple(events), current or old_current), retention)
         return True
 
     async def add_events(
@@ -193,12 +236,12 @@ class MemoryStore:
         out: list[MessageRecord | None] = []
         for message_id in message_ids:
             stored = self._messages.get(message_id)
-            out.append(None if stored is None else codec.decode_message(*stored))
+            out.append(None if stored is None else stored[0].now(stored[2], stored[1]))
         return out
 
     # --- profiles ------------------------------------------------------------------
     def _profile(self, user_id: str) -> UserProfile | None:
-        return codec.decode_profile(user_id, self._users.get(user_id) or {})
+        return self._user(user_id)[0]
 
     async def upsert_user(self, user_id: str, patch: Mapping[str, Any], now: datetime, ttl: timedelta) -> UserProfile:
         fields = dict(self._users.get(user_id) or {})
@@ -343,12 +386,11 @@ class MemoryStore:
         fields = self._users.get(user_id)
         if fields is None or b"st" not in fields:
             return
-        _, state = codec.decode_user(user_id, fields)
+        _, state = self._user(user_id)
         if not any(e.message_id == change.message_id for e in state.sent):
             return
-        version = int(fields.get(b"v", b"0"))
-        updated = {**fields, b"v": str(version + 1).encode(), b"st": codec.encode_state(settle(state, [change]))}
-        self._users.set(user_id, updated, None)
+        settled = settle(state, [change])
+        self._write_state(user_id, fields, msgspec.structs.replace(settled, version=state.version + 1))
 
 
 class MemoryQueue:

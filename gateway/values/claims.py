@@ -13,7 +13,7 @@ from gateway.values.domain import Category
 DEFAULT_PRIORITY = 50
 
 
-class Content(msgspec.Struct, frozen=True, array_like=True):
+class Content(msgspec.Struct, frozen=True, gc=False, array_like=True):
     title: str = ""
     body: str = ""
     url: str = ""
@@ -22,7 +22,7 @@ class Content(msgspec.Struct, frozen=True, array_like=True):
         return not (self.title or self.body or self.url)
 
 
-class PushInput(msgspec.Struct, frozen=True):
+class PushInput(msgspec.Struct, frozen=True, gc=False):
     """A push request's fields, unvalidated, free of any wire format."""
 
     request_id: str
@@ -52,7 +52,7 @@ class PushInput(msgspec.Struct, frozen=True):
         return hashlib.blake2b(orjson.dumps(body), digest_size=16).hexdigest()
 
 
-class Claim(msgspec.Struct, frozen=True, array_like=True):
+class Claim(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """A validated request to reach one user."""
 
     bu: str

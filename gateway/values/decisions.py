@@ -11,7 +11,7 @@ from gateway.values.records import Step
 from gateway.values.state import Mutation
 
 
-class Decision(msgspec.Struct, frozen=True):
+class Decision(msgspec.Struct, frozen=True, gc=False):
     outcome: Outcome
     reason: Reason | None
     detail: str
@@ -21,7 +21,7 @@ class Decision(msgspec.Struct, frozen=True):
     mutations: tuple[Mutation, ...] = ()
 
 
-class PushAnswer(msgspec.Struct, frozen=True, array_like=True):
+class PushAnswer(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """The answer to a push request; kept as the idempotent answer to its request_id."""
 
     message_id: str

@@ -14,7 +14,7 @@ from gateway.values.domain import Category, Channel
 LANES: tuple[Category, ...] = (Category.BASIC, Category.REMINDER, Category.MARKETING)
 
 
-class Job(msgspec.Struct, frozen=True, array_like=True):
+class Job(msgspec.Struct, frozen=True, gc=False, array_like=True):
     message_id: str
     claim: Claim
     plan: tuple[Channel, ...]

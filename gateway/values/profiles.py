@@ -12,19 +12,19 @@ from gateway.values.domain import Category, Channel, InteractionKind, Platform, 
 PROFILE_SECTIONS = ("wechat", "phone", "email", "device_tokens", "timezone", "locale", "rfm")
 
 
-class WeChat(msgspec.Struct, frozen=True):
+class WeChat(msgspec.Struct, frozen=True, gc=False):
     openid: str
     unionid: str = ""
     following: bool = False
 
 
-class DeviceToken(msgspec.Struct, frozen=True):
+class DeviceToken(msgspec.Struct, frozen=True, gc=False):
     token: str
     platform: Platform
     provider: PushProvider
 
 
-class Rfm(msgspec.Struct, frozen=True):
+class Rfm(msgspec.Struct, frozen=True, gc=False):
     last_purchase_at: datetime | None = None
     orders_in_period: int = 0
     spend_in_period_minor: int = 0
@@ -34,7 +34,7 @@ def opt_out_key(category: Category | None, channel: Channel | None) -> str:
     return f"{category or '*'}:{channel or '*'}"
 
 
-class OptOut(msgspec.Struct, frozen=True):
+class OptOut(msgspec.Struct, frozen=True, gc=False):
     """``category`` None: every category; ``channel`` None: every channel."""
 
     category: Category | None
@@ -47,12 +47,12 @@ class OptOut(msgspec.Struct, frozen=True):
         return opt_out_key(self.category, self.channel)
 
 
-class Interaction(msgspec.Struct, frozen=True, array_like=True):
+class Interaction(msgspec.Struct, frozen=True, gc=False, array_like=True):
     kind: InteractionKind
     at: datetime
 
 
-class UserProfile(msgspec.Struct, frozen=True):
+class UserProfile(msgspec.Struct, frozen=True, gc=False):
     user_id: str
     wechat: WeChat | None = None
     phone: str = ""

@@ -11,7 +11,7 @@ import msgspec
 from gateway.values.domain import Category, Channel, Outcome, Reason
 
 
-class Step(msgspec.Struct, frozen=True, array_like=True):
+class Step(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One step of a decision's trace, as data: ``code`` names the rule and ``args``
     carry its figures. ``gateway.core.trace`` turns steps into sentences when someone
     reads them (GetMessage, Explain), never on the hot path."""
@@ -20,7 +20,7 @@ class Step(msgspec.Struct, frozen=True, array_like=True):
     args: tuple[Any, ...] = ()
 
 
-class TimelineEntry(msgspec.Struct, frozen=True, array_like=True):
+class TimelineEntry(msgspec.Struct, frozen=True, gc=False, array_like=True):
     at: datetime
     kind: str
     channel: Channel | None = None
@@ -28,7 +28,7 @@ class TimelineEntry(msgspec.Struct, frozen=True, array_like=True):
     detail: str = ""
 
 
-class Current(msgspec.Struct, frozen=True, array_like=True):
+class Current(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """Where a message stands now, when a later step changed it: a held claim carried
     to another window, released, or ended, and the delivery's progress."""
 
@@ -39,7 +39,7 @@ class Current(msgspec.Struct, frozen=True, array_like=True):
     scheduled_at: datetime | None = None
 
 
-class MessageRecord(msgspec.Struct, frozen=True):
+class MessageRecord(msgspec.Struct, frozen=True, gc=False):
     message_id: str
     request_id: str
     user_id: str
@@ -91,7 +91,7 @@ class ScopeKind(StrEnum):
     CAMPAIGN = "campaign"
 
 
-class KillSwitch(msgspec.Struct, frozen=True):
+class KillSwitch(msgspec.Struct, frozen=True, gc=False):
     switch_id: str
     scope: ScopeKind
     # Empty for GLOBAL; the category, channel, BU, scenario or campaign otherwise.
@@ -109,7 +109,7 @@ class KillSwitch(msgspec.Struct, frozen=True):
         return f"kill switch {self.switch_id} ({scope}) by {self.actor}: {self.reason}"
 
 
-class AuditEntry(msgspec.Struct, frozen=True):
+class AuditEntry(msgspec.Struct, frozen=True, gc=False):
     at: datetime
     action: str  # "set" | "clear"
     actor: str

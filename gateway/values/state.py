@@ -11,6 +11,7 @@ the version on like any other change.
 from __future__ import annotations
 
 import hashlib
+from bisect import insort
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -19,7 +20,7 @@ import msgspec
 from gateway.values.domain import Category, Channel
 
 
-class SentEntry(msgspec.Struct, frozen=True, array_like=True):
+class SentEntry(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """A reservation against the user's caps: taken when a claim wins, committed when
     delivered, removed when every channel failed or a kill switch stopped it."""
 
@@ -31,7 +32,7 @@ class SentEntry(msgspec.Struct, frozen=True, array_like=True):
     committed: bool = False
 
 
-class Held(msgspec.Struct, frozen=True, array_like=True):
+class Held(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """A claim in the user's pending pool, due for release at ``due``. ``pooled``: it
     waits for a send window and competes with the user's other pooled claims."""
 
@@ -40,7 +41,7 @@ class Held(msgspec.Struct, frozen=True, array_like=True):
     pooled: bool = False
 
 
-class DedupMark(msgspec.Struct, frozen=True, array_like=True):
+class DedupMark(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """A (business unit, dedup_key) seen for this user, remembered until ``until``."""
 
     key: str
@@ -52,7 +53,7 @@ def dedup_hash(bu: str, key: str) -> str:
     return hashlib.blake2b(f"{bu}\0{key}".encode(), digest_size=8).hexdigest()
 
 
-class UserState(msgspec.Struct, frozen=True):
+class UserState(msgspec.Struct, frozen=True, gc=False):
     version: int = 0
     sent: tuple[SentEntry, ...] = ()
     held: tuple[Held, ...] = ()
@@ -71,32 +72,32 @@ class UserState(msgspec.Struct, frozen=True):
         return min((h.due for h in self.held if h.pooled and h.due > after), default=None)
 
 
-class Reserve(msgspec.Struct, frozen=True):
+class Reserve(msgspec.Struct, frozen=True, gc=False):
     entry: SentEntry
 
 
-class Release(msgspec.Struct, frozen=True):
+class Release(msgspec.Struct, frozen=True, gc=False):
     message_id: str
 
 
-class Commit(msgspec.Struct, frozen=True):
+class Commit(msgspec.Struct, frozen=True, gc=False):
     message_id: str
     channel: Channel
 
 
-class MarkDedup(msgspec.Struct, frozen=True):
+class MarkDedup(msgspec.Struct, frozen=True, gc=False):
     bu: str
     key: str
     ttl: timedelta
 
 
-class Hold(msgspec.Struct, frozen=True):
+class Hold(msgspec.Struct, frozen=True, gc=False):
     message_id: str
     due: datetime
     pooled: bool = False
 
 
-class Unhold(msgspec.Struct, frozen=True):
+class Unhold(msgspec.Struct, frozen=True, gc=False):
     message_id: str
 
 
@@ -111,32 +112,56 @@ def apply_mutations(
 ) -> UserState:
     """The state after ``mutations`` (same version: the store moves it on), with the
     reservations no cap can count any more (older than ``keep(entry)``) and the dedup
-    marks that ran out dropped."""
-    sent = {e.message_id: e for e in state.sent}
-    held = {h.message_id: h for h in state.held}
-    dedup = {m.key: m for m in state.dedup if m.until > now}
+    marks that ran out dropped.
+
+    Reservations stay in time order and held claims in due order; a decision mostly
+    appends (a reservation at ``now``, a dedup mark), which is done without rebuilding."""
+    sent = list(state.sent)
+    held = list(state.held)
+    dedup = [m for m in state.dedup if m.until > now]
     for change in mutations:
         if isinstance(change, Reserve):
-            sent[change.entry.message_id] = change.entry
+            entry = change.entry
+            if any(e.message_id == entry.message_id for e in sent):
+                sent = [e for e in sent if e.message_id != entry.message_id]
+            if sent and sent[-1].at > entry.at:
+                insort(sent, entry, key=_at)
+            else:
+                sent.append(entry)
         elif isinstance(change, Release):
-            sent.pop(change.message_id, None)
+            sent = [e for e in sent if e.message_id != change.message_id]
         elif isinstance(change, Commit):
-            entry = sent.get(change.message_id)
-            if entry is not None:
-                sent[change.message_id] = msgspec.structs.replace(entry, channel=change.channel, committed=True)
+            sent = [
+                msgspec.structs.replace(e, channel=change.channel, committed=True)
+                if e.message_id == change.message_id
+                else e
+                for e in sent
+            ]
         elif isinstance(change, MarkDedup):
             key = dedup_hash(change.bu, change.key)
-            dedup[key] = DedupMark(key, now + change.ttl)
+            dedup = [m for m in dedup if m.key != key]
+            dedup.append(DedupMark(key, now + change.ttl))
         elif isinstance(change, Hold):
-            held[change.message_id] = Held(change.message_id, change.due, change.pooled)
+            held = [h for h in held if h.message_id != change.message_id]
+            insort(held, Held(change.message_id, change.due, change.pooled), key=_due_key)
         elif isinstance(change, Unhold):
-            held.pop(change.message_id, None)
-    return UserState(
-        version=state.version,
-        sent=tuple(sorted((e for e in sent.values() if e.at >= now - keep(e)), key=lambda e: e.at)),
-        held=tuple(sorted(held.values(), key=lambda h: (h.due, h.message_id))),
-        dedup=tuple(dedup.values()),
-    )
+            held = [h for h in held if h.message_id != change.message_id]
+    if sent and sent[0].at < now - MIN_KEEP:  # something may have aged out
+        sent = [e for e in sent if e.at >= now - keep(e)]
+    return UserState(state.version, tuple(sent), tuple(held), tuple(dedup))
+
+
+def _at(entry: SentEntry) -> datetime:
+    return entry.at
+
+
+def _due_key(held: Held) -> tuple[datetime, str]:
+    return held.due, held.message_id
+
+
+# No reservation is kept for less than this (caps.keep_for gives each kind its time,
+# at least this).
+MIN_KEEP = timedelta(days=1)
 
 
 def settle(state: UserState, changes: Sequence[Commit | Release]) -> UserState:

@@ -27,6 +27,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.errors import StoreUnavailable
+from gateway.store.redis.resp import RespPool
 
 Command = tuple[Any, ...]
 # Pipelines in flight at once; calls made meanwhile wait and share the next one.
@@ -110,7 +111,10 @@ class Connection:
     ) -> None:
         self.where = redacted(url)
         self.cluster = cluster
+        # redis-py: the cluster's routing, and pub/sub; on one node the pipelines go
+        # through the lean client (``resp``).
         self.client: Any = client(url, cluster, timeout=timeout, max_connections=max_connections)
+        self._lean = None if cluster else RespPool(url, timeout=timeout)
         self._scripts = {s.sha: s for s in scripts}
         self._on_round_trip = on_round_trip
         self._waiting: list[_Call] = []
@@ -202,13 +206,15 @@ class Connection:
         if missing:
             # A node that restarted or was promoted does not know our scripts yet.
             for sha in {commands[i][1] for i in missing}:
-                await self.client.script_load(self._scripts[sha].source)
+                await self._script_load(self._scripts[sha].source)
             again = await self._pipeline([commands[i] for i in missing])
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply
         return replies
 
     async def _pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        if self._lean is not None:
+            return await self._lean.execute(commands)
         pipe = self.client.pipeline(transaction=False)
         try:
             for command in commands:
@@ -227,10 +233,14 @@ class Connection:
         self._on_round_trip(op)
 
     async def direct(self, op: str, command: Command) -> Any:
-        """One command on its own (not pipelined): for blocking reads and pub/sub-like
-        calls that must not hold up the shared pipelines."""
+        """One command on its own, not in a shared pipeline (a ping)."""
         self._on_round_trip(op)
         try:
+            if self._lean is not None:
+                [reply] = await self._lean.execute([command])
+                if isinstance(reply, ResponseError):
+                    raise reply
+                return reply
             return await self.client.execute_command(*command)
         except ResponseError as exc:
             raise StoreUnavailable(f"state store {self.where} refused {op} ({exc})") from exc
@@ -240,9 +250,19 @@ class Connection:
     async def load_scripts(self) -> None:
         try:
             for script in self._scripts.values():
-                await self.client.script_load(script.source)
+                await self._script_load(script.source)
         except (RedisError, OSError) as exc:
             raise self.unavailable(exc) from exc
 
+    async def _script_load(self, source: str) -> None:
+        if self._lean is not None:
+            [reply] = await self._lean.execute([("SCRIPT", "LOAD", source)])
+            if isinstance(reply, ResponseError):
+                raise reply
+            return
+        await self.client.script_load(source)
+
     async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.close()
         await self.client.aclose()
