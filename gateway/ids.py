@@ -16,6 +16,32 @@ MAX_SHARDS = 32 * 32
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
 _last_millis = -1
 _time_part = ""
+# Random characters drawn from the OS a few kilobytes at a time (one system call per
+# ~250 ids instead of one per id): each random byte becomes one character through a
+# table that maps the 256 byte values evenly onto the 32 characters (5 random bits).
+_BYTE_TO_CHAR = (_CROCKFORD * 8).encode()
+_POOL_BYTES = 4096
+_pool = ""
+_taken = 0
+
+
+def _random_chars(count: int) -> str:
+    global _pool, _taken
+    if _taken + count > len(_pool):
+        _pool = os.urandom(_POOL_BYTES).translate(_BYTE_TO_CHAR).decode()
+        _taken = 0
+    start = _taken
+    _taken += count
+    return _pool[start:_taken]
+
+
+def _forget_pool() -> None:
+    """A forked child draws its own randomness, never its parent's."""
+    global _pool, _taken
+    _pool, _taken = "", 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _base32(value: int, length: int) -> str:
@@ -42,14 +68,14 @@ def new_id(prefix: str) -> str:
     Sorting ids sorts them by creation time, which keeps timelines and Redis scans
     readable.
     """
-    return f"{prefix}_{_time()}{_base32(int.from_bytes(os.urandom(10), 'big'), 16)}"
+    return f"{prefix}_{_time()}{_random_chars(16)}"
 
 
 def new_message_id(shard: int = 0) -> str:
     """``m_`` + a ULID whose last two characters are ``shard`` (70 random bits left)."""
     if not 0 <= shard < MAX_SHARDS:
         raise ValueError(f"shard {shard} out of range 0-{MAX_SHARDS - 1}")
-    return f"m_{_time()}{_base32(int.from_bytes(os.urandom(9), 'big'), 14)}{_PAIRS[shard]}"
+    return f"m_{_time()}{_random_chars(14)}{_PAIRS[shard]}"
 
 
 def shard_of_message(message_id: str) -> int | None:

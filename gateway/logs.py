@@ -1,4 +1,5 @@
-"""Structured logs: structlog, JSON lines, one event per decision and per send.
+"""Structured logs: structlog, JSON lines; one event per decision (per PushBatch for a
+batch), a delivered send at debug and any other send at info.
 
 Context (request id, business unit, message id) is bound through contextvars. The
 ``mask_personal_data`` processor runs last before rendering, so no phone number, email,
@@ -7,6 +8,8 @@ openid or token reaches the output whatever a call site passes.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import functools
 import logging
 import sys
@@ -47,9 +50,49 @@ def _mask_value(key: str, value: Any) -> Any:
     return value
 
 
+# Fields whose values Herald itself makes (its ids, enum values, policy names, the
+# level and time): nothing personal can be in them, so they skip the patterns. Anything
+# a caller chose (request ids, dedup keys, details, errors) is masked.
+_OURS = frozenset(
+    {
+        "event",
+        "level",
+        "timestamp",
+        "message_id",
+        "bu",
+        "channel",
+        "provider",
+        "result",
+        "category",
+        "outcome",
+        "reason",
+        "lane",
+        "count",
+        "deliveries",
+        "policy_version",
+    }
+)
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+# Fields every line of this process carries (``serve --processes``: which process).
+_PROCESS: dict[str, Any] = {}
+
+
+def bind_process(**fields: Any) -> None:
+    _PROCESS.update(fields)
+
+
+def _process_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _PROCESS:
+        event_dict.update(_PROCESS)
+    return event_dict
+
+
 def mask_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event_dict):
-        event_dict[key] = _mask_value(key, event_dict[key])
+    for key, value in event_dict.items():
+        if key not in _OURS or type(value) not in _PLAIN:
+            event_dict[key] = _mask_value(key, value)
     return event_dict
 
 
@@ -57,14 +100,40 @@ def _orjson_text(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-class _Stderr:
-    """Whatever ``sys.stderr`` is at the time of writing (test captures swap it)."""
+class _Lines:
+    """Log lines to whatever ``sys.stderr`` is at the time of writing (test captures
+    swap it). Inside the event loop the lines of one turn go out in one write at the end
+    of the turn (a write and a flush per line cost more than rendering it); outside it,
+    and at exit, at once. A process killed outright loses at most one turn's lines."""
 
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+
+    def msg(self, message: str) -> None:
+        if self._pending:  # a flush is due at the end of this turn
+            self._pending.append(message + "\n")
+            return
+        self._pending.append(message + "\n")
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:
+            self.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = msg
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        if not self._pending:
+            return
+        text, self._pending = "".join(self._pending), []
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed or gone: nothing to tell it
+            pass
+
+
+_LINES = _Lines()
+atexit.register(_LINES.flush)
 
 
 def configure(level: str = "INFO", json: bool = True) -> None:
@@ -75,6 +144,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _process_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -82,7 +152,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
+        logger_factory=lambda *_: _LINES,
         cache_logger_on_first_use=True,
     )
 

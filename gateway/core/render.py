@@ -1,4 +1,8 @@
-"""Fill a scenario's per-channel content with the claim's params (pure)."""
+"""Fill a scenario's per-channel content with the claim's params (pure).
+
+A content block is compiled once per policy version (``template``): each text split
+at its placeholders, so filling it for a delivery is a join, not a regex pass.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,44 @@ from gateway.policy.model import PLACEHOLDER_RE, Policy
 from gateway.values.claims import Content
 from gateway.values.domain import Channel
 
+# A compiled value: a text as (literal, name, literal, name, ..., literal), a block as
+# its compiled items, anything else as itself.
+Compiled = Any
+
+
+class _Text:
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[str]) -> None:
+        self.parts = parts
+
+
+class _Block:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[str, Compiled]]) -> None:
+        self.items = items
+
+
+def _compile(value: Any) -> Compiled:
+    if isinstance(value, str):
+        parts = PLACEHOLDER_RE.split(value)
+        return value.strip() if len(parts) == 1 else _Text(parts)
+    if isinstance(value, dict):
+        return _Block([(key, _compile(item)) for key, item in value.items()])
+    return value
+
+
+def _fill(compiled: Compiled, values: Mapping[str, str]) -> Any:
+    if isinstance(compiled, _Text):
+        # Placeholders were checked against the scenario at policy load; an optional
+        # parameter the request left out renders as empty text.
+        parts = compiled.parts
+        return "".join([part if i % 2 == 0 else values.get(part, "") for i, part in enumerate(parts)]).strip()
+    if isinstance(compiled, _Block):
+        return {key: _fill(item, values) for key, item in compiled.items}
+    return compiled
+
 
 def _values(params: Mapping[str, str], content: Content | None) -> dict[str, str]:
     values = dict(params)
@@ -18,25 +60,14 @@ def _values(params: Mapping[str, str], content: Content | None) -> dict[str, str
     return values
 
 
-def _fill(value: Any, values: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-        # Placeholders were checked against the scenario at policy load; an optional
-        # parameter the request left out renders as empty text.
-        return PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), ""), value).strip()
-    if isinstance(value, dict):
-        return {key: _fill(item, values) for key, item in value.items()}
-    return value
+def template(policy: Policy, scenario: str, channel: Channel) -> Compiled:
+    """A scenario's content block for a channel, compiled once per policy."""
 
-
-def template(policy: Policy, scenario: str, channel: Channel) -> dict[str, Any]:
-    """A scenario's content block for a channel as plain data, made once per policy."""
-
-    def build() -> dict[str, Any]:
+    def build() -> Compiled:
         block = policy.scenarios[scenario].content.for_channel(channel)
         if block is None:
             raise KeyError(f"scenario {scenario} has no content for {channel}")
-        dumped: dict[str, Any] = block.model_dump(exclude_none=True)
-        return dumped
+        return _compile(block.model_dump(exclude_none=True))
 
     return policy.derived(("template", scenario, channel), build)
 

@@ -81,17 +81,23 @@ class Dispatcher:
     def _free(self) -> dict[Category, int]:
         return {lane: self._limit - self._busy[lane] for lane in LANES if self._busy[lane] < self._limit}
 
+    async def _wait_for_room(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._room.wait(), seconds)
+
     async def _run(self) -> None:
         failures = 0
         while not self._stopping.is_set():
+            self._room.clear()  # set again by every delivery that ends from here on
             free = self._free()
             if not free:
-                self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), 0.5)
+                await self._wait_for_room(0.5)
                 continue
+            # A full lane gets room back when one of its deliveries ends: then look again
+            # at once rather than block on the other lanes' queues meanwhile.
+            crowded = len(free) < len(LANES)
             try:
-                leases = await self.queue.take(list(free), sum(free.values()), 0.2)
+                leases = await self.queue.take(free, 0.0 if crowded else 0.2)
                 views = await self._read_users(leases)
                 failures = 0
             except HeraldError as exc:
@@ -101,6 +107,8 @@ class Dispatcher:
                     log.error("delivery_queue_unavailable", error=exc.message, failures=failures)
                 await asyncio.sleep(min(5.0, 0.2 * failures))
                 continue
+            if crowded and not leases:
+                await self._wait_for_room(0.05)
             for lease in leases:
                 self._busy[lease.job.lane] += 1
                 task = asyncio.create_task(self._handle(lease, views.get(lease.job.claim.user_id)))

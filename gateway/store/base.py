@@ -250,8 +250,9 @@ class Settlement(msgspec.Struct, frozen=True, gc=False):
 class Queue(Protocol):
     kind: str
 
-    async def take(self, lanes: Sequence[Category], count: int, block: float) -> list[Lease]:
-        """Up to ``count`` jobs of ``lanes``, waiting at most ``block`` seconds."""
+    async def take(self, room: Mapping[Category, int], block: float) -> list[Lease]:
+        """Up to ``room[lane]`` jobs of each lane named (the Redis queue may hand out a
+        few more, see its ``take``), waiting at most ``block`` seconds for the first."""
         ...
 
     async def finish(self, settlements: Sequence[Settlement], retention: timedelta) -> None:

@@ -1,10 +1,11 @@
 """In-memory store and queue: the embedded default. One process, nothing to install,
 not durable.
 
-Profiles and arbitration state are kept encoded as on Redis (``codec``: a partial
-profile write is a field write, and both stores agree on what survives a round trip);
-messages, answers and jobs are kept as the frozen values themselves (their encoding is
-covered by the codec's round-trip tests). Both stores pass the same contract suite.
+Profiles are kept encoded as on Redis (``codec``: a partial profile write is a field
+write, and both stores agree on what survives a round trip) and decoded once per
+write; arbitration state, messages, answers and jobs are kept as the frozen values
+themselves (their encoding is covered by the codec's round-trip tests). Both stores
+pass the same contract suite.
 """
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ class _Expiring(Generic[V]):
         return len(self._items)
 
 
+class _User:
+    """One user: the profile's fields as stored (replaced whole on every profile write),
+    their decoded form once read, and the arbitration state as a value."""
+
+    __slots__ = ("decoded", "fields", "profile", "state")
+
+    def __init__(self, fields: dict[bytes, bytes], state: UserState) -> None:
+        self.fields = fields
+        self.profile: UserProfile | None = None
+        self.decoded = False
+        self.state = state
+
+
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -110,7 +124,7 @@ class MemoryStore:
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
-        self._users: _Expiring[dict[bytes, bytes]] = _Expiring(self._clock)
+        self._users: _Expiring[_User] = _Expiring(self._clock)
         self._idem: _Expiring[tuple[str, PushAnswer]] = _Expiring(self._clock)
         self._rid: _Expiring[str] = _Expiring(self._clock)
         self._messages: _Expiring[tuple[MessageRecord, tuple[TimelineEntry, ...], Current | None]] = _Expiring(
@@ -125,21 +139,19 @@ class MemoryStore:
         self._outcomes: dict[str, list[bool]] = {}
         self._orphans: list[Job] = []
         self._put: Callable[[Job], None] = self._orphans.append
-        # The decoded form of each user's fields, kept beside them (a fields dict is
-        # replaced on every write, never changed in place, so identity tells staleness).
-        self._decoded: dict[str, tuple[dict[bytes, bytes], tuple[UserProfile | None, UserState]]] = {}
 
     def _user(self, user_id: str) -> tuple[UserProfile | None, UserState]:
-        fields = self._users.get(user_id)
-        if fields is None:
-            self._decoded.pop(user_id, None)
+        user = self._users.get(user_id)
+        if user is None:
             return None, UserState()
-        cached = self._decoded.get(user_id)
-        if cached is not None and cached[0] is fields:
-            return cached[1]
-        decoded = codec.decode_user(user_id, fields)
-        self._decoded[user_id] = (fields, decoded)
-        return decoded
+        if not user.decoded:
+            user.profile, user.decoded = codec.decode_profile(user_id, user.fields), True
+        return user.profile, user.state
+
+    def _write_fields(self, user_id: str, fields: dict[bytes, bytes], ttl: timedelta | None) -> None:
+        """A profile write: new fields, the state kept (``ttl`` None keeps the lifetime)."""
+        old = self._users.get(user_id)
+        self._users.set(user_id, _User(fields, old.state if old is not None else UserState()), ttl)
 
     async def ping(self) -> None:
         return None
@@ -173,16 +185,16 @@ class MemoryStore:
         return [self._commit(change, lifetimes) for change in changes]
 
     def _commit(self, change: Change, lifetimes: Lifetimes) -> Committed:
-        fields = self._users.get(change.user_id)
-        if change.state is not None:
-            version = int((fields or {}).get(b"v", b"0"))
-            if fields is None or b"updated_at" not in fields or version != change.version:
-                return Committed.CONFLICT
+        user = self._users.get(change.user_id)
+        if change.state is not None and (
+            user is None or b"updated_at" not in user.fields or user.state.version != change.version
+        ):
+            return Committed.CONFLICT
         for new in change.new:
             if new.idem is not None and self._idem.get((change.user_id, new.idem.bu, new.idem.request_id)):
                 return Committed.DUPLICATE
-        if change.state is not None and fields is not None:
-            self._write_state(change.user_id, fields, msgspec.structs.replace(change.state, version=change.version + 1))
+        if change.state is not None and user is not None:
+            user.state = msgspec.structs.replace(change.state, version=change.version + 1)
         for new in change.new:
             record = new.record
             self._messages.set(record.message_id, (record, (), None), lifetimes.messages)
@@ -198,15 +210,6 @@ class MemoryStore:
         if change.due is not None:
             self._due_earlier(change.user_id, _ms(change.due))
         return Committed.OK
-
-    def _write_state(self, user_id: str, fields: dict[bytes, bytes], state: UserState) -> None:
-        """The user's new state (with its version), encoded beside the profile as on
-        Redis; the decoded form is kept too, so the next read decodes nothing."""
-        updated = {**fields, b"v": str(state.version).encode(), b"st": codec.encode_state(state)}
-        self._users.set(user_id, updated, None)
-        cached = self._decoded.get(user_id)
-        profile = cached[1][0] if cached is not None and cached[0] is fields else codec.decode_profile(user_id, fields)
-        self._decoded[user_id] = (updated, (profile, state))
 
     def attach(self, put: Callable[[Job], None]) -> None:
         """The queue a commit hands its jobs to, in the same step (as the Redis commit
@@ -244,9 +247,9 @@ class MemoryStore:
         return self._user(user_id)[0]
 
     async def upsert_user(self, user_id: str, patch: Mapping[str, Any], now: datetime, ttl: timedelta) -> UserProfile:
-        fields = dict(self._users.get(user_id) or {})
-        fields.update(codec.encode_patch(patch, now))
-        self._users.set(user_id, fields, ttl)
+        old = self._users.get(user_id)
+        fields = {**(old.fields if old is not None else {}), **codec.encode_patch(patch, now)}
+        self._write_fields(user_id, fields, ttl)
         profile = self._profile(user_id)
         assert profile is not None
         return profile
@@ -255,27 +258,28 @@ class MemoryStore:
         return self._profile(user_id)
 
     async def set_opt_out(self, user_id: str, entry: OptOut, opted_out: bool, ttl: timedelta) -> UserProfile | None:
-        fields = self._users.get(user_id)
-        if fields is None or b"updated_at" not in fields:
+        user = self._users.get(user_id)
+        if user is None or b"updated_at" not in user.fields:
             return None
-        fields = dict(fields)
+        fields = dict(user.fields)
         if opted_out:
             name, value = codec.encode_opt_out(entry)
             fields[name] = value
         else:
             fields.pop(codec.opt_out_field(entry.key).encode(), None)
-        self._users.set(user_id, fields, ttl)
+        self._write_fields(user_id, fields, ttl)
         return self._profile(user_id)
 
     async def record_interaction(
         self, user_id: str, interaction: Interaction, keep: int, retention: timedelta
     ) -> UserProfile | None:
-        fields = self._users.get(user_id)
-        if fields is None or b"updated_at" not in fields:
+        user = self._users.get(user_id)
+        if user is None or b"updated_at" not in user.fields:
             return None
+        fields = user.fields
         old = codec.INTERACTIONS.decode(fields[b"ix"]) if b"ix" in fields else ()
         kept = (interaction, *old)[:keep]
-        self._users.set(user_id, {**fields, b"ix": codec.INTERACTIONS.encode(kept)}, None)
+        self._write_fields(user_id, {**fields, b"ix": codec.INTERACTIONS.encode(kept)}, None)
         return self._profile(user_id)
 
     # --- kill switches -------------------------------------------------------------
@@ -383,14 +387,10 @@ class MemoryStore:
 
     # --- what the queue changes in place ---------------------------------------------
     def settle(self, user_id: str, change: Any) -> None:
-        fields = self._users.get(user_id)
-        if fields is None or b"st" not in fields:
+        user = self._users.get(user_id)
+        if user is None or not any(e.message_id == change.message_id for e in user.state.sent):
             return
-        _, state = self._user(user_id)
-        if not any(e.message_id == change.message_id for e in state.sent):
-            return
-        settled = settle(state, [change])
-        self._write_state(user_id, fields, msgspec.structs.replace(settled, version=state.version + 1))
+        user.state = msgspec.structs.replace(settle(user.state, [change]), version=user.state.version + 1)
 
 
 class MemoryQueue:
@@ -418,22 +418,22 @@ class MemoryQueue:
         for job in jobs:
             self._put_one(job)
 
-    async def take(self, lanes: Sequence[Category], count: int, block: float) -> list[Lease]:
-        leases = self._take_now(lanes, count)
+    async def take(self, room: Mapping[Category, int], block: float) -> list[Lease]:
+        leases = self._take_now(room)
         if not leases and block > 0:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), block)
             except TimeoutError:
                 return []
-            leases = self._take_now(lanes, count)
+            leases = self._take_now(room)
         return leases
 
-    def _take_now(self, lanes: Sequence[Category], count: int) -> list[Lease]:
+    def _take_now(self, room: Mapping[Category, int]) -> list[Lease]:
         leases: list[Lease] = []
-        for lane in lanes:
+        for lane, count in room.items():
             queue = self._lanes[lane]
-            while queue and len(leases) < count:
+            for _ in range(min(count, len(queue))):
                 entry_id, raw = queue.popleft()
                 self._open[entry_id] = (lane, raw)
                 leases.append(Lease(entry_id, codec.JOB.decode(raw)))

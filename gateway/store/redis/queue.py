@@ -10,10 +10,13 @@ A worker that dies leaves its entries pending; after ``reclaim_after`` seconds a
 worker takes them over (XAUTOCLAIM). An entry handed out ``max_deliveries`` times goes
 to the dead letters with its reason instead of looping forever.
 
-On a single node one blocking XREADGROUP reads every stream at once; a cluster cannot
-read streams of several slots in one command, so there each stream is read without
-blocking (pipelined per node) and an idle worker polls less and less often (down to
-``IDLE_POLL`` seconds).
+A take first reads without blocking, each lane at most its room: COUNT applies to
+each stream of an XREADGROUP, so a lane's room r over its S streams is read as r // S
+from some streams and one more from r % S others (which ones turns with every take).
+Only when that finds nothing does it block. On a single node the
+blocking read is one XREADGROUP over every stream; a cluster cannot read streams of
+several slots in one command, so there each stream is read on its own (pipelined per
+node) and an idle worker polls less and less often (down to ``IDLE_POLL`` seconds).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -83,6 +86,7 @@ class RedisQueue:
         self._next_claim: dict[str, str] = {}
         self._next_reclaim = 0.0
         self._idle = 0.0
+        self._turn = 0
 
     def streams(self, lanes: Sequence[Category]) -> list[str]:
         return [keys.stream(tag, lane) for tag in self._store.tags for lane in lanes]
@@ -102,22 +106,27 @@ class RedisQueue:
         self._groups_ready = True
 
     # --- taking --------------------------------------------------------------------
-    async def take(self, lanes: Sequence[Category], count: int, block: float) -> list[Lease]:
-        if not lanes or count <= 0:
+    async def take(self, room: Mapping[Category, int], block: float) -> list[Lease]:
+        room = {lane: count for lane, count in room.items() if count > 0}
+        if not room:
             await asyncio.sleep(min(block, IDLE_POLL))
             return []
         await self._ensure_groups()
         if time.monotonic() >= self._next_reclaim:
             # Idle entries are looked for now and then, not on every read.
             self._next_reclaim = time.monotonic() + max(0.5, self._reclaim_ms / 4000)
-            leases = await self._reclaim(lanes, count)
+            leases = await self._reclaim(list(room), sum(room.values()))
             if leases:
                 return leases
-        streams = self.streams(lanes)
-        if self._cluster:
-            answer = await self._read_each(streams, count, block)
-        else:
-            answer = await self._read_blocking(streams, count, block)
+        answer = await self._read_now(room)
+        if answer:
+            self._idle = 0.0
+        elif block > 0:
+            if self._cluster:
+                self._idle = min(IDLE_POLL, max(0.001, self._idle * 2))
+                await asyncio.sleep(min(block, self._idle))
+            else:
+                answer = await self._read_blocking(self.streams(list(room)), min(room.values()), block)
         leases = []
         for stream, entries in answer:
             for entry_id, fields in entries:
@@ -142,20 +151,26 @@ class RedisQueue:
             raise self._unavailable(exc) from exc
         return list(answer or [])
 
-    async def _read_each(self, streams: list[str], count: int, block: float) -> list[Any]:
-        per = -(-count // len(streams))
-        commands: list[Command] = [
-            ("XREADGROUP", "GROUP", keys.DELIVERY_GROUP, self.consumer, "COUNT", per, "STREAMS", stream, ">")
-            for stream in streams
-        ]
+    async def _read_now(self, room: Mapping[Category, int]) -> list[Any]:
+        """Without blocking, at most each lane's room, in one round trip (one or two
+        commands a lane on a single node, one a stream on a cluster)."""
+        commands: list[Command] = []
+        self._turn += 1
+        for lane, count in room.items():
+            streams = self.streams([lane])
+            turn = self._turn % len(streams)
+            streams = streams[turn:] + streams[:turn]
+            each, extra = divmod(count, len(streams))
+            for group, per in ((streams[:extra], each + 1), (streams[extra:], each)):
+                if not group or per == 0:
+                    continue
+                head = ("XREADGROUP", "GROUP", keys.DELIVERY_GROUP, self.consumer, "COUNT", per, "STREAMS")
+                if self._cluster:
+                    commands += [(*head, stream, ">") for stream in group]
+                else:
+                    commands.append((*head, *group, *[">"] * len(group)))
         replies = await self._run("queue_read", commands)
-        answer = [item for reply in replies if reply for item in reply]
-        if answer:
-            self._idle = 0.0
-        else:
-            self._idle = min(IDLE_POLL, max(0.001, self._idle * 2))
-            await asyncio.sleep(min(block, self._idle))
-        return answer
+        return [item for reply in replies if reply for item in reply]
 
     async def _reclaim(self, lanes: Sequence[Category], count: int) -> list[Lease]:
         """Entries another worker took and left idle too long (it died): ours now."""

@@ -38,6 +38,10 @@ def _entries(raw: Any) -> list[tuple[bytes, dict[bytes, Any] | None]]:
     return [(entry[0], None if entry[1] is None else _pairs(entry[1])) for entry in raw or ()]
 
 
+def _streams(raw: Any) -> list[list[Any]] | None:
+    return None if raw is None else [[stream[0], _entries(stream[1])] for stream in raw]
+
+
 def _autoclaim(raw: Any) -> list[Any]:
     return [raw[0], _entries(raw[1]), *raw[2:]]
 
@@ -55,6 +59,7 @@ PARSED: dict[str, Callable[[Any], Any]] = {
     "XRANGE": _entries,
     "XREVRANGE": _entries,
     "XAUTOCLAIM": _autoclaim,
+    "XREADGROUP": _streams,
     "XPENDING": _pending,
 }
 
