@@ -66,6 +66,7 @@ TARGETS = {
         Target("herald-redis-api", True, True, False, False, "echo-redis"),
         Target("herald-redis", True, True, False, True, "echo-redis"),
         Target("echo-batch", False, False, True, False, ""),
+        Target("herald-memory-api-batch", True, False, True, False, "echo-batch"),
         Target("herald-memory-batch", True, False, True, True, "echo-batch"),
         Target("echo-redis-batch", False, True, True, False, ""),
         Target("herald-redis-api-batch", True, True, True, False, "echo-redis-batch"),
@@ -260,7 +261,8 @@ def main() -> None:
     args = parse_args()
     targets = [TARGETS[name] for name in args.targets.split(",")]
     multi = any(t.herald for t in targets) and herald_has_processes_flag()
-    outcomes = [Outcome(t, n) for t in targets for n in ((1, 2) if t.herald and multi else (None,))]
+    # Several processes share state through Redis only: the in-memory targets run one.
+    outcomes = [Outcome(t, n) for t in targets for n in ((1, 2) if t.herald and t.redis and multi else (None,))]
     print(report.header(args, multi, any(t.herald for t in targets)), flush=True)
     with ExitStack() as stack:
         redis = stack.enter_context(maybe_redis(any(t.redis for t in targets)))

@@ -59,7 +59,7 @@ def header(args: argparse.Namespace, multi: bool, herald: bool) -> str:
     ]
     if herald:
         processes = (
-            "`herald serve --help` lists --processes: Herald runs with 1 and with 2"
+            "`herald serve --help` lists --processes: Herald on Redis runs with 1 and with 2"
             if multi
             else "`herald serve --help` does not list --processes: the 2-process runs are skipped"
         )

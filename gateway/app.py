@@ -13,7 +13,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from channels.base import Delivery
 from channels.registry import ProviderError, Providers, build_providers
@@ -34,7 +34,7 @@ from gateway.errors import HeraldError, PolicyError, PolicyProblem
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
 from gateway.loops import every, stop_tasks
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, exposition
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.public import Unsubscribes, unsubscribe_key
@@ -308,7 +308,10 @@ class Gateway:
         # grpc's own limit is the backstop for every method (GetMessage, health, ...);
         # Push and PushBatch meet Herald's door first, which says what to do.
         self.server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=self.settings.max_in_flight * 2 + 64
+            # Sharing the port is for the processes of one `serve --processes N` only:
+            # otherwise a second gateway on the same port is an error, not a silent split.
+            options=[("grpc.so_reuseport", 1 if self.settings.reuse_port else 0)],
+            maximum_concurrent_rpcs=self.settings.max_in_flight * 2 + 64,
         )
         guarded = wire.guard(self.server, self.metrics)  # undecodable bodies and metadata: see wire.py
         push_pb2_grpc.add_PushServiceServicer_to_server(
@@ -333,7 +336,7 @@ class Gateway:
         await runner.setup()
         self._runners.append(runner)
         host, _, port = address.rpartition(":")
-        site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+        site = web.TCPSite(runner, host or "127.0.0.1", int(port), reuse_port=self.settings.reuse_port or None)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else int(port)
@@ -361,7 +364,7 @@ class Gateway:
             self.public_port = await self._listen(public, self.settings.public_listen)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})

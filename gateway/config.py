@@ -35,6 +35,10 @@ class Settings:
     grace_seconds: float = 10.0
     max_in_flight: int = 256
     sandbox: bool = True
+    processes: int = 1
+    # Set by `serve --processes N` for its children (not a flag): share the listening
+    # ports with the sibling processes.
+    reuse_port: bool = False
 
     @property
     def store_kind(self) -> str:
@@ -87,6 +91,10 @@ ENV: dict[str, tuple[str, str]] = {
         "Push and PushBatch calls answered at once by this process; more are turned away at once with "
         "RESOURCE_EXHAUSTED and a retry hint",
     ),
+    "processes": (
+        "HERALD_PROCESSES",
+        "gateway processes sharing the listening ports, one per core (more than 1 needs Redis)",
+    ),
     "sandbox": (
         "HERALD_SANDBOX",
         "deliver to the local sandbox outbox for providers whose credentials are not set (the embedded "
@@ -99,6 +107,8 @@ def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Sett
     environ = dict(os.environ) if environ is None else environ
     values: dict[str, object] = {}
     for spec in fields(Settings):
+        if spec.name not in ENV:
+            continue
         env_name = ENV[spec.name][0]
         raw = overrides.get(spec.name)
         if raw is None and env_name in environ:

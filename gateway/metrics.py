@@ -1,5 +1,10 @@
 """Every Prometheus metric Herald exports, in one place (prefix ``herald_``).
 
+With ``herald serve --processes N`` each process writes its figures to files in
+``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` on any of them shows the sum (counters,
+histograms, calls in flight) or the highest value (the gauges every process reads
+from the shared store, breakers) over the live processes (``exposition``).
+
 Label values are bounded sets (business units, categories, channels, reasons from
 policy and the enums); never a user id, phone or message id. Known label combinations
 are created at start-up (``prime``) so that zeros export before the first event.
@@ -7,9 +12,11 @@ are created at start-up (``prime``) so that zeros export before the first event.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.values.domain import Category, Channel, Outcome, Reason, UserFact
 from gateway.values.jobs import LANES
@@ -44,7 +51,11 @@ class Metrics:
             registry=registry,
         )
         self.policy_info = Gauge(
-            "herald_policy_info", "The serving policy version (value 1).", ["version"], registry=registry
+            "herald_policy_info",
+            "The serving policy version (value 1).",
+            ["version"],
+            multiprocess_mode="livemax",
+            registry=registry,
         )
         self.policy_reloads = Counter(
             "herald_policy_reloads_total", "Policy reloads by result (ok, refused).", ["result"], registry=registry
@@ -69,12 +80,14 @@ class Metrics:
             "Deliveries queued or in flight, by lane (basic, reminder, marketing; the shared streams on Redis, "
             "this process's queue in memory).",
             ["lane"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.delivery_queue_age = Gauge(
             "herald_delivery_queue_oldest_seconds",
             "Age of the oldest delivery still in the queue, by lane.",
             ["lane"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.delivery_waits = Counter(
@@ -86,11 +99,13 @@ class Metrics:
         self.waiting = Gauge(
             "herald_deliveries_waiting",
             "Deliveries waiting for a provider to come back (all replicas).",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.in_flight = Gauge(
             "herald_calls_in_flight",
             "Push and PushBatch calls being answered by this process.",
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self.shed = Counter(
@@ -103,6 +118,7 @@ class Metrics:
         self.spooled = Gauge(
             "herald_spooled_decisions",
             "Fail-open decisions kept on this machine's disk until the state store is back.",
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self.queue_seconds = Histogram(
@@ -153,6 +169,7 @@ class Metrics:
             "herald_breaker_state",
             "Provider breaker: 0 closed, 1 half-open, 2 open.",
             ["provider"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.rate_limit_waits = Counter(
@@ -176,6 +193,7 @@ class Metrics:
         self.parked = Gauge(
             "herald_deliveries_held_by_kill_switch",
             "Deliveries a kill switch stopped, kept to be sent if it is cleared in time (all replicas).",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.auto_stops = Counter(
@@ -205,6 +223,7 @@ class Metrics:
         self.scheduled = Gauge(
             "herald_scheduled_users",
             "Users with held claims (deferred, scheduled or waiting for a send window), all replicas.",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.state_conflicts = Counter(
@@ -213,7 +232,11 @@ class Metrics:
             registry=registry,
         )
         self.kill_switches = Gauge(
-            "herald_kill_switches_active", "Active kill switches by scope.", ["scope"], registry=registry
+            "herald_kill_switches_active",
+            "Active kill switches by scope.",
+            ["scope"],
+            multiprocess_mode="livemax",
+            registry=registry,
         )
 
         self._decisions: dict[tuple[str, Category, Outcome, Reason | None], Any] = {}
@@ -286,3 +309,13 @@ class Metrics:
 def fresh_metrics() -> Metrics:
     """Metrics on their own registry (tests, several gateways in one process)."""
     return Metrics(CollectorRegistry())
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text /metrics serves: this process's registry, or with several processes
+    (``PROMETHEUS_MULTIPROC_DIR`` set) every live process's figures combined."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        return generate_latest(combined)
+    return generate_latest(registry)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import signal
 import sys
 
 from gateway.app import Gateway
+from gateway.cli import processes
 from gateway.config import Settings
 from gateway.errors import HeraldError, PolicyError
-from gateway.logs import configure, get_logger
+from gateway.logs import bind_process, configure, get_logger
 
 log = get_logger(__name__)
 
@@ -53,8 +55,21 @@ async def _serve(settings: Settings, api: bool) -> int:
     return 0
 
 
-def run(settings: Settings, api: bool = True) -> int:
+def run(settings: Settings, api: bool = True, argv: list[str] | None = None) -> int:
+    """Run the gateway (or a worker, ``api`` False) in this process, or with
+    ``settings.processes`` over 1, that many children of this one running ``argv``."""
     configure(settings.log_level, json=settings.log_format == "json")
+    place = processes.child_index()
+    if place is not None:  # one of the processes of `serve --processes N` (the same flags)
+        data_dir = settings.data_dir / f"process-{place[0]}"  # its own spool and outbox
+        settings = dataclasses.replace(settings, processes=1, reuse_port=True, data_dir=data_dir)
+        bind_process(process=place[0])
+    why = processes.problem(settings)
+    if why is not None:
+        print(f"herald: {why}", file=sys.stderr)
+        return 2
+    if settings.processes > 1:
+        return processes.supervise(settings, argv or [sys.executable, "-m", "gateway.cli.main", *sys.argv[1:]])
     loop_kind = _install_loop()
     log.info(
         "starting",

@@ -48,6 +48,7 @@ class PolicyHolder:
         # providers cannot be built is refused like any invalid set.
         self._checks: list[Check] = []
         self._listeners: list[Check] = []
+        self._published: set[str] = set()
         self._publish()
 
     def check_with(self, check: Check) -> None:
@@ -61,8 +62,12 @@ class PolicyHolder:
         return self._policy
 
     def _publish(self) -> None:
-        self._metrics.policy_info.clear()
+        # The version served is 1, any other this process served before is 0 (rather
+        # than removed: with several processes a series cannot be removed, only set).
+        for version in self._published:
+            self._metrics.policy_info.labels(version).set(0)
         self._metrics.policy_info.labels(self._policy.version).set(1)
+        self._published.add(self._policy.version)
 
     def reload(self) -> bool:
         """Load the folder again; True when a new set now serves."""
