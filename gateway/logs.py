@@ -1,5 +1,5 @@
-"""Structured logs: structlog, JSON lines; one event per decision (per PushBatch for a
-batch), a delivered send at debug and any other send at info.
+"""Structured logs: structlog, JSON lines; one event per decision (one per PushBatch for
+a batch) and one per send.
 
 Context (request id, business unit, message id) is bound through contextvars. The
 ``mask_personal_data`` processor runs last before rendering, so no phone number, email,
@@ -13,7 +13,9 @@ import atexit
 import functools
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -75,6 +77,20 @@ _OURS = frozenset(
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+_second: list[Any] = [-1, ""]  # the current second and its text, made once a second
+
+
+def _timestamp(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """ISO 8601 in UTC with microseconds, as structlog's TimeStamper(fmt="iso", utc=True)
+    writes it, for a fraction of its cost."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    event_dict["timestamp"] = f"{_second[1]}.{int((now - second) * 1_000_000):06d}Z"
+    return event_dict
+
+
 # Fields every line of this process carries (``serve --processes``: which process).
 _PROCESS: dict[str, Any] = {}
 
@@ -146,7 +162,7 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             structlog.contextvars.merge_contextvars,
             _process_fields,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _timestamp,
             structlog.processors.format_exc_info,
             mask_personal_data,
             renderer,

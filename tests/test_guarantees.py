@@ -1,4 +1,4 @@
-"""Herald's guarantees, broken on purpose (docs/design.md "Guarantees"): a gateway killed
+"""Herald's guarantees, broken on purpose (docs/guarantees.md): a gateway killed
 with SIGKILL in the middle of a run, Redis restarted in the middle of a run, an API-only
 gateway deciding fail-open while Redis does not answer and stopped before it is back.
 Clients retry whatever was cut off with the same request_id, as a careful client does.

@@ -1,5 +1,5 @@
 """The channel plan: the scenario's channels that can reach this user now, primary
-first (pure). See DESIGN.md "Channel routing semantics"."""
+first (pure). See docs/design.md, "Channel routing"."""
 
 from __future__ import annotations
 

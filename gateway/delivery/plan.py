@@ -11,8 +11,8 @@ the next step of the walk along the plan:
 - the provider is down for now (its breaker open, a probe in flight, its faults used
   up the tries, a throttle, its quota or credentials refused): ``basic`` takes the
   next channel and waits only when none is left; reminders and marketing wait for
-  the provider (docs/design.md "Guarantees": a channel that is down is a reason to
-  wait, not to drop), unless the wait would outlast the deadline;
+  the provider (docs/guarantees.md: a channel that is down is a reason to wait, not
+  to drop), unless the wait would outlast the deadline;
 - a wait that fits before the deadline is a wait; one that does not ends the delivery
   as expired.
 """

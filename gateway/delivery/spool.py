@@ -1,6 +1,6 @@
 """The local spool: where a decision made without the store (fail-open) is kept, on
-this machine's disk, until the store is back (docs/design.md "Guarantees": fail-open
-never means fire and forget).
+this machine's disk, until the store is back (docs/guarantees.md: fail-open never means
+fire and forget).
 
 Each entry (the message record and, when accepted, its job) is appended and fsynced
 before the caller is answered. ``drain`` hands the entries to the store and the queue

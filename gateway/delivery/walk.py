@@ -401,9 +401,7 @@ class Walk:
         metrics = self._metrics
         metrics.of(metrics.send_seconds, channel.value).observe(time.monotonic() - started)
         metrics.of(metrics.sends, channel.value, adapter.name, result.status.value).inc()
-        # A delivered send is the common case, counted in the metrics and kept in the
-        # message's timeline: logged at debug. Anything else is worth a line.
-        (log.debug if result.status is SendStatus.DELIVERED else log.info)(
+        log.info(
             "send",
             message_id=job.message_id,
             bu=job.claim.bu,

@@ -5,7 +5,7 @@ Herald keeps everything a decision touches in the user's shard: the profile and 
 arbitration state, the idempotent answer, the message record, and the delivery stream
 the job goes to. One Lua script can then commit a decision, its answer and its delivery
 job in one atomic step, on one node, which is what makes an ``ACCEPTED`` answer a
-promise (docs/design.md "Guarantees") on a single Redis and on a cluster alike.
+promise (docs/guarantees.md) on a single Redis and on a cluster alike.
 
 Each shard's tag is chosen so that the shards' slots are spread evenly over the 16384
 slots (shard ``i`` of ``n`` lands in slot range ``[i*16384/n, (i+1)*16384/n)``): a

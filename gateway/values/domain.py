@@ -1,4 +1,4 @@
-"""Herald's vocabulary as plain Python enums (docs/design.md "Vocabulary").
+"""Herald's vocabulary as plain Python enums (docs/design.md, "Vocabulary").
 
 The names equal the protobuf enum names of ``herald.v1`` so that conversion at the API
 edge is by name, and the values are what appears in policy files, logs and metric
