@@ -70,7 +70,7 @@ def build_queue(settings: Settings, store: Store) -> Queue:
     if isinstance(store, MemoryStore):
         return MemoryQueue(store)
     assert isinstance(store, RedisStore)
-    return RedisQueue(store, settings.redis_url, reclaim_after=settings.reclaim_seconds)
+    return RedisQueue(store, reclaim_after=settings.reclaim_seconds)
 
 
 class Gateway:

@@ -53,13 +53,14 @@ def clock() -> FixedClock:
     return FixedClock(datetime(2026, 11, 11, 2, 0, tzinfo=UTC))  # 10:00 in Shanghai
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", pytest.param("cluster", marks=pytest.mark.cluster)])
 async def store(request: pytest.FixtureRequest, clock: FixedClock) -> AsyncIterator[Store]:
     if request.param == "memory":
         yield MemoryStore(clock)
         return
-    url = request.getfixturevalue("clean_redis")
-    redis_store = RedisStore(url)
+    cluster = request.param == "cluster"
+    url = request.getfixturevalue("clean_cluster" if cluster else "clean_redis")
+    redis_store = RedisStore(url, cluster=cluster)
     await redis_store.prepare()
     try:
         yield redis_store

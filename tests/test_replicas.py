@@ -1,4 +1,5 @@
-"""Two gateway processes on one real Redis: caps hold exactly under concurrency."""
+"""Two gateway processes on one real Redis, and on a Redis Cluster: caps hold exactly
+under concurrency."""
 
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ def daytime_zone() -> str:
     return "Etc/GMT" + ("-" if offset > 0 else "+") + str(abs(offset)) if offset else "Etc/GMT"
 
 
-@pytest.fixture
-def two_gateways(clean_redis: str, tmp_path: Path) -> Iterator[list[str]]:
+@pytest.fixture(params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
+def two_gateways(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]:
+    """Two `herald serve` processes on one Redis, or on a Redis Cluster."""
+    cluster = request.param == "cluster"
+    url = request.getfixturevalue("clean_cluster" if cluster else "clean_redis")
     procs, targets = [], []
     for index in range(2):
         port = free_port()
@@ -40,7 +44,8 @@ def two_gateways(clean_redis: str, tmp_path: Path) -> Iterator[list[str]]:
             **os.environ,
             "HERALD_LISTEN": f"127.0.0.1:{port}",
             "HERALD_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
-            "HERALD_REDIS_URL": clean_redis,
+            "HERALD_REDIS_URL": url,
+            "HERALD_REDIS_CLUSTER": "true" if cluster else "false",
             "HERALD_DATA_DIR": str(tmp_path / f"var{index}"),
             "HERALD_LOG_LEVEL": "WARNING",
         }

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.delivery.breaker import Breaker
 from gateway.policy.holder import PolicyHolder
@@ -77,6 +77,35 @@ class LaneSlots:
         return dict(self._used)
 
 
+# A provider's shared rate limit (``rate``, ``burst`` in policy) is one bucket in the
+# store for every process. A process takes tokens a lease at a time, as many as the
+# rate refills in LEASE_SECONDS (at least one), and spends them locally until they are
+# used or that time is up: one store call per lease, not per send, so a provider sent to
+# thousands of times a second is not one hot key. (Tokens not spent in time are lost:
+# the limit is never exceeded, a busy process may stay a little under it.)
+LEASE_SECONDS = 0.05
+
+
+@dataclass
+class TokenLease:
+    left: int = 0
+    until: float = 0.0
+    refilling: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def spend(self, now: float) -> bool:
+        if self.left > 0 and now < self.until:
+            self.left -= 1
+            return True
+        return False
+
+    def keep(self, tokens: int, now: float) -> None:
+        self.left, self.until = tokens, now + LEASE_SECONDS
+
+
+def lease_size(rate: float, burst: int) -> int:
+    return max(1, min(burst, int(rate * LEASE_SECONDS)))
+
+
 @dataclass
 class ProviderState:
     breaker: Breaker
@@ -84,6 +113,7 @@ class ProviderState:
     limit: int
     rate: float | None = None
     burst: int | None = None
+    tokens: TokenLease = field(default_factory=TokenLease)
 
 
 class Providers:

@@ -28,7 +28,7 @@ from gateway.core.render import render
 from gateway.core.route import reachable
 from gateway.core.users import Users
 from gateway.delivery.plan import INLINE_WAIT, Act, Judged, Move, Verdict, end_of_plan, judge, next_move
-from gateway.delivery.providers import Providers, ProviderState
+from gateway.delivery.providers import Providers, ProviderState, lease_size
 from gateway.delivery.retry import backoff
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
@@ -413,13 +413,25 @@ class Walk:
         return result
 
     async def _rate_limit(self, name: str, provider: ProviderState) -> None:
+        """A token of the provider's shared bucket, from this process's lease (see
+        ``providers.LEASE_SECONDS``); a new lease taken by one send at a time."""
         if provider.rate is None:
             return
+        lease = provider.tokens
         burst = provider.burst or max(1, int(provider.rate))
         while True:
-            wait = await self._store.take_token(f"provider:{name}", provider.rate, burst, self._clock.now())
-            if wait <= 0:
+            if lease.spend(time.monotonic()):
                 return
+            async with lease.refilling:
+                if lease.spend(time.monotonic()):  # another send took a lease meanwhile
+                    return
+                want = lease_size(provider.rate, burst)
+                granted, wait = await self._store.take_tokens(
+                    f"provider:{name}", provider.rate, burst, want, self._clock.now()
+                )
+                if granted:
+                    lease.keep(granted - 1, time.monotonic())
+                    return
             self._metrics.rate_limit_waits.labels(name).inc()
             await asyncio.sleep(wait)
 

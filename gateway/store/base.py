@@ -199,9 +199,10 @@ class Store(Protocol):
         """Remove ``name`` (only while it still holds ``only_if``, when given)."""
         ...
 
-    async def take_token(self, bucket: str, rate: float, burst: int, now: datetime) -> float:
-        """One token from a bucket shared by every replica, refilled at ``rate`` a second
-        up to ``burst``: 0 when granted, else the seconds until one will be there."""
+    async def take_tokens(self, bucket: str, rate: float, burst: int, want: int, now: datetime) -> tuple[int, float]:
+        """Up to ``want`` tokens from a bucket shared by every replica, refilled at
+        ``rate`` a second up to ``burst``: how many were granted (the whole tokens there
+        were, up to ``want``) and, when none, the seconds until one will be there."""
         ...
 
     async def record_outcome(self, key: str, bad: bool, last: int, ttl: timedelta) -> tuple[int, int]:

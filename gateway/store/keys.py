@@ -36,10 +36,14 @@ spread by their own names.
 |                                      |        | expiry; a lock: a few seconds); the names   |
 |                                      |        | are the functions below ``shared``          |
 | herald:bucket:<name>                 | hash   | twice the bucket's refill time              |
-| herald:outcomes:<campaign or scenario>| list  | 7 days after the last send (auto-stop)      |
+| herald:outcomes:{<campaign|scenario>} | hash  | 7 days after the last send (auto-stop: the  |
+|                                      |        | window's counts)                            |
+| herald:outcomes:{<...>}:ring         | string | as above (the window's last outcomes)       |
 """
 
 from __future__ import annotations
+
+import re
 
 from gateway.values.domain import Category
 
@@ -103,7 +107,13 @@ def dead(tag: str) -> str:
 
 
 def outcomes(key: str) -> str:
-    return f"{PREFIX}:outcomes:{key}"
+    return f"{PREFIX}:outcomes:{{{key}}}"
+
+
+def outcome_ring(key: str) -> str:
+    """Beside ``outcomes(key)``, in its slot: both names begin alike up to the end of the
+    key, so their hash tags agree whatever braces the key itself holds."""
+    return f"{PREFIX}:outcomes:{{{key}}}:ring"
 
 
 def shared(name: str) -> str:
@@ -140,3 +150,23 @@ def wechat_token(appid: str) -> str:
 
 
 UNSUBSCRIBE_KEY = "unsubscribe:key"
+
+
+# The keys that live without a TTL, and why (the table above): everything else Herald
+# writes expires. Checked against every key of a store by the tests.
+LIVES_FOREVER: dict[str, str] = {
+    rf"^{PREFIX}:meta$": "the store's layout: read by every gateway at start",
+    rf"^{PREFIX}:{{[^}}]+}}:due$": "the shard's due index: a user leaves it when their pool is empty",
+    rf"^{PREFIX}:{{[^}}]+}}:q:(basic|reminder|marketing)$": "a delivery stream: entries are deleted when acked",
+    rf"^{PREFIX}:{{[^}}]+}}:later$": "jobs waiting for a provider: each leaves when it is queued again",
+    rf"^{PREFIX}:{{[^}}]+}}:parked$": "jobs a kill switch keeps: each leaves when sent or ended",
+    rf"^{PREFIX}:{{[^}}]+}}:dead$": f"dead letters: capped to {DEAD_LETTERS_KEEP:,} a shard",
+    rf"^{PREFIX}:ks$": "kill switches: a switch lives until cleared (its own expiry applies when read)",
+    rf"^{PREFIX}:ks:audit$": f"the kill-switch audit: capped to {KILL_AUDIT_KEEP:,} entries",
+}
+_FOREVER = [re.compile(pattern) for pattern in LIVES_FOREVER]
+
+
+def lives_forever(key: str) -> bool:
+    """Whether ``key`` is one of the few Herald keeps without a TTL."""
+    return any(pattern.match(key) for pattern in _FOREVER)

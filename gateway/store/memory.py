@@ -136,7 +136,7 @@ class MemoryStore:
         self._due_members: dict[str, int] = {}
         self._shared: _Expiring[str] = _Expiring(self._clock)
         self._buckets: dict[str, tuple[float, float]] = {}
-        self._outcomes: dict[str, list[bool]] = {}
+        self._outcomes: dict[str, tuple[deque[bool], list[int]]] = {}
         self._orphans: list[Job] = []
         self._put: Callable[[Job], None] = self._orphans.append
 
@@ -369,21 +369,24 @@ class MemoryStore:
         self._shared.delete(name)
         return True
 
-    async def take_token(self, bucket: str, rate: float, burst: int, now: datetime) -> float:
+    async def take_tokens(self, bucket: str, rate: float, burst: int, want: int, now: datetime) -> tuple[int, float]:
         at = now.timestamp()
         tokens, last = self._buckets.get(bucket, (float(burst), at))
         tokens = min(float(burst), tokens + max(0.0, at - last) * rate)
-        if tokens >= 1:
-            self._buckets[bucket] = (tokens - 1, at)
-            return 0.0
-        self._buckets[bucket] = (tokens, at)
-        return (1 - tokens) / rate
+        granted = min(want, int(tokens))
+        self._buckets[bucket] = (tokens - granted, at)
+        return granted, 0.0 if granted else (1 - tokens) / rate
 
     async def record_outcome(self, key: str, bad: bool, last: int, ttl: timedelta) -> tuple[int, int]:
-        window = self._outcomes.setdefault(key, [])
-        window.insert(0, bad)
-        del window[last:]
-        return len(window), sum(window)
+        window = self._outcomes.get(key)
+        if window is None or window[0].maxlen != last:
+            window = self._outcomes[key] = (deque(maxlen=last), [0])
+        ring, bad_count = window
+        if len(ring) == last and ring[0]:
+            bad_count[0] -= 1
+        ring.append(bad)
+        bad_count[0] += bad
+        return len(ring), bad_count[0]
 
     # --- what the queue changes in place ---------------------------------------------
     def settle(self, user_id: str, change: Any) -> None:

@@ -4,11 +4,14 @@ provider says kept on the user, the shared WeChat token, breakers."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from gateway.store.redis import scripts
 from herald.v1 import profile_pb2, push_pb2, types_pb2
 from tests.e2e.channels_setup import Fakes, gateway_on_fakes, policies_for, settled
 from tests.e2e.conftest import OPENID, Api, auth
@@ -200,6 +203,48 @@ async def test_provider_rate_limit_makes_sends_wait(tmp_path: Path, fake: Fakes)
         waits = api.gateway.metrics.rate_limit_waits.labels("wechat")._value.get()
         assert waits >= 1  # the bucket holds one token; four sends cannot all go at once
         assert len(fake.wechat.template_sends) == 4
+
+
+async def test_a_fast_provider_bucket_is_taken_a_lease_at_a_time(tmp_path: Path, fake: Fakes, clean_redis: str) -> None:
+    """1,000 sends a second allowed: the gateway takes 50 ms worth of tokens (50) per
+    store call, not one per send, so the bucket is no hot key (counted by Redis's
+    MONITOR: the bucket script's calls)."""
+    policy_dir = policies_for(tmp_path, fake, rate=1000.0, burst=1000)
+    seen: list[str] = []
+    watching = threading.Event()
+
+    def monitor() -> None:
+        with redis.Redis.from_url(clean_redis).monitor() as feed:
+            watching.set()
+            for event in feed.listen():
+                command = str(event.get("command", ""))
+                if scripts.TAKE_TOKEN.sha in command:
+                    seen.append(command)
+                if "stop-monitor" in command:
+                    return
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    watching.wait(5)
+    async with gateway_on_fakes(tmp_path, fake, redis_url=clean_redis, policy_dir=policy_dir) as api:
+        await api.add_follower()
+        answers = await asyncio.gather(
+            *(
+                api.push.Push(
+                    shipped(f"r-{i}", params={"order_id": f"O-{i}", "carrier": "SF", "tracking_no": f"T{i}"}),
+                    metadata=auth("order"),
+                )
+                for i in range(50)
+            )
+        )
+        for answer in answers:
+            assert (await settled(api, answer.message_id)).status == "delivered"
+    redis.Redis.from_url(clean_redis).get("stop-monitor")
+    await asyncio.to_thread(watcher.join, 5)
+    assert len(fake.wechat.template_sends) == 50
+    # 50 sends over a few hundred ms: a call a lease of up to 50 tokens and 50 ms (one
+    # call a send would be 50).
+    assert 1 <= len(seen) <= 20, seen
 
 
 async def test_send_log_lines_carry_context_and_no_personal_data(

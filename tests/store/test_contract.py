@@ -451,10 +451,34 @@ async def test_shared_value_is_overwritten_and_deleted(store: Store) -> None:
 
 async def test_token_bucket_grants_burst_then_says_how_long_to_wait(store: Store, clock: FixedClock) -> None:
     now = clock.now()
-    granted = [await store.take_token("wechat", 10.0, 3, now) for _ in range(4)]
-    assert granted[:3] == [0.0, 0.0, 0.0]
-    assert granted[3] == pytest.approx(0.1, abs=0.002)
+    granted = [await store.take_tokens("wechat", 10.0, 3, 1, now) for _ in range(4)]
+    assert granted[:3] == [(1, 0.0)] * 3
+    assert granted[3][0] == 0 and granted[3][1] == pytest.approx(0.1, abs=0.002)
     # 0.25 s later two and a half tokens came back: two are granted, the third waits.
     later = now + timedelta(milliseconds=250)
-    assert [await store.take_token("wechat", 10.0, 3, later) for _ in range(3)][:2] == [0.0, 0.0]
-    assert await store.take_token("other", 10.0, 3, later) == 0.0
+    assert [(await store.take_tokens("wechat", 10.0, 3, 1, later))[0] for _ in range(3)] == [1, 1, 0]
+    assert await store.take_tokens("other", 10.0, 3, 1, later) == (1, 0.0)
+
+
+async def test_token_bucket_grants_several_at_once_up_to_what_is_there(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    assert await store.take_tokens("sms", 100.0, 10, 4, now) == (4, 0.0)
+    assert await store.take_tokens("sms", 100.0, 10, 8, now) == (6, 0.0)  # what was left
+    granted, wait = await store.take_tokens("sms", 100.0, 10, 8, now)
+    assert granted == 0 and wait == pytest.approx(0.01, abs=0.002)
+    # 55 ms later 5.5 tokens came back: 5 whole ones.
+    assert await store.take_tokens("sms", 100.0, 10, 8, now + timedelta(milliseconds=55)) == (5, 0.0)
+
+
+async def test_outcome_window_counts_the_last_sends(store: Store) -> None:
+    """Auto-stop's window: the last ``last`` outcomes of a campaign, and how many bad."""
+    day = timedelta(days=7)
+    seen = [await store.record_outcome("campaign:d11{x}", bad, 4, day) for bad in (True, False, True, False)]
+    assert seen == [(1, 1), (2, 1), (3, 2), (4, 2)]
+    # Full: each new outcome pushes the oldest out.
+    assert await store.record_outcome("campaign:d11{x}", False, 4, day) == (4, 1)  # a bad one left
+    assert await store.record_outcome("campaign:d11{x}", False, 4, day) == (4, 1)  # a good one left
+    assert await store.record_outcome("campaign:d11{x}", True, 4, day) == (4, 1)  # a bad one left, one came
+    assert await store.record_outcome("other", True, 4, day) == (1, 1)  # windows are apart
+    # A window whose size changed in policy starts again.
+    assert await store.record_outcome("campaign:d11{x}", True, 10, day) == (1, 1)

@@ -35,7 +35,7 @@ async def queue(request: pytest.FixtureRequest, store: Store) -> AsyncIterator[Q
     from gateway.store.redis import RedisQueue, RedisStore
 
     assert isinstance(store, RedisStore)
-    redis_queue = RedisQueue(store, request.getfixturevalue("clean_redis"), reclaim_after=30, consumer="w1")
+    redis_queue = RedisQueue(store, reclaim_after=30, consumer="w1")
     try:
         yield redis_queue
     finally:
@@ -210,8 +210,8 @@ async def test_a_dead_workers_jobs_are_taken_over(clean_redis: str, clock: Fixed
     await store.prepare()
     job = job_for(store, clock)
     await accept(store, clock, job)
-    first = RedisQueue(store, clean_redis, reclaim_after=0.3, consumer="dies")
-    second = RedisQueue(store, clean_redis, reclaim_after=0.3, consumer="lives", max_deliveries=2)
+    first = RedisQueue(store, reclaim_after=0.3, consumer="dies")
+    second = RedisQueue(store, reclaim_after=0.3, consumer="lives", max_deliveries=2)
     try:
         [taken] = await take_all(first)  # ...and the first worker dies holding it
         await asyncio.sleep(0.4)

@@ -71,8 +71,10 @@ def client(url: str, cluster: bool, *, timeout: float, max_connections: int) -> 
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             max_connections=max_connections,
-            retry=retry,
-            cluster_error_retry_attempts=3,
+            # Moved slots, a node down, a failover in progress: tried again (with the
+            # slot map refreshed) a few times over about a second; past that the call
+            # is StoreUnavailable and the next ones try afresh.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
         )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -109,6 +111,7 @@ class Connection:
         scripts: Sequence[Script] = (),
         on_round_trip: Callable[[str], None] = lambda op: None,
     ) -> None:
+        self.url = url  # with its password: for more connections, never shown (``where`` is)
         self.where = redacted(url)
         self.cluster = cluster
         # redis-py: the cluster's routing, and pub/sub; on one node the pipelines go
@@ -122,6 +125,13 @@ class Connection:
         self._scheduled = False
         self._down_until = 0.0
         self._down_error: StoreUnavailable | None = None
+
+    def _unreachable(self, exc: Exception) -> bool:
+        """Whether ``exc`` from the client means Redis could not be reached. On a
+        cluster, anything: while a master fails over, redis-py's cluster client can
+        raise more than its own errors (an AttributeError from a connection it had just
+        dropped), and a store call must end as StoreUnavailable, not crash."""
+        return self.cluster or isinstance(exc, RedisError | OSError)
 
     def unavailable(self, exc: BaseException, what: str = "state store") -> StoreUnavailable:
         return StoreUnavailable(
@@ -176,7 +186,9 @@ class Connection:
                 if not call.future.done():
                     call.future.cancel()
             raise
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not self._unreachable(exc):
+                raise
             error = self.unavailable(exc)
             self._down_error, self._down_until = error, time.monotonic() + DOWN_HOLD
             for call in batch:
@@ -244,14 +256,18 @@ class Connection:
             return await self.client.execute_command(*command)
         except ResponseError as exc:
             raise StoreUnavailable(f"state store {self.where} refused {op} ({exc})") from exc
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not self._unreachable(exc):
+                raise
             raise self.unavailable(exc) from exc
 
     async def load_scripts(self) -> None:
         try:
             for script in self._scripts.values():
                 await self._script_load(script.source)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not self._unreachable(exc):
+                raise
             raise self.unavailable(exc) from exc
 
     async def _script_load(self, source: str) -> None:
@@ -266,3 +282,8 @@ class Connection:
         if self._lean is not None:
             await self._lean.close()
         await self.client.aclose()
+        if self.cluster:
+            # aclose() skips the node connections while the client means to rediscover
+            # the cluster (after a failed call): close them too, and the seeds'.
+            await self.client.nodes_manager.aclose()
+            await self.client.nodes_manager.aclose("startup_nodes")

@@ -68,7 +68,6 @@ class RedisQueue:
     def __init__(
         self,
         store: RedisStore,
-        url: str,
         *,
         reclaim_after: float = 60.0,
         max_deliveries: int = 5,
@@ -78,7 +77,9 @@ class RedisQueue:
         self._run = store.connection.run
         self._cluster = store.connection.cluster
         # Its own connections: blocking reads must not wait behind the store's calls.
-        self._reader: Any = None if self._cluster else client(url, False, timeout=10.0, max_connections=4)
+        self._reader: Any = (
+            None if self._cluster else client(store.connection.url, False, timeout=10.0, max_connections=4)
+        )
         self._reclaim_ms = int(reclaim_after * 1000)
         self._max_deliveries = max_deliveries
         self.consumer = consumer or consumer_name()

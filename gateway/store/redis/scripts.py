@@ -205,38 +205,57 @@ return 0
 """,
 )
 
-# KEYS[1] bucket hash; ARGV: 1 rate a second, 2 burst, 3 now ms. Returns 0 when a token
-# was taken, else the milliseconds until one is there.
+# KEYS[1] bucket hash; ARGV: 1 rate a second, 2 burst, 3 now ms, 4 tokens wanted.
+# Returns {tokens granted (the whole ones there, up to the wanted), milliseconds until one
+# is there (when none was granted)}.
 TAKE_TOKEN = Script(
     "take_token",
     """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
 local state = redis.call('HMGET', KEYS[1], 't', 'at')
 local tokens = tonumber(state[1]) or burst
 local last = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - last) * rate / 1000)
+local granted = math.min(want, math.floor(tokens))
+tokens = tokens - granted
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+if granted == 0 then wait = math.ceil((1 - tokens) * 1000 / rate) end
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.max(1000, math.ceil(2000 * burst / rate)))
-return wait
+return {granted, wait}
 """,
 )
 
-# KEYS[1] outcome list; ARGV: 1 '1' bad or '0', 2 window size, 3 ttl ms. Returns the
-# window's size and how many bad.
+# KEYS[1] the window's counters (hash: last, pos, n, bad), KEYS[2] its ring of the last
+# ``last`` outcomes (a string of '0'/'1', one byte each); ARGV: 1 the new outcome, 2 the
+# window size, 3 ttl ms. Returns the window's size and how many bad. O(1) a send: the
+# byte that leaves the window is read and overwritten, the counts kept as it goes.
 OUTCOME = Script(
     "outcome",
     """
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local last = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'last', 'pos', 'n', 'bad')
+local pos, n, bad = tonumber(state[2]) or 0, tonumber(state[3]) or 0, tonumber(state[4]) or 0
+if tonumber(state[1]) ~= last then
+  -- A new window (or its size changed in policy): start it again.
+  pos, n, bad = 0, 0, 0
+  redis.call('DEL', KEYS[2])
+end
+if n == last then
+  if redis.call('GETRANGE', KEYS[2], pos, pos) == '1' then bad = bad - 1 end
+else
+  n = n + 1
+end
+redis.call('SETRANGE', KEYS[2], pos, ARGV[1])
+if ARGV[1] == '1' then bad = bad + 1 end
+pos = (pos + 1) % last
+redis.call('HSET', KEYS[1], 'last', last, 'pos', pos, 'n', n, 'bad', bad)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-local bad = 0
-for _, v in ipairs(items) do if v == '1' then bad = bad + 1 end end
-return {#items, bad}
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {n, bad}
 """,
 )
 

@@ -15,9 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from gateway.errors import FailedPrecondition, StoreUnavailable
+from gateway.errors import FailedPrecondition
 from gateway.logs import get_logger
 from gateway.store import codec, keys
 from gateway.store.base import Change, Committed, IdemState, Lifetimes, UserRead, UserView
@@ -290,11 +288,11 @@ class RedisStore:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is not None:
                         await on_change()
-            except (RedisError, OSError, StoreUnavailable) as exc:
+            except Exception as exc:  # a cluster client in failover raises more than RedisError
                 log.warning("kill_switch_feed_lost", error=type(exc).__name__, detail="polling continues")
                 await asyncio.sleep(1.0)
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
     def _pubsub(self) -> Any:
@@ -346,15 +344,17 @@ class RedisStore:
             [removed] = await self._run("shared_delete", [scripts.DELETE_IF.call([keys.shared(name)], [only_if])])
         return bool(removed)
 
-    async def take_token(self, bucket: str, rate: float, burst: int, now: datetime) -> float:
-        [wait_ms] = await self._run(
-            "take_token", [scripts.TAKE_TOKEN.call([keys.bucket(bucket)], [rate, burst, epoch_ms(now)])]
+    async def take_tokens(self, bucket: str, rate: float, burst: int, want: int, now: datetime) -> tuple[int, float]:
+        [reply] = await self._run(
+            "take_token", [scripts.TAKE_TOKEN.call([keys.bucket(bucket)], [rate, burst, epoch_ms(now), want])]
         )
-        return int(wait_ms) / 1000
+        granted, wait_ms = reply
+        return int(granted), int(wait_ms) / 1000
 
     async def record_outcome(self, key: str, bad: bool, last: int, ttl: timedelta) -> tuple[int, int]:
         [reply] = await self._run(
-            "record_outcome", [scripts.OUTCOME.call([keys.outcomes(key)], ["1" if bad else "0", last, ms(ttl)])]
+            "record_outcome",
+            [scripts.OUTCOME.call([keys.outcomes(key), keys.outcome_ring(key)], ["1" if bad else "0", last, ms(ttl)])],
         )
         total, bad_count = reply
         return int(total), int(bad_count)
