@@ -42,6 +42,7 @@ from gateway.scheduler import Scheduler
 from gateway.store.base import Queue, Store
 from gateway.store.memory import MemoryQueue, MemoryStore
 from gateway.store.redis import RedisQueue, RedisStore
+from gateway.store.redis.connection import Wait
 from gateway.unsubscribe import Unsubscribe, UnsubscribeTokens
 from gateway.webhooks import Webhooks
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
@@ -63,6 +64,8 @@ def build_store(settings: Settings, clock: Clock, metrics: Metrics) -> Store:
         cluster=settings.redis_cluster,
         shards=settings.redis_shards,
         on_round_trip=lambda op: metrics.of(metrics.store_round_trips, op).inc(),
+        wait=Wait(settings.redis_wait_replicas, settings.redis_wait_ms),
+        on_wait_short=metrics.replication_short.inc,
     )
 
 

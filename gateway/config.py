@@ -36,6 +36,8 @@ class Settings:
     max_in_flight: int = 256
     sandbox: bool = True
     processes: int = 1
+    redis_wait_replicas: int = 0
+    redis_wait_ms: int = 200
     # Set by `serve --processes N` for its children (not a flag): share the listening
     # ports with the sibling processes.
     reuse_port: bool = False
@@ -91,6 +93,12 @@ ENV: dict[str, tuple[str, str]] = {
         "Push and PushBatch calls answered at once by this process; more are turned away at once with "
         "RESOURCE_EXHAUSTED and a retry hint",
     ),
+    "redis_wait_replicas": (
+        "HERALD_REDIS_WAIT_REPLICAS",
+        "replicas a decision's commit waits for (Redis WAIT) before Herald answers; 0: none (asynchronous "
+        "replication: a master's failover can lose its last writes)",
+    ),
+    "redis_wait_ms": ("HERALD_REDIS_WAIT_MS", "the most a commit waits for those replicas (ms)"),
     "processes": (
         "HERALD_PROCESSES",
         "gateway processes sharing the listening ports, one per core (more than 1 needs Redis)",

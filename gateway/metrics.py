@@ -72,6 +72,12 @@ class Metrics:
             ["category"],
             registry=registry,
         )
+        self.replication_short = Counter(
+            "herald_replication_waits_short_total",
+            "Commits whose WAIT for HERALD_REDIS_WAIT_REPLICAS replicas timed out first (the writes stand, "
+            "but a failover of that master right then could lose them), counted per node waited on.",
+            registry=registry,
+        )
         self.store_errors = Counter(
             "herald_store_errors_total", "State store calls that failed, by operation.", ["op"], registry=registry
         )

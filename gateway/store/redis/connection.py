@@ -8,6 +8,12 @@ pipeline, one round trip for all of them; a cluster client splits the pipeline p
 and sends the parts at once. Scripts run as EVALSHA; a node that does not know a script
 (a fresh or promoted node) gets it loaded and the command is sent again. No
 ``SCRIPT EXISTS`` on the way.
+
+With ``wait_replicas`` (``HERALD_REDIS_WAIT_REPLICAS``), a pipeline that carries a
+durable call (a decision's commit: its answer and delivery job) ends with ``WAIT`` on
+each node it wrote to, on the same connection, so the call returns once that many
+replicas have the writes, or the timeout passed (counted: the writes stand, the window
+of Redis's asynchronous replication was not closed for them).
 """
 
 from __future__ import annotations
@@ -96,6 +102,21 @@ class _Call:
     future: asyncio.Future[list[Any]]
     # True: a refused command's error is its reply, for the caller to look at.
     errors: bool = False
+    # True: waits for the replicas (when the connection is set to).
+    durable: bool = False
+
+
+@dataclass(frozen=True)
+class Wait:
+    """WAIT for ``replicas`` replicas, at most ``timeout_ms``, after durable writes."""
+
+    replicas: int
+    timeout_ms: int
+
+
+def first_key(command: Command) -> Any:
+    """The key a command is routed by: EVALSHA's first key, else the first argument."""
+    return command[3] if str(command[0]).upper() == "EVALSHA" else command[1]
 
 
 class Connection:
@@ -110,6 +131,8 @@ class Connection:
         max_connections: int = 128,
         scripts: Sequence[Script] = (),
         on_round_trip: Callable[[str], None] = lambda op: None,
+        wait: Wait | None = None,
+        on_wait_short: Callable[[int], None] = lambda short: None,
     ) -> None:
         self.url = url  # with its password: for more connections, never shown (``where`` is)
         self.where = redacted(url)
@@ -125,6 +148,8 @@ class Connection:
         self._scheduled = False
         self._down_until = 0.0
         self._down_error: StoreUnavailable | None = None
+        self._wait = wait if wait is not None and wait.replicas > 0 else None
+        self._on_wait_short = on_wait_short
 
     def _unreachable(self, exc: Exception) -> bool:
         """Whether ``exc`` from the client means Redis could not be reached. On a
@@ -138,16 +163,19 @@ class Connection:
             f"{what} {self.where} did not answer ({type(exc).__name__}); check that Redis is up and reachable"
         )
 
-    async def run(self, op: str, commands: Sequence[Command], *, errors: bool = False) -> list[Any]:
+    async def run(
+        self, op: str, commands: Sequence[Command], *, errors: bool = False, durable: bool = False
+    ) -> list[Any]:
         """Send ``commands`` (in the next shared pipeline); their replies, in order. A
         command that Redis refuses raises ``StoreUnavailable`` naming it (with
-        ``errors``, its ``ResponseError`` is its reply instead)."""
+        ``errors``, its ``ResponseError`` is its reply instead). ``durable``: returns
+        once the replicas have the writes too, when the connection waits for them."""
         if not commands:
             return []
         if self._down_error is not None and time.monotonic() < self._down_until:
             raise self._down_error
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Call(op, commands, future, errors))
+        self._waiting.append(_Call(op, commands, future, errors, durable))
         self._schedule()
         return await future
 
@@ -179,8 +207,9 @@ class Connection:
         ops = {call.op for call in batch}
         self._on_round_trip(ops.pop() if len(ops) == 1 else "mixed")
         commands = [command for call in batch for command in call.commands]
+        waits = self._waits_for(batch)
         try:
-            replies = await self._execute(commands)
+            replies = await self._execute(commands, waits)
         except asyncio.CancelledError:
             for call in batch:
                 if not call.future.done():
@@ -212,17 +241,47 @@ class Connection:
             else:
                 call.future.set_result(part)
 
-    async def _execute(self, commands: Sequence[Command]) -> list[Any]:
-        replies = await self._pipeline(commands)
+    def _waits_for(self, batch: Sequence[_Call]) -> list[Command]:
+        """The WAIT commands that end a pipeline carrying durable calls: one on each node
+        they write to (a single node: one)."""
+        if self._wait is None or not any(call.durable for call in batch):
+            return []
+        wait = ("WAIT", self._wait.replicas, self._wait.timeout_ms)
+        if not self.cluster:
+            return [wait]
+        nodes: dict[str, Any] = {}
+        for call in batch:
+            if call.durable:
+                for command in call.commands:
+                    try:
+                        node = self.client.get_node_from_key(first_key(command))
+                    except Exception:  # no slot map yet: the write itself will say
+                        continue
+                    nodes[node.name] = node
+        return [(*wait, {"target_nodes": node}) for node in nodes.values()]
+
+    async def _execute(self, commands: Sequence[Command], waits: Sequence[Command] = ()) -> list[Any]:
+        replies = await self._pipeline([*commands, *waits])
+        self._check_waits(replies[len(commands) :])
+        replies = replies[: len(commands)]
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             # A node that restarted or was promoted does not know our scripts yet.
             for sha in {commands[i][1] for i in missing}:
                 await self._script_load(self._scripts[sha].source)
-            again = await self._pipeline([commands[i] for i in missing])
+            again = await self._pipeline([*(commands[i] for i in missing), *waits])
+            self._check_waits(again[len(missing) :])
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply
         return replies
+
+    def _check_waits(self, acked: Sequence[Any]) -> None:
+        if self._wait is None or not acked:
+            return
+        wanted = self._wait.replicas
+        short = len([n for n in acked if isinstance(n, Exception) or int(n) < wanted])
+        if short:
+            self._on_wait_short(short)
 
     async def _pipeline(self, commands: Sequence[Command]) -> list[Any]:
         if self._lean is not None:

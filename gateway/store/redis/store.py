@@ -20,7 +20,7 @@ from gateway.logs import get_logger
 from gateway.store import codec, keys
 from gateway.store.base import Change, Committed, IdemState, Lifetimes, UserRead, UserView
 from gateway.store.redis import scripts
-from gateway.store.redis.connection import Command, Connection
+from gateway.store.redis.connection import Command, Connection, Wait
 from gateway.store.shards import DEFAULT_SHARDS, message_shard, shard_of, tags
 from gateway.values.jobs import Job
 from gateway.values.profiles import Interaction, OptOut, UserProfile
@@ -49,6 +49,8 @@ class RedisStore:
         timeout: float = 2.0,
         max_connections: int = 128,
         on_round_trip: Callable[[str], None] | None = None,
+        wait: Wait | None = None,
+        on_wait_short: Callable[[int], None] = lambda short: None,
     ) -> None:
         self.shards = shards
         self.tags = tags(shards)
@@ -59,6 +61,8 @@ class RedisStore:
             max_connections=max_connections,
             scripts=scripts.ALL,
             on_round_trip=on_round_trip or (lambda op: None),
+            wait=wait,
+            on_wait_short=on_wait_short,
         )
         self.where = self.connection.where
         self._run = self.connection.run
@@ -161,7 +165,7 @@ class RedisStore:
         return keys.stream(tag, job.lane) if job is not None else keys.due(tag)
 
     async def commit(self, changes: Sequence[Change], lifetimes: Lifetimes) -> list[Committed]:
-        replies = await self._run("commit", [self._commit_command(c, lifetimes) for c in changes])
+        replies = await self._run("commit", [self._commit_command(c, lifetimes) for c in changes], durable=True)
         return [Committed(codec.text(r)) for r in replies]
 
     # --- messages ------------------------------------------------------------------
