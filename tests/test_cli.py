@@ -243,3 +243,34 @@ def test_worker_needs_redis() -> None:
     result = subprocess.run([*HERALD, "worker"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "worker needs the shared Redis queue" in result.stderr and "HERALD_REDIS_URL" in result.stderr
+
+
+def test_import_tags_and_attributes(served: Served, tmp_path: Path) -> None:
+    import grpc
+
+    from herald.v1 import profile_pb2, profile_pb2_grpc
+
+    served.run("users", "import", "examples/users.csv", "--quiet", check=True)
+    served.run("users", "import", "examples/users.jsonl", "--quiet", check=True)
+    path = tmp_path / "tags.csv"
+    path.write_text("user_id,tags,attr.city\nu-9,a;b; ;a,宁波\n", encoding="utf-8")
+    served.run("users", "import", str(path), "--tag-separator", ";", "--quiet", check=True)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,attr.\nu-9,x\n", encoding="utf-8")
+    refused = served.run("users", "import", str(bad))
+    assert refused.returncode == 2 and "names no attribute" in refused.stderr
+    with grpc.insecure_channel(served.env["HERALD_TARGET"]) as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        metadata = (("authorization", f"Bearer {KEYS['order']}"),)
+
+        def get(user_id: str) -> profile_pb2.User:
+            return stub.GetUser(profile_pb2.GetUserRequest(user_id=user_id), metadata=metadata, timeout=10)
+
+        first = get("u-1001")
+        assert list(first.tags) == ["mom_baby", "vip"] and dict(first.attributes) == {"city": "杭州", "gender": "f"}
+        assert list(get("u-1003").tags) == [] and dict(get("u-1003").attributes) == {"city": "乌鲁木齐", "gender": "m"}
+        assert (
+            list(get("u-2001").tags) == ["double11", "qr:store_hz01"] and get("u-2001").attributes["language"] == "zh"
+        )
+        nine = get("u-9")
+        assert list(nine.tags) == ["a", "b"] and dict(nine.attributes) == {"city": "宁波"}

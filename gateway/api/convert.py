@@ -13,7 +13,7 @@ from gateway.errors import InvalidArgument
 from gateway.values.claims import Content, PushInput
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
-from gateway.values.profiles import PROFILE_SECTIONS, DeviceToken, Rfm, UserProfile, WeChat
+from gateway.values.profiles import CONTACT_SECTIONS, PROFILE_SECTIONS, DeviceToken, Rfm, UserProfile, WeChat
 from gateway.values.records import MessageRecord
 from herald.v1 import profile_pb2, push_pb2, types_pb2
 
@@ -183,15 +183,18 @@ def _sections_of(user: profile_pb2.User, field_prefix: str) -> dict[str, Any]:
         "timezone": user.timezone,
         "locale": user.locale,
         "rfm": rfm,
+        "tags": tuple(sorted(set(user.tags))),
+        "attributes": dict(user.attributes),
     }
 
 
 def profile_patch(request: profile_pb2.UpsertUserRequest, field_prefix: str = "user") -> dict[str, Any]:
-    """The sections an upsert replaces: those in the mask, or all of them."""
+    """The sections an upsert replaces: those in the mask; without a mask, the contact
+    sections, plus tags and attributes when the request sets them."""
     sections = _sections_of(request.user, field_prefix)
     paths = list(request.update_mask.paths)
     if not paths:
-        return sections
+        return {name: value for name, value in sections.items() if name in CONTACT_SECTIONS or value}
     unknown = [p for p in paths if p not in PROFILE_SECTIONS]
     if unknown:
         raise InvalidArgument("update_mask", f"unknown path '{unknown[0]}'; use {', '.join(PROFILE_SECTIONS)}")
@@ -238,6 +241,8 @@ def user(profile: UserProfile, tier: str) -> profile_pb2.User:
     for interaction in profile.interactions:
         ix = out.recent_interactions.add(kind=profile_pb2.InteractionKind.Value(interaction.kind.name))
         ix.at.CopyFrom(dt_to_ts(interaction.at))
+    out.tags.extend(profile.tags)
+    out.attributes.update(profile.attributes)
     if profile.updated_at is not None:
         out.updated_at.CopyFrom(dt_to_ts(profile.updated_at))
     return out

@@ -26,6 +26,7 @@ from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.values.claims import PushInput
 from gateway.values.decisions import PushAnswer
+from gateway.values.profiles import CONTACT_SECTIONS, LABEL_SECTIONS
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = get_logger(__name__)
@@ -249,12 +250,27 @@ class ProfileServicer(_Base, profile_pb2_grpc.ProfileServiceServicer):
 
     def _grant(self, context: grpc.aio.ServicerContext, need: Literal["read", "write"]) -> str:
         bu = self.authenticate(context)
-        if need not in self.policies.current.business_units[bu].profiles:
-            raise PermissionDenied(
-                f"business unit '{bu}' may not {need} profiles; the policy grants it with "
-                f"business_units.{bu}.profiles: [{need}]"
-            )
+        self._granted(bu, need)
         return bu
+
+    def _granted(self, bu: str, need: Literal["read", "write", "tag"]) -> None:
+        granted = self.policies.current.business_units[bu].profiles
+        # write covers every section; tag only the labels (tags, attributes).
+        if need not in granted and not (need == "tag" and "write" in granted):
+            what = "write tags and attributes of" if need == "tag" else need
+            raise PermissionDenied(
+                f"business unit '{bu}' may not {what} profiles; the policy grants it with "
+                f"business_units.{bu}.profiles: [{need}]" + (" (or [write])" if need == "tag" else "")
+            )
+
+    def _patch(self, bu: str, request: profile_pb2.UpsertUserRequest, field: str = "user") -> dict[str, Any]:
+        """The sections an upsert writes, each allowed by the caller's grants."""
+        patch = convert.profile_patch(request, field)
+        if any(name in CONTACT_SECTIONS for name in patch) or not patch:
+            self._granted(bu, "write")
+        if any(name in LABEL_SECTIONS for name in patch):
+            self._granted(bu, "tag")
+        return patch
 
     def _user(self, profile: Any) -> profile_pb2.User:
         return convert.user(profile, compute_tier(profile.rfm, self.policies.current.tiers, self._now()))
@@ -263,14 +279,16 @@ class ProfileServicer(_Base, profile_pb2_grpc.ProfileServiceServicer):
     async def UpsertUser(
         self, request: profile_pb2.UpsertUserRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.User:
-        self._grant(context, "write")
-        return self._user(await self._users.upsert(request.user.user_id, convert.profile_patch(request)))
+        bu = self.authenticate(context)
+        return self._user(await self._users.upsert(request.user.user_id, self._patch(bu, request)))
 
     @_answer("UpsertUsers")
     async def UpsertUsers(
         self, request: profile_pb2.UpsertUsersRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.UpsertUsersResponse:
-        self._grant(context, "write")
+        bu = self.authenticate(context)
+        if not set(self.policies.current.business_units[bu].profiles) & {"write", "tag"}:
+            self._granted(bu, "write")
         count = len(request.requests)
         if count > MAX_BATCH:
             raise InvalidArgument("requests", f"has {count}; at most {MAX_BATCH} per batch, split it")
@@ -279,7 +297,7 @@ class ProfileServicer(_Base, profile_pb2_grpc.ProfileServiceServicer):
         async def one(item: profile_pb2.UpsertUserRequest) -> profile_pb2.UpsertUserResult:
             async with gate:
                 try:
-                    profile = await self._users.upsert(item.user.user_id, convert.profile_patch(item))
+                    profile = await self._users.upsert(item.user.user_id, self._patch(bu, item))
                     return profile_pb2.UpsertUserResult(user=self._user(profile))
                 except HeraldError as exc:
                     return profile_pb2.UpsertUserResult(error_code=status_of(exc).name, error_message=exc.message)

@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file name")
     imp.add_argument("--batch", type=int, default=500, help="users per call (1-1000, default 500)")
     imp.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
+    imp.add_argument("--tag-separator", default="|", help="what separates the tags in the CSV tags column (default |)")
     imp.add_argument("--rejects", type=Path, help="write every rejected row (line<TAB>reason) here")
     imp.add_argument("--quiet", action="store_true", help="no progress line")
     _add_client_options(imp)
@@ -252,6 +253,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                     batch_size=args.batch,
                     concurrency=args.concurrency,
                     keep_rejects=10**9 if args.rejects else 1000,
+                    tag_separator=args.tag_separator,
                     progress_out=None if args.quiet else sys.stderr,
                 )
             )

@@ -40,7 +40,9 @@ CSV_COLUMNS = (
     "orders_in_period",
     "spend_in_period_minor",
     "device_tokens",
+    "tags",
 )
+ATTRIBUTE_PREFIX = "attr."
 SECTION_OF_COLUMN = {
     "openid": "wechat",
     "unionid": "wechat",
@@ -53,6 +55,7 @@ SECTION_OF_COLUMN = {
     "orders_in_period": "rfm",
     "spend_in_period_minor": "rfm",
     "device_tokens": "device_tokens",
+    "tags": "tags",
 }
 JSON_SECTIONS = {
     "wechat": "wechat",
@@ -63,7 +66,10 @@ JSON_SECTIONS = {
     "timezone": "timezone",
     "locale": "locale",
     "rfm": "rfm",
+    "tags": "tags",
+    "attributes": "attributes",
 }
+DEFAULT_TAG_SEPARATOR = "|"
 SHOWN_REJECTS = 20
 
 
@@ -100,8 +106,14 @@ def _bool(text: str) -> bool:
     raise ValueError(f"following: '{text}' is not true/false")
 
 
-def _csv_request(row: dict[str, str], sections: list[str]) -> profile_pb2.UpsertUserRequest:
+def _csv_request(
+    row: dict[str, str], sections: list[str], tag_separator: str = DEFAULT_TAG_SEPARATOR
+) -> profile_pb2.UpsertUserRequest:
     user = profile_pb2.User(user_id=row.get("user_id", "").strip())
+    user.tags.extend(sorted({t.strip() for t in (row.get("tags") or "").split(tag_separator) if t.strip()}))
+    for column, value in row.items():
+        if column.startswith(ATTRIBUTE_PREFIX) and value.strip():
+            user.attributes[column[len(ATTRIBUTE_PREFIX) :]] = value.strip()
     if row.get("openid"):
         user.wechat.openid = row["openid"].strip()
         user.wechat.unionid = row.get("unionid", "").strip()
@@ -139,15 +151,23 @@ def _csv_request(row: dict[str, str], sections: list[str]) -> profile_pb2.Upsert
     return profile_pb2.UpsertUserRequest(user=user, update_mask=FieldMask(paths=sections))
 
 
-def csv_rows(stream: IO[str]) -> Iterator[Row]:
+def csv_rows(stream: IO[str], tag_separator: str = DEFAULT_TAG_SEPARATOR) -> Iterator[Row]:
     reader = csv.DictReader(stream)
     header = reader.fieldnames or []
-    unknown = [c for c in header if c not in CSV_COLUMNS]
+    attributes = [c for c in header if c.startswith(ATTRIBUTE_PREFIX)]
+    if any(c == ATTRIBUTE_PREFIX for c in attributes):
+        raise ImportError_(f"the column '{ATTRIBUTE_PREFIX}' names no attribute; write {ATTRIBUTE_PREFIX}city")
+    unknown = [c for c in header if c not in CSV_COLUMNS and c not in attributes]
     if "user_id" not in header:
         raise ImportError_("the CSV header has no user_id column")
     if unknown:
-        raise ImportError_(f"unknown column(s) {', '.join(unknown)}; known columns: {', '.join(CSV_COLUMNS)}")
+        raise ImportError_(
+            f"unknown column(s) {', '.join(unknown)}; known columns: {', '.join(CSV_COLUMNS)}"
+            f" and {ATTRIBUTE_PREFIX}<name> for attributes"
+        )
     sections = sorted({SECTION_OF_COLUMN[c] for c in header if c in SECTION_OF_COLUMN})
+    if attributes:
+        sections = sorted([*sections, "attributes"])
     for row in reader:
         line = reader.line_num
         extra = row.pop(None, None)
@@ -157,7 +177,7 @@ def csv_rows(stream: IO[str]) -> Iterator[Row]:
             yield Row(line, None, f"has {count} fields; the header has {len(header)}")
             continue
         try:
-            yield Row(line, _csv_request(row, sections))
+            yield Row(line, _csv_request(row, sections, tag_separator))
         except ValueError as exc:
             yield Row(line, None, str(exc))
 
@@ -231,6 +251,7 @@ async def import_file(
     batch_size: int = 500,
     concurrency: int = 4,
     keep_rejects: int = 1000,
+    tag_separator: str = DEFAULT_TAG_SEPARATOR,
     progress_out: IO[str] | None = sys.stderr,
 ) -> Summary:
     kind = fmt or (
@@ -240,12 +261,14 @@ async def import_file(
         raise ImportError_(f"cannot tell the format of '{path.name}'; name it .csv or .jsonl, or pass --format")
     if not 1 <= batch_size <= 1000:
         raise ImportError_("--batch must be between 1 and 1000")
+    if not tag_separator or tag_separator in ('"', "\n"):
+        raise ImportError_("--tag-separator must be one or more characters other than a quote or newline")
     summary = Summary()
     size = os.path.getsize(path)  # noqa: ASYNC240 (a CLI, before any I/O starts)
     progress = Progress(size, progress_out) if progress_out else None
     raw = path.open("rb")
     stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if kind == "csv" else None)
-    rows = csv_rows(stream) if kind == "csv" else jsonl_rows(stream)
+    rows = csv_rows(stream, tag_separator) if kind == "csv" else jsonl_rows(stream)
     metadata = (("authorization", f"Bearer {api_key}"),)
     gate = asyncio.Semaphore(concurrency)
     failures: list[BaseException] = []

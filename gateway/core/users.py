@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,12 @@ PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 OPENID_RE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+# Letters of any script, digits, _ - . : @ / (no spaces or commas: tags are listed).
+TAG_RE = re.compile(r"^[\w.:@/-]{1,64}$")
+ATTRIBUTE_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+MAX_TAGS = 200
+MAX_ATTRIBUTES = 50
+MAX_ATTRIBUTE_VALUE = 256
 MAX_DEVICE_TOKENS = 10
 INTERACTIONS_KEPT = 20
 CLOCK_SKEW = timedelta(minutes=5)
@@ -73,6 +79,30 @@ def validate_patch(patch: Mapping[str, Any], now: datetime, prefix: str = "user"
             raise InvalidArgument(f"{prefix}.rfm.spend_in_period_minor", "must be 0 or more")
         if rfm.last_purchase_at is not None and rfm.last_purchase_at > now + CLOCK_SKEW:
             raise InvalidArgument(f"{prefix}.rfm.last_purchase_at", "is in the future")
+    validate_labels(patch.get("tags") or (), patch.get("attributes") or {}, prefix)
+
+
+def validate_labels(tags: Collection[str], attributes: Mapping[str, str], prefix: str = "user") -> None:
+    """Tags and attributes, as an audience will read them."""
+    if len(tags) > MAX_TAGS:
+        raise InvalidArgument(f"{prefix}.tags", f"has {len(tags)}; at most {MAX_TAGS}")
+    for tag in tags:
+        if not TAG_RE.match(tag):
+            raise InvalidArgument(
+                f"{prefix}.tags",
+                f"'{tag[:64]}' is not a tag: 1-64 letters (any script), digits and _ - . : @ / (no spaces)",
+            )
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgument(f"{prefix}.attributes", f"has {len(attributes)}; at most {MAX_ATTRIBUTES}")
+    for key, value in attributes.items():
+        if not ATTRIBUTE_KEY_RE.match(key):
+            raise InvalidArgument(
+                f"{prefix}.attributes", f"key '{key[:40]}' must be a lowercase name: [a-z][a-z0-9_]{{0,31}}"
+            )
+        if len(value) > MAX_ATTRIBUTE_VALUE or not value.isprintable():
+            raise InvalidArgument(
+                f"{prefix}.attributes.{key}", f"must be up to {MAX_ATTRIBUTE_VALUE} printable characters"
+            )
 
 
 class Users:

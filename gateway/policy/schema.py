@@ -135,7 +135,8 @@ class BusinessUnit(Strict):
     weight: int = Field(ge=1, le=1000)
     scenarios: tuple[str, ...] = ()
     rate_limit: RateLimit | None = None
-    profiles: tuple[Literal["read", "write"], ...] = ()
+    # read: GetUser; write: the contact sections of UpsertUser; tag: tags and attributes.
+    profiles: tuple[Literal["read", "write", "tag"], ...] = ()
 
 
 class MiniProgram(Strict):

@@ -144,6 +144,22 @@ class Store(Protocol):
 
     async def get_user(self, user_id: str) -> UserProfile | None: ...
 
+    async def scan_users(self, shard: int, cursor: str, count: int, label: str | None = None) -> tuple[str, list[str]]:
+        """About ``count`` users of ``shard`` (all, or those given the tag ``label``)
+        from ``cursor`` ("0": the start); the next cursor, "0" at the end. A user in the
+        index all the while is returned at least once (maybe more); the index may hold
+        users who lost the tag or are gone: read their profiles, and ``forget_users``."""
+        ...
+
+    async def forget_users(self, shard: int, user_ids: Sequence[str], label: str | None = None) -> None:
+        """Take users out of ``shard``'s index (all users, or tag ``label``)."""
+        ...
+
+    async def index_size(self, label: str | None = None) -> int:
+        """Users in the index over all shards (all users, or tag ``label``): an upper
+        bound, since the index may hold users who lost the tag or are gone."""
+        ...
+
     async def set_opt_out(self, user_id: str, entry: OptOut, opted_out: bool, ttl: timedelta) -> UserProfile | None:
         """Add (or remove) an opt-out; None when the user does not exist."""
         ...

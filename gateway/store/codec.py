@@ -118,6 +118,8 @@ CODECS: dict[str, Codec[Any]] = {
     "wechat": Codec(WeChat | None, json=True),  # type: ignore[arg-type]
     "device_tokens": Codec(tuple[DeviceToken, ...], json=True),
     "rfm": Codec(Rfm, json=True),
+    "tags": Codec(tuple[str, ...], json=True),
+    "attributes": Codec(dict[str, str], json=True),
     "text": Codec(str, json=True),
     "time": Codec(datetime, json=True),
     "int": Codec(int, json=True),
@@ -148,6 +150,8 @@ _SECTION_CODECS: dict[str, Codec[Any]] = {
     "timezone": CODECS["text"],
     "locale": CODECS["text"],
     "rfm": CODECS["rfm"],
+    "tags": CODECS["tags"],
+    "attributes": CODECS["attributes"],
 }
 _STATE_FIELDS = frozenset({"v", "st"})
 

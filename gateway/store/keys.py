@@ -19,6 +19,11 @@ spread by their own names.
 | herald:{T}:m:<message_id>            | string | the policy's message_retention (decision)   |
 | herald:{T}:m:<message_id>:ev         | string | message_retention (later timeline entries)  |
 | herald:{T}:m:<message_id>:st         | string | message_retention (where it stands now)     |
+| herald:{T}:users                     | set    | none: the shard's users (audiences); a user |
+|                                      |        | found gone or expired during a scan leaves  |
+| herald:{T}:tg:<tag>                  | set    | none: the shard's users given the profile   |
+|                                      |        | tag; one found without it (since removed,   |
+|                                      |        | or gone) leaves during a scan               |
 | herald:{T}:due                       | zset   | none: a user leaves it when their pool is   |
 |                                      |        | empty; scores are epoch milliseconds        |
 | herald:{T}:q:<lane>                  | stream | none: entries are deleted when acked; one   |
@@ -84,6 +89,16 @@ def message_events(tag: str, message_id: str) -> str:
 
 def message_current(tag: str, message_id: str) -> str:
     return f"{PREFIX}:{{{tag}}}:m:{message_id}:st"
+
+
+def members(tag: str) -> str:
+    """Every user of the shard (audiences read it when no tag narrows them down)."""
+    return f"{PREFIX}:{{{tag}}}:users"
+
+
+def labelled(tag: str, label: str) -> str:
+    """The users of the shard who were given the profile tag ``label``."""
+    return f"{PREFIX}:{{{tag}}}:tg:{label}"
 
 
 def due(tag: str) -> str:
@@ -157,6 +172,8 @@ UNSUBSCRIBE_KEY = "unsubscribe:key"
 LIVES_FOREVER: dict[str, str] = {
     rf"^{PREFIX}:meta$": "the store's layout: read by every gateway at start",
     rf"^{PREFIX}:{{[^}}]+}}:due$": "the shard's due index: a user leaves it when their pool is empty",
+    rf"^{PREFIX}:{{[^}}]+}}:users$": "the shard's users: one found gone during an audience scan leaves",
+    rf"^{PREFIX}:{{[^}}]+}}:tg:.+$": "a profile tag's users: one found without it during a scan leaves",
     rf"^{PREFIX}:{{[^}}]+}}:q:(basic|reminder|marketing)$": "a delivery stream: entries are deleted when acked",
     rf"^{PREFIX}:{{[^}}]+}}:later$": "jobs waiting for a provider: each leaves when it is queued again",
     rf"^{PREFIX}:{{[^}}]+}}:parked$": "jobs a kill switch keeps: each leaves when sent or ended",

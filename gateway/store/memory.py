@@ -114,6 +114,37 @@ class _User:
         self.state = state
 
 
+class _Index:
+    """A set that can be scanned with a cursor while it changes: members in insertion
+    order, a removed one leaves a hole (so positions never shift), holes dropped when
+    they are most of the list."""
+
+    def __init__(self) -> None:
+        self._order: list[str | None] = []
+        self._at: dict[str, int] = {}
+
+    def add(self, member: str) -> None:
+        if member not in self._at:
+            self._at[member] = len(self._order)
+            self._order.append(member)
+
+    def discard(self, member: str) -> None:
+        at = self._at.pop(member, None)
+        if at is not None:
+            self._order[at] = None
+
+    def scan(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        if cursor == 0 and len(self._order) > 2 * len(self._at) + 1024:
+            self._order = [m for m in self._order if m is not None]
+            self._at = {m: i for i, m in enumerate(self._order) if m is not None}
+        end = min(len(self._order), cursor + count)
+        found = [m for m in self._order[cursor:end] if m is not None]
+        return (0 if end >= len(self._order) else end), found
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -139,6 +170,8 @@ class MemoryStore:
         self._outcomes: dict[str, tuple[deque[bool], list[int]]] = {}
         self._orphans: list[Job] = []
         self._put: Callable[[Job], None] = self._orphans.append
+        # Audience indexes: every user (None), and each profile tag's users.
+        self._indexes: dict[str | None, _Index] = {None: _Index()}
 
     def _user(self, user_id: str) -> tuple[UserProfile | None, UserState]:
         user = self._users.get(user_id)
@@ -250,12 +283,32 @@ class MemoryStore:
         old = self._users.get(user_id)
         fields = {**(old.fields if old is not None else {}), **codec.encode_patch(patch, now)}
         self._write_fields(user_id, fields, ttl)
+        self._indexes[None].add(user_id)
+        for label in patch.get("tags") or ():
+            self._indexes.setdefault(label, _Index()).add(user_id)
         profile = self._profile(user_id)
         assert profile is not None
         return profile
 
     async def get_user(self, user_id: str) -> UserProfile | None:
         return self._profile(user_id)
+
+    async def scan_users(self, shard: int, cursor: str, count: int, label: str | None = None) -> tuple[str, list[str]]:
+        index = self._indexes.get(label)
+        if index is None:
+            return "0", []
+        after, found = index.scan(int(cursor), count)
+        return str(after), found
+
+    async def forget_users(self, shard: int, user_ids: Sequence[str], label: str | None = None) -> None:
+        index = self._indexes.get(label)
+        if index is not None:
+            for user_id in user_ids:
+                index.discard(user_id)
+
+    async def index_size(self, label: str | None = None) -> int:
+        index = self._indexes.get(label)
+        return 0 if index is None else len(index)
 
     async def set_opt_out(self, user_id: str, entry: OptOut, opted_out: bool, ttl: timedelta) -> UserProfile | None:
         user = self._users.get(user_id)

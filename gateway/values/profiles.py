@@ -9,7 +9,12 @@ import msgspec
 from gateway.values.domain import Category, Channel, InteractionKind, Platform, PushProvider
 
 # The profile fields a caller sets (UpsertUser's update_mask paths).
-PROFILE_SECTIONS = ("wechat", "phone", "email", "device_tokens", "timezone", "locale", "rfm")
+CONTACT_SECTIONS = ("wechat", "phone", "email", "device_tokens", "timezone", "locale", "rfm")
+# What audiences select on; writing them needs the `tag` grant.
+LABEL_SECTIONS = ("tags", "attributes")
+PROFILE_SECTIONS = (*CONTACT_SECTIONS, *LABEL_SECTIONS)
+# The attributes every profile may have a value for (audiences name them bare).
+KNOWN_ATTRIBUTES = ("province", "city", "language", "gender")
 
 
 class WeChat(msgspec.Struct, frozen=True, gc=False):
@@ -61,6 +66,9 @@ class UserProfile(msgspec.Struct, frozen=True, gc=False):
     timezone: str = ""
     locale: str = ""
     rfm: Rfm = msgspec.field(default_factory=Rfm)
+    # Sorted, distinct.
+    tags: tuple[str, ...] = ()
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
     opt_outs: tuple[OptOut, ...] = ()
     # Most recent first.
     interactions: tuple[Interaction, ...] = ()

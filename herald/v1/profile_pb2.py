@@ -27,19 +27,21 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from herald.v1 import types_pb2 as herald_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17herald/v1/profile.proto\x12\therald.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15herald/v1/types.proto\"D\n\x0eWeChatIdentity\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x0f\n\x07unionid\x18\x02 \x01(\t\x12\x11\n\tfollowing\x18\x03 \x01(\x08\"n\n\x0b\x44\x65viceToken\x12\r\n\x05token\x18\x01 \x01(\t\x12%\n\x08platform\x18\x02 \x01(\x0e\x32\x13.herald.v1.Platform\x12)\n\x08provider\x18\x03 \x01(\x0e\x32\x17.herald.v1.PushProvider\"z\n\tRfmInputs\x12\x34\n\x10last_purchase_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10orders_in_period\x18\x02 \x01(\x05\x12\x1d\n\x15spend_in_period_minor\x18\x03 \x01(\x03\"_\n\x0bInteraction\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.herald.v1.InteractionKind\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x06OptOut\x12%\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x12.herald.v1.Channel\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xf0\x02\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x06wechat\x18\x02 \x01(\x0b\x32\x19.herald.v1.WeChatIdentity\x12\r\n\x05phone\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12-\n\rdevice_tokens\x18\x05 \x03(\x0b\x32\x16.herald.v1.DeviceToken\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x0e\n\x06locale\x18\x07 \x01(\t\x12!\n\x03rfm\x18\x08 \x01(\x0b\x32\x14.herald.v1.RfmInputs\x12\x10\n\x08rfm_tier\x18\x14 \x01(\t\x12#\n\x08opt_outs\x18\x15 \x03(\x0b\x32\x11.herald.v1.OptOut\x12\x33\n\x13recent_interactions\x18\x16 \x03(\x0b\x32\x16.herald.v1.Interaction\x12.\n\nupdated_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x11UpsertUserRequest\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"D\n\x12UpsertUsersRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.herald.v1.UpsertUserRequest\"\\\n\x10UpsertUserResult\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\x15\n\rerror_message\x18\x03 \x01(\t\"C\n\x13UpsertUsersResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.herald.v1.UpsertUserResult\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x18RecordInteractionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.herald.v1.InteractionKind\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x19RecordInteractionResponse\x12\x38\n\x14\x63s_window_open_until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63s_window_quota\x18\x02 \x01(\x05\"\x92\x01\n\x10SetOptOutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12%\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x12.herald.v1.Channel\x12\x11\n\topted_out\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t*G\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x07\n\x03IOS\x10\x01\x12\x0b\n\x07\x41NDROID\x10\x02\x12\x0b\n\x07HARMONY\x10\x03*K\n\x0cPushProvider\x12\x1d\n\x19PUSH_PROVIDER_UNSPECIFIED\x10\x00\x12\x07\n\x03\x46\x43M\x10\x01\x12\x08\n\x04\x41PNS\x10\x02\x12\t\n\x05JPUSH\x10\x03*{\n\x0fInteractionKind\x12 \n\x1cINTERACTION_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cUSER_MESSAGE\x10\x01\x12\x0e\n\nMENU_CLICK\x10\x02\x12\n\n\x06\x46OLLOW\x10\x03\x12\x0b\n\x07QR_SCAN\x10\x04\x12\x0b\n\x07PAYMENT\x10\x05\x32\xed\x02\n\x0eProfileService\x12;\n\nUpsertUser\x12\x1c.herald.v1.UpsertUserRequest\x1a\x0f.herald.v1.User\x12L\n\x0bUpsertUsers\x12\x1d.herald.v1.UpsertUsersRequest\x1a\x1e.herald.v1.UpsertUsersResponse\x12\x35\n\x07GetUser\x12\x19.herald.v1.GetUserRequest\x1a\x0f.herald.v1.User\x12^\n\x11RecordInteraction\x12#.herald.v1.RecordInteractionRequest\x1a$.herald.v1.RecordInteractionResponse\x12\x39\n\tSetOptOut\x12\x1b.herald.v1.SetOptOutRequest\x1a\x0f.herald.v1.Userb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17herald/v1/profile.proto\x12\therald.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15herald/v1/types.proto\"D\n\x0eWeChatIdentity\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x0f\n\x07unionid\x18\x02 \x01(\t\x12\x11\n\tfollowing\x18\x03 \x01(\x08\"n\n\x0b\x44\x65viceToken\x12\r\n\x05token\x18\x01 \x01(\t\x12%\n\x08platform\x18\x02 \x01(\x0e\x32\x13.herald.v1.Platform\x12)\n\x08provider\x18\x03 \x01(\x0e\x32\x17.herald.v1.PushProvider\"z\n\tRfmInputs\x12\x34\n\x10last_purchase_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10orders_in_period\x18\x02 \x01(\x05\x12\x1d\n\x15spend_in_period_minor\x18\x03 \x01(\x03\"_\n\x0bInteraction\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.herald.v1.InteractionKind\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x06OptOut\x12%\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x12.herald.v1.Channel\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xe6\x03\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x06wechat\x18\x02 \x01(\x0b\x32\x19.herald.v1.WeChatIdentity\x12\r\n\x05phone\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12-\n\rdevice_tokens\x18\x05 \x03(\x0b\x32\x16.herald.v1.DeviceToken\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x0e\n\x06locale\x18\x07 \x01(\t\x12!\n\x03rfm\x18\x08 \x01(\x0b\x32\x14.herald.v1.RfmInputs\x12\x0c\n\x04tags\x18\t \x03(\t\x12\x33\n\nattributes\x18\n \x03(\x0b\x32\x1f.herald.v1.User.AttributesEntry\x12\x10\n\x08rfm_tier\x18\x14 \x01(\t\x12#\n\x08opt_outs\x18\x15 \x03(\x0b\x32\x11.herald.v1.OptOut\x12\x33\n\x13recent_interactions\x18\x16 \x03(\x0b\x32\x16.herald.v1.Interaction\x12.\n\nupdated_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\x11UpsertUserRequest\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"D\n\x12UpsertUsersRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.herald.v1.UpsertUserRequest\"\\\n\x10UpsertUserResult\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\x15\n\rerror_message\x18\x03 \x01(\t\"C\n\x13UpsertUsersResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.herald.v1.UpsertUserResult\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x18RecordInteractionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.herald.v1.InteractionKind\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x19RecordInteractionResponse\x12\x38\n\x14\x63s_window_open_until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63s_window_quota\x18\x02 \x01(\x05\"\x92\x01\n\x10SetOptOutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12%\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x12.herald.v1.Channel\x12\x11\n\topted_out\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t*G\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x07\n\x03IOS\x10\x01\x12\x0b\n\x07\x41NDROID\x10\x02\x12\x0b\n\x07HARMONY\x10\x03*K\n\x0cPushProvider\x12\x1d\n\x19PUSH_PROVIDER_UNSPECIFIED\x10\x00\x12\x07\n\x03\x46\x43M\x10\x01\x12\x08\n\x04\x41PNS\x10\x02\x12\t\n\x05JPUSH\x10\x03*{\n\x0fInteractionKind\x12 \n\x1cINTERACTION_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cUSER_MESSAGE\x10\x01\x12\x0e\n\nMENU_CLICK\x10\x02\x12\n\n\x06\x46OLLOW\x10\x03\x12\x0b\n\x07QR_SCAN\x10\x04\x12\x0b\n\x07PAYMENT\x10\x05\x32\xed\x02\n\x0eProfileService\x12;\n\nUpsertUser\x12\x1c.herald.v1.UpsertUserRequest\x1a\x0f.herald.v1.User\x12L\n\x0bUpsertUsers\x12\x1d.herald.v1.UpsertUsersRequest\x1a\x1e.herald.v1.UpsertUsersResponse\x12\x35\n\x07GetUser\x12\x19.herald.v1.GetUserRequest\x1a\x0f.herald.v1.User\x12^\n\x11RecordInteraction\x12#.herald.v1.RecordInteractionRequest\x1a$.herald.v1.RecordInteractionResponse\x12\x39\n\tSetOptOut\x12\x1b.herald.v1.SetOptOutRequest\x1a\x0f.herald.v1.Userb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'herald.v1.profile_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLATFORM']._serialized_start=1802
-  _globals['_PLATFORM']._serialized_end=1873
-  _globals['_PUSHPROVIDER']._serialized_start=1875
-  _globals['_PUSHPROVIDER']._serialized_end=1950
-  _globals['_INTERACTIONKIND']._serialized_start=1952
-  _globals['_INTERACTIONKIND']._serialized_end=2075
+  _globals['_USER_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_USER_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_PLATFORM']._serialized_start=1920
+  _globals['_PLATFORM']._serialized_end=1991
+  _globals['_PUSHPROVIDER']._serialized_start=1993
+  _globals['_PUSHPROVIDER']._serialized_end=2068
+  _globals['_INTERACTIONKIND']._serialized_start=2070
+  _globals['_INTERACTIONKIND']._serialized_end=2193
   _globals['_WECHATIDENTITY']._serialized_start=128
   _globals['_WECHATIDENTITY']._serialized_end=196
   _globals['_DEVICETOKEN']._serialized_start=198
@@ -51,23 +53,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPTOUT']._serialized_start=532
   _globals['_OPTOUT']._serialized_end=672
   _globals['_USER']._serialized_start=675
-  _globals['_USER']._serialized_end=1043
-  _globals['_UPSERTUSERREQUEST']._serialized_start=1045
-  _globals['_UPSERTUSERREQUEST']._serialized_end=1144
-  _globals['_UPSERTUSERSREQUEST']._serialized_start=1146
-  _globals['_UPSERTUSERSREQUEST']._serialized_end=1214
-  _globals['_UPSERTUSERRESULT']._serialized_start=1216
-  _globals['_UPSERTUSERRESULT']._serialized_end=1308
-  _globals['_UPSERTUSERSRESPONSE']._serialized_start=1310
-  _globals['_UPSERTUSERSRESPONSE']._serialized_end=1377
-  _globals['_GETUSERREQUEST']._serialized_start=1379
-  _globals['_GETUSERREQUEST']._serialized_end=1412
-  _globals['_RECORDINTERACTIONREQUEST']._serialized_start=1414
-  _globals['_RECORDINTERACTIONREQUEST']._serialized_end=1539
-  _globals['_RECORDINTERACTIONRESPONSE']._serialized_start=1541
-  _globals['_RECORDINTERACTIONRESPONSE']._serialized_end=1651
-  _globals['_SETOPTOUTREQUEST']._serialized_start=1654
-  _globals['_SETOPTOUTREQUEST']._serialized_end=1800
-  _globals['_PROFILESERVICE']._serialized_start=2078
-  _globals['_PROFILESERVICE']._serialized_end=2443
+  _globals['_USER']._serialized_end=1161
+  _globals['_USER_ATTRIBUTESENTRY']._serialized_start=1112
+  _globals['_USER_ATTRIBUTESENTRY']._serialized_end=1161
+  _globals['_UPSERTUSERREQUEST']._serialized_start=1163
+  _globals['_UPSERTUSERREQUEST']._serialized_end=1262
+  _globals['_UPSERTUSERSREQUEST']._serialized_start=1264
+  _globals['_UPSERTUSERSREQUEST']._serialized_end=1332
+  _globals['_UPSERTUSERRESULT']._serialized_start=1334
+  _globals['_UPSERTUSERRESULT']._serialized_end=1426
+  _globals['_UPSERTUSERSRESPONSE']._serialized_start=1428
+  _globals['_UPSERTUSERSRESPONSE']._serialized_end=1495
+  _globals['_GETUSERREQUEST']._serialized_start=1497
+  _globals['_GETUSERREQUEST']._serialized_end=1530
+  _globals['_RECORDINTERACTIONREQUEST']._serialized_start=1532
+  _globals['_RECORDINTERACTIONREQUEST']._serialized_end=1657
+  _globals['_RECORDINTERACTIONRESPONSE']._serialized_start=1659
+  _globals['_RECORDINTERACTIONRESPONSE']._serialized_end=1769
+  _globals['_SETOPTOUTREQUEST']._serialized_start=1772
+  _globals['_SETOPTOUTREQUEST']._serialized_end=1918
+  _globals['_PROFILESERVICE']._serialized_start=2196
+  _globals['_PROFILESERVICE']._serialized_end=2561
 # @@protoc_insertion_point(module_scope)

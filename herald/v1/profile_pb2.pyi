@@ -232,6 +232,26 @@ Global___OptOut: _TypeAlias = OptOut  # noqa: Y015
 class User(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     USER_ID_FIELD_NUMBER: _builtins.int
     WECHAT_FIELD_NUMBER: _builtins.int
     PHONE_FIELD_NUMBER: _builtins.int
@@ -240,6 +260,8 @@ class User(_message.Message):
     TIMEZONE_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
     RFM_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
     RFM_TIER_FIELD_NUMBER: _builtins.int
     OPT_OUTS_FIELD_NUMBER: _builtins.int
     RECENT_INTERACTIONS_FIELD_NUMBER: _builtins.int
@@ -261,6 +283,19 @@ class User(_message.Message):
     def device_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceToken]: ...
     @_builtins.property
     def rfm(self) -> Global___RfmInputs: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Labels for audiences (campaigns): e.g. mom_baby, store_hz_xihu. 1-64 characters
+        each (letters of any script, digits, _ - . : @ /), at most 200. Writing them needs
+        the `tag` grant (business_units.<bu>.profiles).
+        """
+
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Attributes for audiences: province, city, language, gender, or custom keys
+        ([a-z][a-z0-9_]{0,31}); values up to 256 characters; at most 50. Needs `tag` too.
+        """
+
     @_builtins.property
     def opt_outs(self) -> _containers.RepeatedCompositeFieldContainer[Global___OptOut]:
         """Output only."""
@@ -284,6 +319,8 @@ class User(_message.Message):
         timezone: _builtins.str = ...,
         locale: _builtins.str = ...,
         rfm: Global___RfmInputs | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         rfm_tier: _builtins.str = ...,
         opt_outs: _abc.Iterable[Global___OptOut] | None = ...,
         recent_interactions: _abc.Iterable[Global___Interaction] | None = ...,
@@ -291,7 +328,7 @@ class User(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rfm", b"rfm", "updated_at", b"updated_at", "wechat", b"wechat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_tokens", b"device_tokens", "email", b"email", "locale", b"locale", "opt_outs", b"opt_outs", "phone", b"phone", "recent_interactions", b"recent_interactions", "rfm", b"rfm", "rfm_tier", b"rfm_tier", "timezone", b"timezone", "updated_at", b"updated_at", "user_id", b"user_id", "wechat", b"wechat"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "device_tokens", b"device_tokens", "email", b"email", "locale", b"locale", "opt_outs", b"opt_outs", "phone", b"phone", "recent_interactions", b"recent_interactions", "rfm", b"rfm", "rfm_tier", b"rfm_tier", "tags", b"tags", "timezone", b"timezone", "updated_at", b"updated_at", "user_id", b"user_id", "wechat", b"wechat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -307,7 +344,11 @@ class UpsertUserRequest(_message.Message):
     def user(self) -> Global___User: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Paths among: wechat, phone, email, device_tokens, timezone, locale, rfm."""
+        """Paths among: wechat, phone, email, device_tokens, timezone, locale, rfm, tags,
+        attributes. Empty: wechat to rfm, plus tags and attributes when the request sets
+        them (so a caller without the `tag` grant can upsert as before). A path in the mask
+        with an empty value clears that section.
+        """
 
     def __init__(
         self,

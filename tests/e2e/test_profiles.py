@@ -174,3 +174,63 @@ async def test_upsert_users_batch_reports_each_item(api: Api) -> None:
     assert response.results[0].user.user_id == "u-a" and not response.results[0].error_code
     assert response.results[1].error_code == "INVALID_ARGUMENT"
     assert "user.phone" in response.results[1].error_message
+
+
+async def test_tags_and_attributes_round_trip_and_replace_as_sections(api: Api) -> None:
+    user = profile_pb2.User(
+        user_id="u-t", phone="+8613800138000", tags=["mom_baby", "城市:杭州", "mom_baby"], attributes={"city": "杭州"}
+    )
+    got = await api.profiles.UpsertUser(profile_pb2.UpsertUserRequest(user=user), metadata=auth("order"))
+    assert list(got.tags) == ["mom_baby", "城市:杭州"]  # a set, sorted
+    assert dict(got.attributes) == {"city": "杭州"}
+    # Only tags named: the phone and attributes stay.
+    retag = profile_pb2.UpsertUserRequest(
+        user=profile_pb2.User(user_id="u-t", tags=["vip"]), update_mask=FieldMask(paths=["tags"])
+    )
+    await api.profiles.UpsertUser(retag, metadata=auth("order"))
+    got = await api.profiles.GetUser(profile_pb2.GetUserRequest(user_id="u-t"), metadata=auth("growth"))
+    assert list(got.tags) == ["vip"] and got.attributes["city"] == "杭州" and got.phone == "+8613800138000"
+    # An empty mask with no tags does not wipe them.
+    await api.profiles.UpsertUser(
+        profile_pb2.UpsertUserRequest(user=profile_pb2.User(user_id="u-t", email="a@example.com")),
+        metadata=auth("order"),
+    )
+    got = await api.profiles.GetUser(profile_pb2.GetUserRequest(user_id="u-t"), metadata=auth("growth"))
+    assert list(got.tags) == ["vip"] and got.email == "a@example.com"
+
+
+BAD_LABELS = [
+    ("space in tag", profile_pb2.User(user_id="u", tags=["mom baby"]), "user.tags: 'mom baby' is not a tag"),
+    ("long tag", profile_pb2.User(user_id="u", tags=["x" * 65]), "is not a tag"),
+    ("attribute key", profile_pb2.User(user_id="u", attributes={"City": "x"}), "user.attributes: key 'City'"),
+    ("attribute value", profile_pb2.User(user_id="u", attributes={"city": "a\nb"}), "user.attributes.city"),
+    ("too many tags", profile_pb2.User(user_id="u", tags=[f"t{n}" for n in range(300)]), "at most"),
+]
+
+
+@pytest.mark.parametrize(("name", "user", "needle"), BAD_LABELS, ids=[b[0] for b in BAD_LABELS])
+async def test_bad_tags_and_attributes_are_refused(api: Api, name: str, user: profile_pb2.User, needle: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await api.profiles.UpsertUser(profile_pb2.UpsertUserRequest(user=user), metadata=auth("order"))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in (info.value.details() or "")
+
+
+async def test_the_tag_grant_sets_labels_but_not_contacts(api: Api) -> None:
+    await api.add_user("u-g", phone="+8613800138000")
+    tag = profile_pb2.UpsertUserRequest(
+        user=profile_pb2.User(user_id="u-g", tags=["double11"], attributes={"province": "浙江"}),
+        update_mask=FieldMask(paths=["tags", "attributes"]),
+    )
+    got = await api.profiles.UpsertUser(tag, metadata=auth("marketing"))
+    assert list(got.tags) == ["double11"] and got.phone == "+8613800138000"
+    contact = profile_pb2.UpsertUserRequest(
+        user=profile_pb2.User(user_id="u-g", phone="+8613900139000"), update_mask=FieldMask(paths=["phone"])
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await api.profiles.UpsertUser(contact, metadata=auth("marketing"))
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "may not write" in (info.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await api.profiles.UpsertUser(tag, metadata=auth("logistics"))
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED

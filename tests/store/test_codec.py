@@ -60,6 +60,8 @@ EXAMPLES: dict[str, Any] = {
     "text": "杭州",
     "time": NOW,
     "int": 7,
+    "tags": ("mom_baby", "城市:杭州"),
+    "attributes": {"city": "杭州", "gender": "f"},
 }
 
 

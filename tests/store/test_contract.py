@@ -372,7 +372,7 @@ async def test_every_redis_key_has_a_ttl_or_a_reason(clean_redis: str, clock: Fi
     now = clock.now()
     try:
         await store.prepare()
-        await store.upsert_user("u-1", {"phone": "+8613800138000"}, now, DAY)
+        await store.upsert_user("u-1", {"phone": "+8613800138000", "tags": ("vip",)}, now, DAY)
         mid = mid_for(store)
         await decide(store, "u-1", record(mid, clock), IdemKey("order", "r-1", FP_A))
         await store.read_users([UserRead("u-1", IdemKey("order", "r-1", FP_A))], DAY)
@@ -386,11 +386,15 @@ async def test_every_redis_key_has_a_ttl_or_a_reason(clean_redis: str, clock: Fi
         await store.close()
     client = redis.Redis.from_url(clean_redis)
     without_ttl = sorted(k.decode().replace(store.tag_of("u-1"), "T") for k in client.scan_iter() if client.pttl(k) < 0)
-    assert without_ttl == ["herald:ks", "herald:ks:audit", "herald:meta", "herald:{T}:due"]
+    assert without_ttl == [
+        "herald:ks", "herald:ks:audit", "herald:meta", "herald:{T}:due", "herald:{T}:tg:vip", "herald:{T}:users"
+    ]  # fmt: skip
     tag = store.tag_of("u-1")
     shard_keys = sorted(k.decode().split("}:")[1] for k in client.scan_iter(f"*{{{tag}}}*"))
     # Everything of the user and their messages shares the user's shard tag (one slot).
-    assert shard_keys == sorted(["due", "idem:order:r-1", f"m:{mid}", f"m:{mid}:ev", f"m:{mid}:st", "u:u-1"])
+    assert shard_keys == sorted(
+        ["due", "idem:order:r-1", f"m:{mid}", f"m:{mid}:ev", f"m:{mid}:st", "tg:vip", "u:u-1", "users"]
+    )
 
 
 @pytest.mark.redis
@@ -482,3 +486,44 @@ async def test_outcome_window_counts_the_last_sends(store: Store) -> None:
     assert await store.record_outcome("other", True, 4, day) == (1, 1)  # windows are apart
     # A window whose size changed in policy starts again.
     assert await store.record_outcome("campaign:d11{x}", True, 10, day) == (1, 1)
+
+
+async def test_tags_and_attributes_round_trip(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    patch = {"tags": ("mom_baby", "store_hz_xihu", "秒杀"), "attributes": {"province": "浙江", "vip_level": "gold"}}
+    profile = await store.upsert_user("u-t", patch, now, timedelta(days=30))
+    assert profile.tags == ("mom_baby", "store_hz_xihu", "秒杀")
+    assert profile.attributes == {"province": "浙江", "vip_level": "gold"}
+    # Other sections leave them alone; naming them replaces them.
+    await store.upsert_user("u-t", {"phone": "+8613900001111"}, now, timedelta(days=30))
+    again = await store.upsert_user("u-t", {"tags": ("mom_baby",), "attributes": {}}, now, timedelta(days=30))
+    assert again.tags == ("mom_baby",) and again.attributes == {} and again.phone == "+8613900001111"
+
+
+async def scan_all(store: Store, label: str | None = None, count: int = 7) -> list[str]:
+    seen: list[str] = []
+    for shard in range(store.shards):
+        cursor = "0"
+        while True:
+            cursor, found = await store.scan_users(shard, cursor, count, label)
+            seen += found
+            if cursor == "0":
+                break
+    return seen
+
+
+async def test_the_audience_index_lists_users_and_each_tags_users(store: Store, clock: FixedClock) -> None:
+    now, life = clock.now(), timedelta(days=30)
+    for n in range(40):
+        tags = ("mom_baby",) if n % 4 == 0 else ()
+        await store.upsert_user(f"u-{n}", {"phone": "+8613900001111", "tags": tags}, now, life)
+    assert sorted(set(await scan_all(store))) == sorted(f"u-{n}" for n in range(40))
+    assert sorted(set(await scan_all(store, "mom_baby"))) == sorted(f"u-{n}" for n in range(0, 40, 4))
+    assert await scan_all(store, "nobody-has-this") == []
+    assert await store.index_size() == 40 and await store.index_size("mom_baby") == 10
+    # A tag taken away stays indexed until a scan's reader forgets it.
+    await store.upsert_user("u-0", {"tags": ()}, now, life)
+    assert "u-0" in await scan_all(store, "mom_baby")
+    await store.forget_users(shard_of("u-0", store.shards), ["u-0"], "mom_baby")
+    assert "u-0" not in await scan_all(store, "mom_baby")
+    assert await store.index_size("mom_baby") == 9

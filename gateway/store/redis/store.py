@@ -225,12 +225,38 @@ class RedisStore:
         return replies, codec.decode_profile(user_id, fields or {})
 
     async def upsert_user(self, user_id: str, patch: Mapping[str, Any], now: datetime, ttl: timedelta) -> UserProfile:
-        key = keys.user(self.tag_of(user_id), user_id)
+        tag = self.tag_of(user_id)
+        key = keys.user(tag, user_id)
         fields = codec.encode_patch(patch, now)
         flat = [item for pair in fields.items() for item in pair]
-        _, profile = await self._profile("upsert_user", user_id, [("HSET", key, *flat), ("PEXPIRE", key, ms(ttl))])
+        # The audience indexes: every user, and each of their tags (a tag taken away
+        # stays indexed until a scan finds the profile without it).
+        index: list[Command] = [("SADD", keys.members(tag), user_id)]
+        index += [("SADD", keys.labelled(tag, label), user_id) for label in patch.get("tags") or ()]
+        _, profile = await self._profile(
+            "upsert_user", user_id, [("HSET", key, *flat), ("PEXPIRE", key, ms(ttl)), *index]
+        )
         assert profile is not None
         return profile
+
+    def _index_key(self, shard: int, label: str | None) -> str:
+        tag = self.tags[shard]
+        return keys.members(tag) if label is None else keys.labelled(tag, label)
+
+    async def scan_users(self, shard: int, cursor: str, count: int, label: str | None = None) -> tuple[str, list[str]]:
+        [(after, found)] = await self._run(
+            "scan_users", [("SSCAN", self._index_key(shard, label), cursor, "COUNT", count)]
+        )
+        # redis-py's cluster client parses the cursor to an int; the lean one leaves bytes.
+        return str(after) if isinstance(after, int) else codec.text(after), [codec.text(u) for u in found]
+
+    async def forget_users(self, shard: int, user_ids: Sequence[str], label: str | None = None) -> None:
+        if user_ids:
+            await self._run("forget_users", [("SREM", self._index_key(shard, label), *user_ids)])
+
+    async def index_size(self, label: str | None = None) -> int:
+        sizes = await self._run("index_size", [("SCARD", self._index_key(s, label)) for s in range(self.shards)])
+        return sum(int(size) for size in sizes)
 
     async def get_user(self, user_id: str) -> UserProfile | None:
         _, profile = await self._profile("get_user", user_id)
