@@ -9,9 +9,11 @@ Each target is its own server process, driven by bench/load.py in another proces
 same client for all): a warm-up, then a closed loop (--requests decisions, --concurrency
 calls in flight, or batches of --batch with --batches-in-flight), then for unary targets
 an open loop at --rate calls/s for --duration s. The Redis targets share a redis-server
-this script starts on a free port, flushed before each target. Herald targets get
---users users first. Nothing here asserts on speed; read the figures beside their
-ceilings, measured minutes apart on the same machine.
+this script starts on a free port, flushed before each target; the cluster targets share
+a Redis Cluster (3 masters, one replica each: tests/cluster.py) started once, only when
+one is selected, and flushed likewise. Herald targets get --users users first. Nothing
+here asserts on speed; read the figures beside their ceilings, measured minutes apart on
+the same machine.
 """
 
 from __future__ import annotations
@@ -32,17 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report
-from common import (
-    ROOT,
-    USERS,
-    RedisServer,
-    child_env,
-    herald_metrics,
-    machine_busy_seconds,
-    redis_command_calls,
-    redis_flush,
-    redis_server,
-)
+from backends import Backend, ClusterRedis, NodeSample, RedisSample, SingleRedis, cluster_redis
+from common import ROOT, USERS, child_env, herald_metrics, machine_busy_seconds, redis_server
 from common import tree_cpu_seconds as cpu_of
 from targets import Server, echo_server, herald_has_processes_flag, herald_server
 
@@ -55,6 +48,7 @@ class Target:
     batch: bool
     deliver: bool  # deliveries in the same process (Herald)
     ceiling: str  # the target whose figures this one is read against ("" for a ceiling)
+    cluster: bool = False  # on the Redis Cluster (`redis` is then true too) instead of the single redis-server
 
 
 TARGETS = {
@@ -65,11 +59,14 @@ TARGETS = {
         Target("echo-redis", False, True, False, False, ""),
         Target("herald-redis-api", True, True, False, False, "echo-redis"),
         Target("herald-redis", True, True, False, True, "echo-redis"),
+        Target("herald-cluster-api", True, True, False, False, "echo-redis", cluster=True),
+        Target("herald-cluster", True, True, False, True, "echo-redis", cluster=True),
         Target("echo-batch", False, False, True, False, ""),
         Target("herald-memory-api-batch", True, False, True, False, "echo-batch"),
         Target("herald-memory-batch", True, False, True, True, "echo-batch"),
         Target("echo-redis-batch", False, True, True, False, ""),
         Target("herald-redis-api-batch", True, True, True, False, "echo-redis-batch"),
+        Target("herald-cluster-api-batch", True, True, True, False, "echo-redis-batch", cluster=True),
     ]
 }
 
@@ -81,6 +78,7 @@ class Snapshot:
     machine_busy: float
     redis_cpu: float = 0.0
     commands: dict[str, int] = field(default_factory=dict)
+    masters: tuple[NodeSample, ...] = ()  # a cluster's, by first slot
     round_trips: float = 0.0
     delivered: float = 0.0
 
@@ -119,14 +117,17 @@ class Outcome:
         return self.target.name + (f" ({self.processes} proc)" if self.processes else "")
 
 
-def snapshot(server: Server, redis: RedisServer | None) -> Snapshot:
+def snapshot(server: Server, redis: Backend | None) -> Snapshot:
     metrics = herald_metrics(server.metrics_url) if server.metrics_url else None
+    at, server_cpu, busy = time.perf_counter(), cpu_of(server.pid), machine_busy_seconds()
+    sample = redis.sample() if redis else RedisSample()
     return Snapshot(
-        at=time.perf_counter(),
-        server_cpu=cpu_of(server.pid),
-        machine_busy=machine_busy_seconds(),
-        redis_cpu=cpu_of(redis.pid) if redis else 0.0,
-        commands=redis_command_calls(redis.url) if redis else {},
+        at=at,
+        server_cpu=server_cpu,
+        machine_busy=busy,
+        redis_cpu=sample.cpu,
+        commands=sample.commands,
+        masters=sample.masters,
         round_trips=metrics.round_trips if metrics else 0.0,
         delivered=metrics.delivered if metrics else 0.0,
     )
@@ -144,7 +145,7 @@ def read_event(proc: subprocess.Popen[str], expected: str) -> dict[str, Any]:
     return event
 
 
-def measure(server: Server, redis: RedisServer | None, load_args: list[str], deliveries: Deliveries | None) -> Phase:
+def measure(server: Server, redis: Backend | None, load_args: list[str], deliveries: Deliveries | None) -> Phase:
     """Run bench/load.py against the server; snapshot after its warm-up and after its
     measured phase. With `deliveries` (the gateway delivers in-process), each snapshot
     waits for the deliveries of the decisions accepted so far, so that the phase's
@@ -192,20 +193,38 @@ class Deliveries:
             time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class Backends:
+    """The Redis the run started: a single node and a cluster, each only when a selected
+    target needs it."""
+
+    single: SingleRedis | None
+    cluster: ClusterRedis | None
+
+    def of(self, target: Target) -> Backend | None:
+        if not target.redis:
+            return None
+        backend = self.cluster if target.cluster else self.single
+        if backend is None:
+            raise RuntimeError(f"{target.name}: its Redis was not started")
+        return backend
+
+
 def start(
-    outcome: Outcome, workdir: Path, redis: RedisServer | None, args: argparse.Namespace
+    outcome: Outcome, workdir: Path, redis: Backend | None, args: argparse.Namespace
 ) -> AbstractContextManager[Server]:
     target = outcome.target
-    url = redis.url if redis and target.redis else ""
+    url = redis.url if redis else ""
     if target.herald:
-        return herald_server(workdir, url, target.deliver, outcome.processes, args.herald_log_level)
+        return herald_server(workdir, url, target.deliver, outcome.processes, args.herald_log_level, target.cluster)
     return echo_server(workdir, url)
 
 
-def run_target(outcome: Outcome, workdir: Path, redis: RedisServer | None, args: argparse.Namespace) -> None:
+def run_target(outcome: Outcome, workdir: Path, backends: Backends, args: argparse.Namespace) -> None:
     target = outcome.target
-    if redis and target.redis:
-        redis_flush(redis.url)
+    redis = backends.of(target)
+    if redis:
+        redis.flush()
     common = ["--users", str(args.users), "--channels", str(args.channels), "--warmup", str(args.warmup)]
     if target.herald:
         common.append("--expect-accepted")
@@ -224,12 +243,21 @@ def run_target(outcome: Outcome, workdir: Path, redis: RedisServer | None, args:
 
 
 @contextmanager
-def maybe_redis(needed: bool) -> Iterator[RedisServer | None]:
+def maybe_redis(needed: bool) -> Iterator[SingleRedis | None]:
     if not needed:
         yield None
         return
     with redis_server() as server:
-        yield server
+        yield SingleRedis(server)
+
+
+@contextmanager
+def maybe_cluster(needed: bool) -> Iterator[ClusterRedis | None]:
+    if not needed:
+        yield None
+        return
+    with cluster_redis() as cluster:
+        yield cluster
 
 
 def parse_args() -> argparse.Namespace:
@@ -265,18 +293,21 @@ def main() -> None:
     outcomes = [Outcome(t, n) for t in targets for n in ((1, 2) if t.herald and t.redis and multi else (None,))]
     print(report.header(args, multi, any(t.herald for t in targets)), flush=True)
     with ExitStack() as stack:
-        redis = stack.enter_context(maybe_redis(any(t.redis for t in targets)))
+        single = stack.enter_context(maybe_redis(any(t.redis and not t.cluster for t in targets)))
+        if any(t.cluster for t in targets):
+            print("starting a Redis Cluster (3 masters, one replica each) …", file=sys.stderr, flush=True)
+        backends = Backends(single, stack.enter_context(maybe_cluster(any(t.cluster for t in targets))))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="herald-bench-")))
         for k, outcome in enumerate(outcomes):
             print(f"[{k + 1}/{len(outcomes)}] {outcome.label} …", file=sys.stderr, flush=True)
             workdir = tmp / f"{k}-{outcome.target.name}"
             workdir.mkdir()
             try:
-                run_target(outcome, workdir, redis, args)
+                run_target(outcome, workdir, backends, args)
             except (RuntimeError, OSError, ValueError) as exc:
                 outcome.error = str(exc)
                 print(f"    failed: {exc}", file=sys.stderr, flush=True)
-    print(report.tables(outcomes, args))
+    print(report.tables(outcomes, args, backends.cluster))
     sys.exit(1 if any(o.error for o in outcomes) else 0)
 
 

@@ -1,5 +1,6 @@
 """The plain-text report of bench/compare.py: a header that says what ran where, the
-closed-loop table (one line per target), the Redis table and the fixed-rate block."""
+closed-loop table (one line per target), the Redis table, the Redis Cluster's per-master
+table and the fixed-rate block."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import grpc
 from common import ROOT, TICK
 
 if TYPE_CHECKING:
+    from backends import ClusterRedis
     from compare import Outcome, Phase, Snapshot
 
 
@@ -174,7 +176,7 @@ def _top(calls: dict[str, float], n: int = 5) -> str:
 
 def redis_table(outcomes: list[Outcome]) -> list[str]:
     rows = []
-    api: dict[int | None, Phase] = {}
+    api: dict[tuple[str, int | None], Phase] = {}  # the API-only runs by name and processes
     for o in outcomes:
         if o.closed and o.target.redis:
             p = o.closed
@@ -191,16 +193,17 @@ def redis_table(outcomes: list[Outcome]) -> list[str]:
                     _top(commands),
                 ]
             )
-            if o.target.name == "herald-redis-api":
-                api[o.processes] = p
+            if herald and not o.target.deliver:
+                api[o.target.name, o.processes] = p
     lines = _table(["target", "decisions", "delivered", "commands", "round trips", "top commands"], rows, True)
     for o in outcomes:
-        if o.target.name == "herald-redis" and o.closed and o.processes in api:
-            lines.append(_per_delivery(o, o.closed, api[o.processes]))
+        twin = f"{o.target.name}-api"
+        if o.target.redis and o.target.deliver and o.closed and (twin, o.processes) in api:
+            lines.append(_per_delivery(o, o.closed, api[twin, o.processes], twin))
     return lines
 
 
-def _per_delivery(o: Outcome, with_delivery: Phase, api_only: Phase) -> str:
+def _per_delivery(o: Outcome, with_delivery: Phase, api_only: Phase, api_name: str) -> str:
     """What delivery adds, per delivered message: the run with deliveries minus the API-only
     run's per-decision figures, over the messages delivered."""
     delivered = with_delivery.after.delivered - with_delivery.before.delivered
@@ -211,9 +214,61 @@ def _per_delivery(o: Outcome, with_delivery: Phase, api_only: Phase) -> str:
     extra = {name: (n - base.get(name, 0) * decisions) / delivered for name, n in with_delivery.commands().items()}
     trips = (_per(with_delivery, lambda s: s.round_trips) - _per(api_only, lambda s: s.round_trips)) * decisions
     return (
-        f"  per delivery ({o.label} minus herald-redis-api, over {delivered:,.0f} delivered): "
+        f"  per delivery ({o.label} minus {api_name}, over {delivered:,.0f} delivered): "
         f"{sum(extra.values()):.2f} commands, {trips / delivered:.2f} round trips; top: {_top(extra)}"
     )
+
+
+def _masters(phase: Phase) -> list[tuple[int, float]]:
+    """Each master's commands and CPU seconds over the phase, by first slot."""
+    pairs = zip(phase.before.masters, phase.after.masters, strict=True)
+    return [(after.commands - before.commands, after.cpu - before.cpu) for before, after in pairs]
+
+
+def _per_master(phase: Phase) -> str:
+    masters = _masters(phase)
+    decisions = float(phase.load["decisions"])
+    total = sum(commands for commands, _ in masters)
+    cells = [
+        f"master {i}: {_f(commands / total * 100 if total else None, 0, '%')} of commands, "
+        f"{cpu / decisions * 1e6:,.0f} µs/decision"
+        for i, (commands, cpu) in enumerate(masters, 1)
+    ]
+    # Redis CPU is the masters' and the replicas' summed: what is left is the replicas' (at
+    # least 0: only the float sums differ).
+    replicas = max(0.0, phase.after.redis_cpu - phase.before.redis_cpu - sum(cpu for _, cpu in masters))
+    return "; ".join([*cells, f"replicas: {replicas / decisions * 1e6:,.0f} µs/decision"])
+
+
+def cluster_table(outcomes: list[Outcome]) -> list[str]:
+    rows = [[o.label, _per_master(o.closed)] for o in outcomes if o.closed and o.target.cluster]
+    return _table(["target", "per master"], rows, True)
+
+
+def _layout(cluster: ClusterRedis) -> str:
+    """Which slots, and so how many of Herald's shards, each master serves."""
+    masters = [
+        f"master {i} (slots {', '.join(f'{low}-{high}' for low, high in m.slots)}) holds {m.shards} "
+        f"({m.shards / cluster.shard_count:.0%})"
+        for i, m in enumerate(cluster.masters, 1)
+    ]
+    return f"Here, of Herald's {cluster.shard_count} shards (HERALD_REDIS_SHARDS): {'; '.join(masters)}."
+
+
+def cluster_section(outcomes: list[Outcome], cluster: ClusterRedis | None) -> list[str]:
+    n = max(len(o.closed.after.masters) for o in outcomes if o.closed and o.target.cluster)
+    return [
+        "Redis Cluster, per master, of the closed loop",
+        *_explain(
+            "per master: the share of the commands of the table above (INFO commandstats, summed over the masters) "
+            "each master executed and its redis-server's CPU per decision (masters by first slot); "
+            "replicas: all the replicas' CPU per decision. Herald spreads its shards evenly over the 16384 slots "
+            "(gateway/store/shards.py) and keeps all that a decision touches in its user's shard, so a master's "
+            f"share of the commands should be near its share of the shards, about 1/{n}: a share far from 1/{n} "
+            "would mean a hot node." + (f" {_layout(cluster)}" if cluster else "")
+        ),
+        *cluster_table(outcomes),
+    ]
 
 
 def rate_table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
@@ -270,7 +325,8 @@ def _explain(text: str) -> list[str]:
     return textwrap.wrap(text, width=118, initial_indent="  ", subsequent_indent="  ")
 
 
-def tables(outcomes: list[Outcome], args: argparse.Namespace) -> str:
+def tables(outcomes: list[Outcome], args: argparse.Namespace, cluster: ClusterRedis | None = None) -> str:
+    on_cluster = any(o.target.cluster for o in outcomes)
     out = [
         "Closed loop",
         *_explain(
@@ -280,6 +336,11 @@ def tables(outcomes: list[Outcome], args: argparse.Namespace) -> str:
             "gateway delivers, until its deliveries are done). of ceiling: throughput over the ceiling's. CPU x: "
             "(server + redis) CPU per decision over the ceiling's. others: cores the rest of the machine kept busy "
             "meanwhile (/proc/stat less the server, Redis and the load generator): other work skews the figures."
+            + (
+                " On the Redis Cluster, redis µs is every node's redis-server summed, masters and replicas."
+                if on_cluster
+                else ""
+            )
         ),
         *closed_table(outcomes),
     ]
@@ -291,9 +352,17 @@ def tables(outcomes: list[Outcome], args: argparse.Namespace) -> str:
                 "commands: INFO commandstats calls (Redis counts the commands a Lua script runs, so an EVALSHA of "
                 "one HINCRBY is 2). round trips: herald_store_round_trips_total, summed over ops. delivered: "
                 'herald_sends_total{result="delivered"}. All deltas over the phase.'
+                + (
+                    " On the Redis Cluster, commands are summed over the masters (not the replicas, which replay "
+                    "their masters' writes)."
+                    if on_cluster
+                    else ""
+                )
             ),
             *redis_table(outcomes),
         ]
+    if any(o.closed and o.target.cluster for o in outcomes):
+        out += ["", *cluster_section(outcomes, cluster)]
     if any(o.rate for o in outcomes):
         out += [
             "",

@@ -74,10 +74,11 @@ def echo_server(workdir: Path, redis_url: str) -> Iterator[Server]:
 
 @contextmanager
 def herald_server(
-    workdir: Path, redis_url: str, deliver: bool, processes: int | None, log_level: str
+    workdir: Path, redis_url: str, deliver: bool, processes: int | None, log_level: str, cluster: bool = False
 ) -> Iterator[Server]:
     """`herald serve` on the sample policies (rate limits lifted), its log in workdir.
-    `processes`: passed as --processes when not None."""
+    `processes`: passed as --processes when not None. `cluster`: `redis_url` is one node
+    of a Redis Cluster."""
     port, admin = free_port(), free_port()
     env = child_env(
         HERALD_LISTEN=f"127.0.0.1:{port}",
@@ -85,6 +86,7 @@ def herald_server(
         HERALD_POLICY_DIR=str(bench_policies(workdir / "policies")),
         HERALD_DATA_DIR=str(workdir / "var"),
         HERALD_REDIS_URL=redis_url,
+        HERALD_REDIS_CLUSTER="true" if cluster else "false",
         HERALD_DELIVER="true" if deliver else "false",
         HERALD_LOG_LEVEL=log_level,
     )
