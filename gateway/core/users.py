@@ -16,15 +16,21 @@ from gateway.policy.holder import PolicyHolder
 from gateway.store import keys
 from gateway.store.base import Store
 from gateway.values.domain import Category, Channel, InteractionKind, UserFact
-from gateway.values.profiles import PROFILE_SECTIONS, Interaction, OptOut, Rfm, UserProfile, WeChat
+from gateway.values.profiles import (
+    ATTRIBUTE_KEY_RE,
+    PROFILE_SECTIONS,
+    TAG_RE,
+    Interaction,
+    OptOut,
+    Rfm,
+    UserProfile,
+    WeChat,
+)
 
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 OPENID_RE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-# Letters of any script, digits, _ - . : @ / (no spaces or commas: tags are listed).
-TAG_RE = re.compile(r"^[\w.:@/-]{1,64}$")
-ATTRIBUTE_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_TAGS = 200
 MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_VALUE = 256

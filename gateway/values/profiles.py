@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import msgspec
@@ -15,6 +16,9 @@ LABEL_SECTIONS = ("tags", "attributes")
 PROFILE_SECTIONS = (*CONTACT_SECTIONS, *LABEL_SECTIONS)
 # The attributes every profile may have a value for (audiences name them bare).
 KNOWN_ATTRIBUTES = ("province", "city", "language", "gender")
+# Letters of any script, digits, _ - . : @ / (no spaces or commas: tags are listed).
+TAG_RE = re.compile(r"^[\w.:@/-]{1,64}$")
+ATTRIBUTE_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class WeChat(msgspec.Struct, frozen=True, gc=False):
