@@ -19,7 +19,7 @@ def check(directory: Path) -> int:
         return 1
     print(
         f"ok: policy {policy.version}: {len(policy.files)} files, {len(policy.business_units)} business units, "
-        f"{len(policy.scenarios)} scenarios"
+        f"{len(policy.scenarios)} scenarios, {len(policy.audiences)} audiences"
     )
     return 0
 

@@ -4,8 +4,10 @@ Faults name the file, the path inside it and the problem, e.g.
 ``policies/categories.yaml: categories.marketing.caps[1].window: unknown unit 'dya'``.
 
 One run finds every fault. Each entry of a merged section (a business unit, a scenario,
-a category, a channel, a provider, a content-guard language) and each single section
-(``defaults``, ``tiers``) is validated on its own, so one bad entry hides nothing else.
+a category, a channel, a provider, a content-guard language, an audience) and each
+single section (``defaults``, ``tiers``) is validated on its own, so one bad entry hides
+nothing else. An audience's expression is parsed with its entry; its tier names are
+checked against the merged tiers.
 An entry that fails is remembered by name as defined but invalid; the required-section
 and cross-reference checks then run over the entries that did validate, and a name that
 is defined but invalid (or that a file we could not read may define) is never called
@@ -24,12 +26,21 @@ from typing import Any, get_args
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from gateway.core.audience import AudienceError, parse
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.model import CONTENT_PLACEHOLDERS, PLACEHOLDER_RE, ContentGuard, Policy
-from gateway.policy.schema import CategoryPolicy, Defaults, PolicyFile, Scenario, TierPolicy
+from gateway.policy.schema import AudienceDefinition, CategoryPolicy, Defaults, PolicyFile, Scenario, TierPolicy
 from gateway.values.domain import Category, Channel
 
-_MERGED_SECTIONS = ("content_guard", "business_units", "scenarios", "categories", "channels", "providers")
+_MERGED_SECTIONS = (
+    "content_guard",
+    "business_units",
+    "scenarios",
+    "categories",
+    "channels",
+    "providers",
+    "audiences",
+)
 _SINGLE_SECTIONS = ("defaults", "tiers")
 _REQUIRED_SECTIONS = ("business_units", "scenarios", "categories", "channels", "providers")
 
@@ -371,6 +382,7 @@ def load_policy(directory: Path | str, *, now: datetime | None = None) -> Policy
         tiers=sections.singles["tiers"],
         channels=merged["channels"],
         providers=merged["providers"],
+        audiences=merged["audiences"],
     )
 
 
@@ -517,3 +529,12 @@ def cross_check(sections: _Sections, directory: str) -> Iterator[_Fault]:
             )
         if chan_policy.cs_windows and channel is not Channel.WECHAT_CS:
             yield file, ["channels", channel, "cs_windows"], "cs_windows belongs to WECHAT_CS only"
+    audiences: dict[str, AudienceDefinition] = sections.valid["audiences"]
+    for name, audience in audiences.items():
+        # Its syntax was checked with the entry; what is left is the tier names.
+        if tiers is None:
+            continue
+        try:
+            parse(audience.expression, tiers.names)
+        except AudienceError as exc:
+            yield file_of("audiences", name), ["audiences", name, "expression"], str(exc)

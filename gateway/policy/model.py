@@ -9,8 +9,10 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, TypeVar
 
+from gateway.core.audience import Audience, parse
 from gateway.policy.providers import Provider
 from gateway.policy.schema import (
+    AudienceDefinition,
     BusinessUnit,
     CategoryPolicy,
     ChannelPolicy,
@@ -67,6 +69,7 @@ class Policy:
     tiers: TierPolicy
     channels: Mapping[Channel, ChannelPolicy]
     providers: Mapping[str, Provider]
+    audiences: Mapping[str, AudienceDefinition]
     # What is derived from the policy (cap rules by category, unit and tier; retention
     # per category and channel; ...), built once per loaded version on first use.
     _derived: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -94,6 +97,11 @@ class Policy:
         """Whether claims of this category wait for the user's send window."""
         setting = self.categories[category].arbitrate
         return setting if setting is not None else category is Category.MARKETING
+
+    def audience(self, name: str) -> Audience:
+        """The named audience, parsed (once per policy version); KeyError if there is none."""
+        definition = self.audiences[name]
+        return self.derived(("audience", name), lambda: parse(definition.expression, self.tiers.names))
 
     def granted(self, bu: str, scenario: str) -> bool:
         unit = self.business_units.get(bu)

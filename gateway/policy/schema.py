@@ -14,6 +14,7 @@ from datetime import time, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,12 +23,14 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.audience import parse_syntax
 from gateway.durations import parse_duration
 from gateway.policy.providers import Provider
 from gateway.values.domain import Category, Channel, InteractionKind
 
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 PARAM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+AUDIENCE_NAME_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 CALENDAR_WINDOWS = ("day", "week", "month")
 
 
@@ -369,6 +372,32 @@ class ChannelPolicy(Strict):
     cs_windows: dict[InteractionKind, CsWindow] = {}
 
 
+def _audience_name(name: str) -> str:
+    if not AUDIENCE_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"audience name '{name[:64]}' must start with a lowercase letter and use only a-z, 0-9, _ . and - "
+            "(at most 64 characters)"
+        )
+    return name
+
+
+AudienceName = Annotated[str, AfterValidator(_audience_name)]
+
+
+class AudienceDefinition(Strict):
+    """Who a campaign targets, as an expression over profiles (docs/audiences.md)."""
+
+    description: str = ""
+    expression: str
+
+    @field_validator("expression")
+    @classmethod
+    def _syntax(cls, value: str) -> str:
+        # Tier names are checked once every file is read (the loader's cross-check).
+        parse_syntax(value)
+        return value
+
+
 class PolicyFile(Strict):
     """What one YAML file may hold; every section optional, merged across files."""
 
@@ -380,6 +409,7 @@ class PolicyFile(Strict):
     tiers: TierPolicy | None = None
     channels: dict[Channel, ChannelPolicy] | None = None
     providers: dict[str, Provider] | None = None
+    audiences: dict[AudienceName, AudienceDefinition] | None = None
 
     @field_validator("business_units", "scenarios", "providers")
     @classmethod

@@ -5,14 +5,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from gateway.errors import PolicyError
 from gateway.policy.loader import load_policy
 from gateway.values.domain import Category, Channel
+from gateway.values.profiles import Rfm, UserProfile, WeChat
 from tests.conftest import POLICIES
 
 
@@ -46,7 +48,28 @@ def test_the_sample_set_is_valid_and_complete() -> None:
     assert policy.categories[Category.REMINDER].caps[1].window.rolling == timedelta(days=7)
     assert policy.arbitrates(Category.MARKETING) and not policy.arbitrates(Category.BASIC)
     assert policy.channels[Channel.WECHAT_MASS].per_user_monthly_limit == 4
+    assert set(policy.audiences) == {"mothers.zhejiang", "lapsed.loyal.wechat", "double11.presale"}
     assert len(policy.version) == 12
+
+
+def test_sample_audiences_parse_and_select() -> None:
+    policy = load_policy(POLICIES)
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    mother = UserProfile(
+        user_id="u-1001",
+        wechat=WeChat("oSample0000000000000000001001", following=True),
+        tags=("mom_baby", "vip"),
+        attributes={"province": "浙江", "city": "杭州"},
+    )
+    mothers = policy.audience("mothers.zhejiang")
+    assert mothers.index_tags() == ("mom_baby", "maternity")
+    assert mothers.matches(mother, "loyal", now)
+    assert not mothers.matches(msgspec.structs.replace(mother, attributes={"province": "江苏"}), "loyal", now)
+    lapsed = msgspec.structs.replace(mother, rfm=Rfm(last_purchase_at=now - timedelta(days=60), orders_in_period=3))
+    assert policy.audience("lapsed.loyal.wechat").matches(lapsed, "at_risk", now)
+    assert policy.audience("lapsed.loyal.wechat").index_tags() is None
+    assert policy.audience("double11.presale").index_tags() == ("double11", "d11_wishlist", "d11_cart")
+    assert policy.audience("mothers.zhejiang") is mothers  # parsed once per policy version
 
 
 def test_version_is_a_content_hash(policy_dir: Path) -> None:
@@ -177,6 +200,36 @@ CASES = [
         "channels.yaml: channels.EMAIL.provider: unknown provider 'sendgrid'",
     ),
     (
+        "bad audience expression",
+        "audiences.yaml",
+        "tags any [mom_baby, maternity]",
+        "tags any [mom_baby maternity]",
+        "audiences.yaml: audiences['mothers.zhejiang'].expression: expected ',' or ']' at 20, found 'maternity'; "
+        "lists are written [a, b]",
+    ),
+    (
+        "unknown tier in an audience",
+        "audiences.yaml",
+        "tier = at_risk and",
+        "tier = at_rsk and",
+        "audiences.yaml: audiences['lapsed.loyal.wechat'].expression: unknown tier 'at_rsk' at 8; "
+        "tiers: at_risk, champion, hibernating, loyal, new, potential",
+    ),
+    (
+        "bad audience name",
+        "audiences.yaml",
+        "  double11.presale:\n",
+        "  Double11:\n",
+        "audiences.yaml: audiences.Double11 (the key): audience name 'Double11' must start with a lowercase letter",
+    ),
+    (
+        "audience without an expression",
+        "audiences.yaml",
+        "      tier = at_risk and not purchased within 45d and follows wechat\n",
+        "      tier = at_risk and not purchased within 45d and follows wechat\n    expresion: tier = new\n",
+        "audiences.yaml: audiences['lapsed.loyal.wechat']: unknown key 'expresion'",
+    ),
+    (
         "reach out of range",
         "channels.yaml",
         "APP_PUSH: {cost: 0, reach: 0.75, provider: fcm}",
@@ -208,6 +261,17 @@ def test_a_name_defined_in_two_files(policy_dir: Path) -> None:
     )
 
 
+def test_an_audience_defined_in_two_files(policy_dir: Path) -> None:
+    (policy_dir / "more_audiences.yaml").write_text(
+        "audiences:\n  mothers.zhejiang:\n    expression: tags any [mom_baby]\n", encoding="utf-8"
+    )
+    found = problems(policy_dir)
+    assert found == [
+        f"{policy_dir}/more_audiences.yaml: audiences['mothers.zhejiang']: already defined in "
+        f"{policy_dir}/audiences.yaml"
+    ]
+
+
 def test_empty_and_non_mapping_files(policy_dir: Path) -> None:
     (policy_dir / "empty.yaml").write_text("# nothing\n", encoding="utf-8")
     (policy_dir / "list.yaml").write_text("- a\n- b\n", encoding="utf-8")
@@ -233,6 +297,18 @@ def test_policy_check_command(policy_dir: Path) -> None:
     assert bad.returncode == 1
     assert "categories.marketing.caps[1].window: unknown unit 'dya'" in bad.stderr
     assert "the gateway would refuse this set" in bad.stderr
+
+
+def test_policy_check_names_a_bad_audience(policy_dir: Path) -> None:
+    edit(policy_dir / "audiences.yaml", "tier in [champion, loyal, potential]", "tier in [champ, loyal, potential]")
+    herald = [sys.executable, "-m", "gateway.cli.main", "policy", "check", str(policy_dir)]
+    bad = subprocess.run(herald, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == [
+        f"{policy_dir}/audiences.yaml: audiences['double11.presale'].expression: unknown tier 'champ' at 58; "
+        "tiers: at_risk, champion, hibernating, loyal, new, potential",
+        "herald: 1 problem(s); the gateway would refuse this set",
+    ]
 
 
 # One run reports schema errors and cross-reference errors together, sorted by file and
