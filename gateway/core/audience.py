@@ -150,9 +150,12 @@ class _Parser:
         if token.kind == ")":
             self._fail(token, f"unexpected ')' at {token.column}; it closes no '('")
         if token.kind != "end":
+            # city = New York: the value was meant to go on
+            quote = '; quote a value with spaces: "New York"' if self._tokens[self._at - 2].kind in ("=", "!=") else ""
             self._fail(
                 token,
-                f"expected and, or or the end at {token.column}, found {token.found()}; join conditions with and / or",
+                f"expected and, or or the end at {token.column}, found {token.found()}; "
+                f"join conditions with and / or{quote}",
             )
         return node
 
@@ -280,9 +283,11 @@ class _Parser:
             if separator.kind == "]":
                 return list(items.values())
             if separator.kind != ",":
+                quote = "" if what == "tag" else '; quote a value with spaces: "New York"'
                 self._fail(
                     separator,
-                    f"expected ',' or ']' at {separator.column}, found {separator.found()}; lists are written [a, b]",
+                    f"expected ',' or ']' at {separator.column}, found {separator.found()}; "
+                    f"lists are written [a, b]{quote}",
                 )
 
     def _choice(self, subject: _Token, what: str) -> tuple[tuple[str, ...], bool]:

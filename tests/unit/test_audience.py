@@ -140,6 +140,8 @@ ERRORS = [
     ("tier = new or or tier = loyal", "expected a condition after 'or' at 15, found 'or'", 15),
     ("not", "expected a condition after 'not' at 4, found the end", 4),
     ("tier = new city = 杭州", "expected and, or or the end at 12, found 'city'; join conditions with and / or", 12),
+    ("city = New York", "found 'York'; join conditions with and / or; quote a value with spaces: \"New York\"", 12),
+    ("city in [New York]", "expected ',' or ']' at 14, found 'York'; lists are written [a, b]; quote a value", 14),
     ("(tier = new", "expected ')' at 12 to close the '(' at 1, found the end", 12),
     ("tier = new)", "unexpected ')' at 11; it closes no '('", 11),
     ("()", "expected a condition after '(' at 2, found ')'", 2),
