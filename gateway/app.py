@@ -21,10 +21,13 @@ from channels.sandbox import SandboxAdapter
 from gateway.admin import AdminApi
 from gateway.api import wire
 from gateway.api.auth import Credentials
+from gateway.api.campaign_servicer import CampaignServicer
 from gateway.api.servicers import Admission, ProfileServicer, PushServicer
 from gateway.autostop import AutoStop
+from gateway.campaign_runner import CampaignRunner
 from gateway.clock import Clock, SystemClock
 from gateway.config import SAMPLE_CREDENTIALS, Settings
+from gateway.core.campaigns import Campaigns
 from gateway.core.pipeline import PushPipeline, lifetimes
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.users import Users
@@ -45,7 +48,7 @@ from gateway.store.redis import RedisQueue, RedisStore
 from gateway.store.redis.connection import Wait
 from gateway.unsubscribe import Unsubscribe, UnsubscribeTokens
 from gateway.webhooks import Webhooks
-from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
+from herald.v1 import campaign_pb2, campaign_pb2_grpc, profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
 
 log = get_logger(__name__)
 # How long replaced provider adapters stay open for the sends already using them.
@@ -53,6 +56,7 @@ RETIRE_AFTER = 30.0
 SERVICES = (
     push_pb2.DESCRIPTOR.services_by_name["PushService"].full_name,
     profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name,
+    campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
 )
 
 
@@ -134,6 +138,10 @@ class Gateway:
             down=self.dispatcher.down_channels,
         )
         self.scheduler = Scheduler(self.store, self.pipeline, self.clock, self.metrics)
+        self.campaigns = Campaigns(self.store, self.policies, self.clock)
+        self.campaign_runner = CampaignRunner(
+            self.store, self.pipeline, self.campaigns, self.policies, self.clock, self.metrics
+        )
         self.admission = Admission(settings.max_in_flight, self.metrics)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -261,6 +269,7 @@ class Gateway:
         ]
         if self.api:
             self._tasks.append(asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler"))
+            self._tasks.append(asyncio.create_task(self.campaign_runner.run(self._stopping), name="campaigns"))
         if delivering:
             self._tasks.append(asyncio.create_task(self.dispatcher.watch_aside(self._stopping), name="aside"))
         if self.spool is not None:
@@ -323,6 +332,12 @@ class Gateway:
         )
         profile_pb2_grpc.add_ProfileServiceServicer_to_server(
             ProfileServicer(self.users, lambda: self.credentials, self.policies, self.metrics, self.clock.now),
+            guarded,
+        )
+        campaign_pb2_grpc.add_CampaignServiceServicer_to_server(
+            CampaignServicer(
+                self.campaigns, self.store, lambda: self.credentials, self.policies, self.metrics, self.clock.now
+            ),
             guarded,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

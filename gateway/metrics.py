@@ -232,6 +232,13 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=registry,
         )
+        self.campaign_users = Counter(
+            "herald_campaign_users_total",
+            "Users met by campaign runs: index entries scanned, and users targeted (in an audience). "
+            "No campaign label: per-campaign figures are in GetCampaign.",
+            ["step"],
+            registry=registry,
+        )
         self.state_conflicts = Counter(
             "herald_state_conflicts_total",
             "Decisions made again because another decision changed the same user first.",

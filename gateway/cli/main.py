@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.cli import kill
+from gateway.cli import campaign, kill
 from gateway.config import ENV, Settings, from_env
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     new = keys.add_parser("new", help="make a new API key and print its credentials entry")
     new.add_argument("bu", help="business unit name")
     kill.add_parser(commands)
+    campaign.add_parser(commands, _add_client_options)
     return parser
 
 
@@ -271,6 +272,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"# API key for '{args.bu}' (give it to the unit; it is not stored anywhere):\n#   {key}")
         print(f"  - bu: {args.bu}\n    sha256: {hash_key(key)}\n    label: created by herald keys new")
         return 0
+    if args.command == "campaign":
+        return campaign.run(args)
     if args.command == "kill":
         return kill.run(args)
     raise AssertionError(args.command)

@@ -29,6 +29,7 @@ from gateway.core.profile_rules import compute_tier, opted_out
 from gateway.core.route import Skip, route
 from gateway.core.times import open_windows, period_around, release_time, spread, zone
 from gateway.policy.model import Policy
+from gateway.values.campaigns import HOLDOUT
 from gateway.values.claims import Claim
 from gateway.values.decisions import Decision
 from gateway.values.domain import Category, Channel, Outcome, Reason
@@ -53,6 +54,8 @@ class Context:
     now: datetime
     # Channels whose provider's breaker is open (in this process): tried last.
     down: frozenset[Channel] = frozenset()
+    # Campaigns cancelled: their held claims end when released.
+    cancelled: frozenset[str] = frozenset()
 
     @cached_property
     def tz(self) -> ZoneInfo:
@@ -67,7 +70,7 @@ class Context:
 
     def at(self, now: datetime, state: UserState | None = None) -> Context:
         """The same user and policy at another time (explain's predictions)."""
-        return Context(self.policy, self.profile, state or self.state, self.switches, now, self.down)
+        return Context(self.policy, self.profile, state or self.state, self.switches, now, self.down, self.cancelled)
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,10 @@ def _capped(claim: Claim, trace: _Trace, blocked: Sequence[Blocked], extra: Sequ
 
 def decide_arrival(claim: Claim, message_id: str, ctx: Context) -> Decision:
     trace = _Trace()
+    if claim.variant == HOLDOUT:
+        # Kept out on purpose, whatever else holds: the holdout must look like the
+        # treated users (reachable or not) for the lift to mean anything.
+        return trace.done(Outcome.SUPPRESSED, Reason.HOLDOUT, f"in the holdout of campaign '{claim.campaign_id}'")
     gate = _gate(claim, ctx, trace)
     if isinstance(gate, Decision):
         return gate
@@ -379,6 +386,15 @@ def decide_release(held: Sequence[HeldClaim], ctx: Context) -> list[tuple[str, D
     for item in sorted(held, key=lambda h: (h.created_at, h.message_id)):
         claim, trace = item.claim, _Trace()
         trace.add("released", ctx.now.timestamp(), ctx.tz.key)
+        if claim.campaign_id and claim.campaign_id in ctx.cancelled:
+            ended = trace.done(
+                Outcome.SUPPRESSED,
+                Reason.CANCELLED,
+                f"campaign '{claim.campaign_id}' was cancelled",
+                mutations=[Unhold(item.message_id)],
+            )
+            out.append((item.message_id, ended))
+            continue
         gate = _gate(claim, ctx, trace)
         if isinstance(gate, Decision) and gate.reason is Reason.KILL_SWITCH:
             kept = _kept(item, gate, ctx, _Trace(trace.steps[:-1]))

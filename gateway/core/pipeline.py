@@ -24,6 +24,7 @@ from gateway.clock import Clock
 from gateway.core.caps import keep_for
 from gateway.core.decide import Context, HeldClaim, decide_arrival, decide_release
 from gateway.core.explain import explain_arrival
+from gateway.core.funnel import DECIDED, RELEASED, field_of
 from gateway.core.keyed_lock import KeyedLock
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.validate import validate_push
@@ -49,6 +50,7 @@ from gateway.store.base import (
 )
 from gateway.store.codec import Spooled
 from gateway.store.shards import shard_of
+from gateway.values.campaigns import CampaignState
 from gateway.values.claims import Claim, Content, PushInput
 from gateway.values.decisions import Decision, PushAnswer
 from gateway.values.domain import Channel, Outcome, Reason
@@ -61,6 +63,8 @@ log = get_logger(__name__)
 
 # How long a claim keeps trying when other decisions keep changing its user first.
 CONTENTION_BUDGET = 10.0
+# A campaign's audience, asked about each user as read for the decision.
+Admit = Callable[[str, UserProfile | None], bool]
 
 
 def status_of(decision: Decision) -> str:
@@ -86,6 +90,7 @@ def claim_of(record: MessageRecord) -> Claim:
         not_before=None,
         deadline=record.deadline,
         priority=record.priority,
+        variant=record.variant,
     )
 
 
@@ -154,10 +159,28 @@ class PushPipeline:
 
     async def push_many(self, bu: str, requests: Sequence[PushInput]) -> list[PushAnswer | HeraldError]:
         """Decide each request on its own; an answer or an error per request, in order."""
+        results = await self._push_many(bu, requests, None)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    async def push_audience(
+        self, bu: str, requests: Sequence[PushInput], admit: Admit
+    ) -> list[PushAnswer | HeraldError | None]:
+        """A campaign's claims: as ``push_many``, but ``admit`` (the audience) sees each
+        new request's user profile as read for the decision, and a request it refuses
+        is not decided (None). Not held to the unit's request rate: a campaign's runner
+        paces itself."""
+        return await self._push_many(bu, requests, admit)
+
+    async def _push_many(
+        self, bu: str, requests: Sequence[PushInput], admit: Admit | None
+    ) -> list[PushAnswer | HeraldError | None]:
         policy = self._policies.current
         limit = policy.business_units[bu].rate_limit
-        if limit is not None and not self._limiter.allow(
-            bu, limit.requests, limit.per.total_seconds(), cost=len(requests)
+        if (
+            admit is None
+            and limit is not None
+            and not self._limiter.allow(bu, limit.requests, limit.per.total_seconds(), cost=len(requests))
         ):
             raise ResourceExhausted(
                 f"business unit '{bu}' is over its rate limit of {limit.requests} requests per "
@@ -187,20 +210,21 @@ class PushPipeline:
             items.append(_Item(index, claim, IdemKey(bu, request.request_id, fingerprint), message_id))
         if items:
             async with self._users.hold_many({i.claim.user_id for i in items}):
-                await self._decide_arrivals(items, results)
+                await self._decide_arrivals(items, results, admit)
         for index, earlier in repeats:
             results[index] = results[earlier]
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        return results
 
-    async def _decide_arrivals(self, items: list[_Item], results: list[PushAnswer | HeraldError | None]) -> None:
+    async def _decide_arrivals(
+        self, items: list[_Item], results: list[PushAnswer | HeraldError | None], admit: Admit | None = None
+    ) -> None:
         policy = self._policies.current
         began = time.monotonic()
         todo = items
         attempt = 0
         while todo:
             try:
-                retry = await self._decide_round(todo, results, policy)
+                retry = await self._decide_round(todo, results, policy, admit)
             except StoreUnavailable as exc:
                 self._metrics.store_errors.labels("push").inc()
                 await self._fail_open(todo, results, exc)
@@ -221,7 +245,11 @@ class PushPipeline:
             todo = retry
 
     async def _decide_round(
-        self, todo: list[_Item], results: list[PushAnswer | HeraldError | None], policy: Policy
+        self,
+        todo: list[_Item],
+        results: list[PushAnswer | HeraldError | None],
+        policy: Policy,
+        admit: Admit | None = None,
     ) -> list[_Item]:
         """Read, decide and commit ``todo``; the items whose user changed meanwhile."""
         views = await self._store.read_users(
@@ -241,7 +269,7 @@ class PushPipeline:
                 results[item.index] = view.answer
             elif view.idem is IdemState.CONFLICT:
                 results[item.index] = _reused(item.claim.request_id)
-            else:
+            elif admit is None or admit(item.claim.user_id, view.profile):
                 groups[item.claim.user_id].append((item, view))
         changes: list[Change] = []
         decided: list[list[tuple[_Item, Decision, PushAnswer]]] = []
@@ -251,6 +279,7 @@ class PushPipeline:
                 self._recent.put(user_id, view.profile)
             state, changed, new, mine = view.state, False, [], []
             due: datetime | None = None
+            funnel: list[tuple[str, str]] = []
             for item, _ in members:
                 ctx = Context(policy, view.profile, state, switches, now, down)
                 decision = decide_arrival(item.claim, item.message_id, ctx)
@@ -268,7 +297,13 @@ class PushPipeline:
                 record = self._record(item.claim, item.message_id, decision, policy, now)
                 new.append(NewMessage(record, item.idem, answer, job))
                 mine.append((item, decision, answer))
-            changes.append(Change(user_id, view.state.version, state if changed else None, tuple(new), due=due))
+                if item.claim.campaign_id:
+                    funnel.append((item.claim.campaign_id, field_of(item.claim.variant, DECIDED, decision)))
+            changes.append(
+                Change(
+                    user_id, view.state.version, state if changed else None, tuple(new), due=due, funnel=tuple(funnel)
+                )
+            )
             decided.append(mine)
         retry: list[_Item] = []
         outcomes = await self._store.commit(changes, lifetimes(policy)) if changes else []
@@ -331,6 +366,7 @@ class PushPipeline:
             deadline=claim.deadline,
             trace=decision.trace,
             timeline=(TimelineEntry(now, status, detail=decision.detail),),
+            variant=claim.variant,
         )
 
     def _log(self, claim: Claim, message_id: str, decision: Decision) -> None:
@@ -454,6 +490,7 @@ class PushPipeline:
         records = dict(zip(wanted, await self._store.get_messages(wanted), strict=True))
         keep = keep_for(policy)
         switches = self._switches.current()
+        cancelled = await self._cancelled({r.campaign_id for r in records.values() if r is not None and r.campaign_id})
         changes: list[Change] = []
         verdicts_of: list[list[tuple[MessageRecord, Decision]]] = []
         for view in views:
@@ -466,13 +503,20 @@ class PushPipeline:
                 for h in due[view.user_id]
                 if (r := records[h.message_id]) is not None
             ]
-            ctx = Context(policy, view.profile, view.state, switches, now, self._down())
+            ctx = Context(policy, view.profile, view.state, switches, now, self._down(), cancelled)
             verdicts = decide_release(held, ctx)
             mutations = [*gone, *(m for _, d in verdicts for m in d.mutations)]
             state = apply_mutations(view.state, mutations, now, keep)
             by_id = {h.message_id: r for h in due[view.user_id] if (r := records[h.message_id]) is not None}
             updates = tuple(self._update(by_id[mid], d, now) for mid, d in verdicts)
-            changes.append(Change(view.user_id, view.state.version, state, updates=updates, due=_due(mutations)))
+            funnel = tuple(
+                (by_id[mid].campaign_id, field_of(by_id[mid].variant, RELEASED, d))
+                for mid, d in verdicts
+                if by_id[mid].campaign_id and d.outcome is not Outcome.SCHEDULED
+            )
+            changes.append(
+                Change(view.user_id, view.state.version, state, updates=updates, due=_due(mutations), funnel=funnel)
+            )
             verdicts_of.append([(by_id[mid], d) for mid, d in verdicts])
             nexts[view.user_id] = state.next_due()
         retry = []
@@ -492,6 +536,13 @@ class PushPipeline:
                     reason=None if decision.reason is None else decision.reason.value,
                 )
         return retry
+
+    async def _cancelled(self, campaign_ids: set[str]) -> frozenset[str]:
+        if not campaign_ids:
+            return frozenset()
+        ids = sorted(campaign_ids)
+        found = await self._store.get_campaigns(ids)
+        return frozenset(c for c, got in zip(ids, found, strict=True) if got and got.state is CampaignState.CANCELLED)
 
     def _update(self, record: MessageRecord, decision: Decision, now: datetime) -> MessageUpdate:
         status = status_of(decision)

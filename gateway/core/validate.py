@@ -101,6 +101,7 @@ def validate_push(bu: str, request: PushInput, policy: Policy, now: datetime) ->
         not_before=request.not_before,
         deadline=request.deadline,
         priority=priority,
+        variant=request.variant,
     )
 
 

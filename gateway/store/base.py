@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import msgspec
 
 from gateway.store.codec import DeadLetter, Parked
+from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, ShardProgress
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category, Channel
 from gateway.values.jobs import Job
@@ -88,6 +89,9 @@ class Change(msgspec.Struct, frozen=True, gc=False):
     updates: tuple[MessageUpdate, ...] = ()
     # The earliest hold this change adds: the user is due in the index by then.
     due: datetime | None = None
+    # Campaign funnel counters this change adds one to: (campaign id, field), counted
+    # in the same step as the messages they describe, so never twice.
+    funnel: tuple[tuple[str, str], ...] = ()
 
 
 class Committed(StrEnum):
@@ -101,6 +105,7 @@ class Lifetimes(msgspec.Struct, frozen=True, gc=False):
 
     idempotency: timedelta
     messages: timedelta
+    campaigns: timedelta = CAMPAIGN_RETENTION
 
 
 class Store(Protocol):
@@ -158,6 +163,50 @@ class Store(Protocol):
     async def index_size(self, label: str | None = None) -> int:
         """Users in the index over all shards (all users, or tag ``label``): an upper
         bound, since the index may hold users who lost the tag or are gone."""
+        ...
+
+    # --- campaigns -----------------------------------------------------------------
+    async def put_campaign(self, campaign: Campaign, expect: int | None) -> Campaign | None:
+        """Store ``campaign`` with version ``expect + 1`` if the stored one is still at
+        version ``expect`` (None: only if there is none); the stored campaign, or None
+        when the version did not match (or it exists)."""
+        ...
+
+    async def get_campaigns(self, campaign_ids: Sequence[str]) -> list[Campaign | None]: ...
+
+    async def list_campaigns(self, bu: str, limit: int) -> list[Campaign]:
+        """``bu``'s campaigns, the newest first."""
+        ...
+
+    async def running_campaigns(self) -> list[Campaign]:
+        """The campaigns in state RUNNING (the runner's work list)."""
+        ...
+
+    async def lease_campaign_shard(
+        self, campaign_id: str, shard: int, owner: str, lease: timedelta, now: datetime
+    ) -> ShardProgress | None:
+        """Take (or renew, for the same owner) the lease on ``shard``'s scan of the
+        campaign; where that scan stands, or None when someone else holds it."""
+        ...
+
+    async def save_campaign_shard(
+        self, campaign_id: str, owner: str, progress: ShardProgress, lease: timedelta, now: datetime
+    ) -> bool:
+        """Move the shard's scan to ``progress`` (cursor and counters) and renew the
+        lease, only while ``owner`` holds it; False when the lease was lost."""
+        ...
+
+    async def campaign_progress(self, campaign_id: str) -> list[ShardProgress]:
+        """Every shard's progress (a shard never leased reads as at the start)."""
+        ...
+
+    async def funnel(self, campaign_id: str) -> dict[str, int]:
+        """The campaign's funnel counters, summed over the shards."""
+        ...
+
+    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str) -> bool:
+        """Add one to a funnel counter in the user's shard, only the first time the name
+        ``once`` is seen for the campaign (a click: user and message); whether it counted."""
         ...
 
     async def set_opt_out(self, user_id: str, entry: OptOut, opted_out: bool, ttl: timedelta) -> UserProfile | None:

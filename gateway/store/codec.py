@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from gateway.values.campaigns import Campaign, ShardProgress
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category, Channel
 from gateway.values.jobs import Job
@@ -123,6 +124,8 @@ CODECS: dict[str, Codec[Any]] = {
     "text": Codec(str, json=True),
     "time": Codec(datetime, json=True),
     "int": Codec(int, json=True),
+    "campaign": Codec(Campaign),
+    "progress": Codec(ShardProgress),
 }
 STATE: Codec[StoredState] = CODECS["state"]
 INTERACTIONS: Codec[tuple[Interaction, ...]] = CODECS["interactions"]
@@ -137,6 +140,8 @@ SPOOLED: Codec[Spooled] = CODECS["spooled"]
 DEAD: Codec[DeadLetter] = CODECS["dead"]
 SWITCH: Codec[KillSwitch] = CODECS["switch"]
 AUDIT: Codec[AuditEntry] = CODECS["audit"]
+CAMPAIGN: Codec[Campaign] = CODECS["campaign"]
+PROGRESS: Codec[ShardProgress] = CODECS["progress"]
 
 # --- profiles: one hash field a section --------------------------------------------
 

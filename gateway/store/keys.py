@@ -37,6 +37,18 @@ spread by their own names.
 |                                      |        | expiry is applied when read                 |
 | herald:ks:audit                      | list   | none: capped to KILL_AUDIT_KEEP entries     |
 | herald:ks:changed                    | pubsub | a message on every kill-switch change       |
+| herald:{T}:fn:<campaign>             | hash   | CAMPAIGN_RETENTION after its last count: the |
+|                                      |        | shard's funnel counters of a campaign       |
+| herald:{T}:fn:<campaign>:once        | set    | as above: what was counted once (a click of |
+|                                      |        | a user on a message)                        |
+| herald:{T}:cmp:<campaign>            | hash   | CAMPAIGN_RETENTION: the shard's scan (p) and|
+|                                      |        | its lease (owner, until)                    |
+| herald:{cmp}:c:<campaign>            | hash   | CAMPAIGN_RETENTION after its last change:   |
+|                                      |        | the campaign (c) and its version (v)        |
+| herald:{cmp}:bu:<bu>                 | zset   | none: a unit's campaigns by creation time;  |
+|                                      |        | trimmed to CAMPAIGN_RETENTION on each write |
+| herald:{cmp}:run                     | set    | none: running campaigns; each leaves when it|
+|                                      |        | stops running                               |
 | herald:shared:<name>                 | string | set by the writer (a provider token: its    |
 |                                      |        | expiry; a lock: a few seconds); the names   |
 |                                      |        | are the functions below ``shared``          |
@@ -99,6 +111,31 @@ def members(tag: str) -> str:
 def labelled(tag: str, label: str) -> str:
     """The users of the shard who were given the profile tag ``label``."""
     return f"{PREFIX}:{{{tag}}}:tg:{label}"
+
+
+def funnel(tag: str, campaign_id: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:fn:{campaign_id}"
+
+
+def funnel_once(tag: str, campaign_id: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:fn:{campaign_id}:once"
+
+
+def campaign_shard(tag: str, campaign_id: str) -> str:
+    return f"{PREFIX}:{{{tag}}}:cmp:{campaign_id}"
+
+
+# Campaign definitions share one slot (they are few), so a state change updates the
+# campaign, its unit's list and the running set in one script.
+def campaign(campaign_id: str) -> str:
+    return f"{PREFIX}:{{cmp}}:c:{campaign_id}"
+
+
+def campaigns_of(bu: str) -> str:
+    return f"{PREFIX}:{{cmp}}:bu:{bu}"
+
+
+CAMPAIGNS_RUNNING = f"{PREFIX}:{{cmp}}:run"
 
 
 def due(tag: str) -> str:
@@ -178,6 +215,8 @@ LIVES_FOREVER: dict[str, str] = {
     rf"^{PREFIX}:{{[^}}]+}}:later$": "jobs waiting for a provider: each leaves when it is queued again",
     rf"^{PREFIX}:{{[^}}]+}}:parked$": "jobs a kill switch keeps: each leaves when sent or ended",
     rf"^{PREFIX}:{{[^}}]+}}:dead$": f"dead letters: capped to {DEAD_LETTERS_KEEP:,} a shard",
+    rf"^{PREFIX}:{{cmp}}:bu:.+$": "a unit's campaigns: trimmed to the campaign retention on each write",
+    rf"^{PREFIX}:{{cmp}}:run$": "running campaigns: each leaves when it stops running",
     rf"^{PREFIX}:ks$": "kill switches: a switch lives until cleared (its own expiry applies when read)",
     rf"^{PREFIX}:ks:audit$": f"the kill-switch audit: capped to {KILL_AUDIT_KEEP:,} entries",
 }

@@ -36,6 +36,7 @@ from gateway.store.base import (
 )
 from gateway.store.codec import DeadLetter, Parked
 from gateway.store.keys import KILL_AUDIT_KEEP
+from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, CampaignState, ShardProgress
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES, Job
@@ -172,6 +173,12 @@ class MemoryStore:
         self._put: Callable[[Job], None] = self._orphans.append
         # Audience indexes: every user (None), and each profile tag's users.
         self._indexes: dict[str | None, _Index] = {None: _Index()}
+        # Campaigns (kept encoded, as on Redis: a caller never shares a stored value).
+        self._campaigns: _Expiring[bytes] = _Expiring(self._clock)
+        self._campaign_order: dict[str, list[tuple[datetime, str]]] = {}
+        self._leases: dict[str, tuple[str, datetime, bytes | None]] = {}
+        self._funnels: dict[str, dict[str, int]] = {}
+        self._funnel_once: dict[str, set[str]] = {}
 
     def _user(self, user_id: str) -> tuple[UserProfile | None, UserState]:
         user = self._users.get(user_id)
@@ -242,6 +249,9 @@ class MemoryStore:
                 self._put(update.job)
         if change.due is not None:
             self._due_earlier(change.user_id, _ms(change.due))
+        for campaign_id, field in change.funnel:
+            counts = self._funnels.setdefault(campaign_id, {})
+            counts[field] = counts.get(field, 0) + 1
         return Committed.OK
 
     def attach(self, put: Callable[[Job], None]) -> None:
@@ -334,6 +344,67 @@ class MemoryStore:
         kept = (interaction, *old)[:keep]
         self._write_fields(user_id, {**fields, b"ix": codec.INTERACTIONS.encode(kept)}, None)
         return self._profile(user_id)
+
+    # --- campaigns -----------------------------------------------------------------
+    async def put_campaign(self, campaign: Campaign, expect: int | None) -> Campaign | None:
+        raw = self._campaigns.get(campaign.campaign_id)
+        if (raw is None) != (expect is None):
+            return None
+        if raw is not None and codec.CAMPAIGN.decode(raw).version != expect:
+            return None
+        stored = msgspec.structs.replace(campaign, version=0 if expect is None else expect + 1)
+        self._campaigns.set(campaign.campaign_id, codec.CAMPAIGN.encode(stored), CAMPAIGN_RETENTION)
+        if expect is None:
+            self._campaign_order.setdefault(campaign.bu, []).append((campaign.created_at, campaign.campaign_id))
+        return stored
+
+    async def get_campaigns(self, campaign_ids: Sequence[str]) -> list[Campaign | None]:
+        raws = [self._campaigns.get(c) for c in campaign_ids]
+        return [None if raw is None else codec.CAMPAIGN.decode(raw) for raw in raws]
+
+    async def list_campaigns(self, bu: str, limit: int) -> list[Campaign]:
+        newest = sorted(self._campaign_order.get(bu, []), reverse=True)
+        found = await self.get_campaigns([c for _, c in newest])
+        return [c for c in found if c is not None][:limit]
+
+    async def running_campaigns(self) -> list[Campaign]:
+        found = await self.get_campaigns([c for order in self._campaign_order.values() for _, c in order])
+        return [c for c in found if c is not None and c.state is CampaignState.RUNNING]
+
+    async def lease_campaign_shard(
+        self, campaign_id: str, shard: int, owner: str, lease: timedelta, now: datetime
+    ) -> ShardProgress | None:
+        held = self._leases.get(campaign_id)
+        if held is not None and held[0] != owner and held[1] > now:
+            return None
+        progress = held[2] if held is not None else None
+        self._leases[campaign_id] = (owner, now + lease, progress)
+        return ShardProgress(shard) if progress is None else codec.PROGRESS.decode(progress)
+
+    async def save_campaign_shard(
+        self, campaign_id: str, owner: str, progress: ShardProgress, lease: timedelta, now: datetime
+    ) -> bool:
+        held = self._leases.get(campaign_id)
+        if held is None or held[0] != owner:
+            return False
+        self._leases[campaign_id] = (owner, now + lease, codec.PROGRESS.encode(progress))
+        return True
+
+    async def campaign_progress(self, campaign_id: str) -> list[ShardProgress]:
+        held = self._leases.get(campaign_id)
+        return [ShardProgress(0) if held is None or held[2] is None else codec.PROGRESS.decode(held[2])]
+
+    async def funnel(self, campaign_id: str) -> dict[str, int]:
+        return dict(self._funnels.get(campaign_id, {}))
+
+    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str) -> bool:
+        seen = self._funnel_once.setdefault(campaign_id, set())
+        if once in seen:
+            return False
+        seen.add(once)
+        counts = self._funnels.setdefault(campaign_id, {})
+        counts[field] = counts.get(field, 0) + 1
+        return True
 
     # --- kill switches -------------------------------------------------------------
     async def put_kill_switch(self, switch: KillSwitch, audit: AuditEntry) -> None:

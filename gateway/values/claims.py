@@ -35,10 +35,11 @@ class PushInput(msgspec.Struct, frozen=True, gc=False):
     not_before: datetime | None = None
     deadline: datetime | None = None
     priority: int | None = None
+    variant: str = ""  # a campaign's variant (set by the campaign runner only)
 
     def fingerprint(self) -> str:
         """A hash of the whole body: the same request_id must come with the same one."""
-        body = (
+        body: tuple[object, ...] = (
             self.user_id,
             self.scenario,
             sorted(self.params.items()),
@@ -49,6 +50,8 @@ class PushInput(msgspec.Struct, frozen=True, gc=False):
             None if self.deadline is None else self.deadline.timestamp(),
             self.priority,
         )
+        if self.variant:
+            body = (*body, self.variant)
         return hashlib.blake2b(orjson.dumps(body), digest_size=16).hexdigest()
 
 
@@ -67,3 +70,4 @@ class Claim(msgspec.Struct, frozen=True, gc=False, array_like=True):
     not_before: datetime | None
     deadline: datetime | None
     priority: int
+    variant: str = ""

@@ -46,6 +46,8 @@ class Reason(StrEnum):
     NO_REACHABLE_CHANNEL = "NO_REACHABLE_CHANNEL"
     EXPIRED = "EXPIRED"
     SAFETY_CAP = "SAFETY_CAP"
+    HOLDOUT = "HOLDOUT"
+    CANCELLED = "CANCELLED"
 
 
 class InteractionKind(StrEnum):

@@ -63,6 +63,7 @@ class MessageRecord(msgspec.Struct, frozen=True, gc=False):
     # How the first decision was made, one step an item.
     trace: tuple[Step, ...] = ()
     timeline: tuple[TimelineEntry, ...] = ()
+    variant: str = ""  # the campaign variant (or "holdout")
 
     def now(self, current: Current | None, later: tuple[TimelineEntry, ...]) -> MessageRecord:
         """The record as it stands: the first decision overlaid with ``current`` (when

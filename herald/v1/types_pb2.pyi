@@ -135,6 +135,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """The claim could not be sent before its deadline."""
     SAFETY_CAP: _Reason.ValueType  # 9
     """The runaway-loop safety cap of a basic category was hit."""
+    HOLDOUT: _Reason.ValueType  # 10
+    """The user is in the campaign's holdout: kept out on purpose, to measure lift."""
+    CANCELLED: _Reason.ValueType  # 11
+    """The campaign was cancelled while the claim waited."""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Stable reason codes. Also used as metric labels."""
@@ -158,4 +162,8 @@ EXPIRED: Reason.ValueType  # 8
 """The claim could not be sent before its deadline."""
 SAFETY_CAP: Reason.ValueType  # 9
 """The runaway-loop safety cap of a basic category was hit."""
+HOLDOUT: Reason.ValueType  # 10
+"""The user is in the campaign's holdout: kept out on purpose, to measure lift."""
+CANCELLED: Reason.ValueType  # 11
+"""The campaign was cancelled while the claim waited."""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015

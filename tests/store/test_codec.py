@@ -11,6 +11,7 @@ import pytest
 
 from gateway.store import codec
 from gateway.store.codec import CODECS, DeadLetter, Parked, Spooled, StoredAnswer, StoredOptOut, StoredState
+from gateway.values.campaigns import Campaign, CampaignState, ShardProgress, Variant
 from gateway.values.claims import Claim, Content
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
@@ -39,6 +40,12 @@ STATE = StoredState(
     (DedupMark("abcd", NOW),),
 )
 
+CAMPAIGN = Campaign(
+    "d11", "marketing", "double11.presale", "tags any [vip]",
+    (Variant("A", 3, {"discount": "150"}, Content("t", "b", "https://x")), Variant("B", 1)),
+    NOW, NOW, CampaignState.PAUSED, "desc", 0.1, NOW, NOW + timedelta(days=1), 70, NOW, None, 4,
+)  # fmt: skip
+
 EXAMPLES: dict[str, Any] = {
     "state": STATE,
     "interactions": (Interaction(InteractionKind.MENU_CLICK, NOW),),
@@ -62,6 +69,8 @@ EXAMPLES: dict[str, Any] = {
     "int": 7,
     "tags": ("mom_baby", "城市:杭州"),
     "attributes": {"city": "杭州", "gender": "f"},
+    "campaign": CAMPAIGN,
+    "progress": ShardProgress(3, "1:42", False, 500, 120, 12, 1),
 }
 
 
@@ -87,3 +96,12 @@ def test_state_edited_the_way_lua_cjson_does_still_decodes() -> None:
     raw["r"][0][5] = True
     again = json.dumps(raw).replace("/", "\\/").encode()
     assert codec.STATE.decode(again) == StoredState(STATE.r, (), STATE.d)
+
+
+def test_every_lua_script_is_loaded_with_the_store() -> None:
+    """A script left out of ALL is not loaded on a fresh Redis: its first call fails."""
+    from gateway.store.redis import scripts
+    from gateway.store.redis.connection import Script
+
+    defined = {name for name, value in vars(scripts).items() if isinstance(value, Script)}
+    assert {name for name, value in vars(scripts).items() if value in scripts.ALL} == defined

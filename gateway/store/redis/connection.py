@@ -217,7 +217,11 @@ class Connection:
             raise
         except Exception as exc:
             if not self._unreachable(exc):
-                raise
+                # A fault of ours, not the store's: the callers get it, none waits forever.
+                for call in batch:
+                    if not call.future.done():
+                        call.future.set_exception(exc)
+                return
             error = self.unavailable(exc)
             self._down_error, self._down_until = error, time.monotonic() + DOWN_HOLD
             for call in batch:

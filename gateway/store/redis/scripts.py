@@ -15,7 +15,9 @@ from gateway.store.redis.connection import Script
 # ARGV: 1 expected version ('' = no state write), 2 state, 3 due ms ('' = none),
 #       4 answer ttl ms, 5 message ttl ms, 6 new count, 7 update count, 8 user id,
 #       then 3 per new message (record, answer or '', job or ''),
-#       then 3 per update (events or '', current or '', job or '').
+#       then 3 per update (events or '', current or '', job or ''),
+#       then, when funnel keys follow the updates' keys, their ttl ms and one counter
+#       field a key (each gets one added).
 # Returns 'ok', 'conflict' (the user changed, or has no profile) or 'duplicate' (a
 # request of the change was answered meanwhile); nothing is written unless 'ok'.
 COMMIT = Script(
@@ -48,6 +50,11 @@ for i = 0, u - 1 do
   if ARGV[a + 2] ~= '' then redis.call('XADD', KEYS[k + 2], '*', 'j', ARGV[a + 2]) end
 end
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[8]) end
+local base, a0 = 2 + 3 * n + 3 * u, 9 + 3 * n + 3 * u
+for i = base + 1, #KEYS do
+  redis.call('HINCRBY', KEYS[i], ARGV[a0 + i - base], 1)
+  redis.call('PEXPIRE', KEYS[i], ARGV[a0])
+end
 return 'ok'
 """,
 )
@@ -259,4 +266,71 @@ return {n, bad}
 """,
 )
 
-ALL = (COMMIT, FINISH, ADD_EVENTS, WAKE, TAKE_DUE, FINISH_DUE, OPT_OUT, INTERACTION, DELETE_IF, TAKE_TOKEN, OUTCOME)
+
+# A campaign's definition written only if its version is the expected one.
+# KEYS: 1 campaign hash, 2 its unit's zset, 3 the running set.
+# ARGV: 1 expected version ('' = must not exist), 2 encoded campaign, 3 ttl ms,
+#       4 created ms (score), 5 campaign id, 6 '1' running / '0' not, 7 trim before ms.
+# Returns 1 when written, 0 when the version did not match.
+PUT_CAMPAIGN = Script(
+    "put_campaign",
+    """
+local v = redis.call('HGET', KEYS[1], 'v')
+if ARGV[1] == '' then
+  if v then return 0 end
+elseif tonumber(v or '-1') ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', (tonumber(v or '-1')) + 1, 'c', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[7])
+if ARGV[6] == '1' then redis.call('SADD', KEYS[3], ARGV[5]) else redis.call('SREM', KEYS[3], ARGV[5]) end
+return 1
+""",
+)
+
+# Take or renew a shard's campaign lease. KEYS: 1 the shard's campaign hash.
+# ARGV: 1 owner, 2 now ms, 3 lease ms, 4 ttl ms. Returns the progress ('' at the start)
+# or false when another owner's lease runs.
+LEASE_CAMPAIGN = Script(
+    "lease_campaign",
+    """
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'until', 'p')
+if cur[1] and cur[1] ~= ARGV[1] and tonumber(cur[2] or '0') > tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return cur[3] or ''
+""",
+)
+
+# Save a shard's progress while the lease is the caller's. KEYS: 1 the shard's campaign
+# hash. ARGV: 1 owner, 2 now ms, 3 lease ms, 4 ttl ms, 5 progress. Returns 1, or 0 when
+# the lease was lost (nothing written).
+SAVE_CAMPAIGN = Script(
+    "save_campaign",
+    """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'p', ARGV[5], 'until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+""",
+)
+
+# Count one funnel step once. KEYS: 1 the funnel hash, 2 its once-set.
+# ARGV: 1 field, 2 the once name, 3 ttl ms. Returns 1 when counted, 0 when seen before.
+FUNNEL_ONCE = Script(
+    "funnel_once",
+    """
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+""",
+)
+
+ALL = (
+    COMMIT, FINISH, ADD_EVENTS, WAKE, TAKE_DUE, FINISH_DUE, OPT_OUT, INTERACTION, DELETE_IF, TAKE_TOKEN, OUTCOME,
+    PUT_CAMPAIGN, LEASE_CAMPAIGN, SAVE_CAMPAIGN, FUNNEL_ONCE,
+)  # fmt: skip

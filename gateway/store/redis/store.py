@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from gateway.errors import FailedPrecondition
 from gateway.logs import get_logger
 from gateway.store import codec, keys
@@ -22,6 +24,7 @@ from gateway.store.base import Change, Committed, IdemState, Lifetimes, UserRead
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, Connection, Wait
 from gateway.store.shards import DEFAULT_SHARDS, message_shard, shard_of, tags
+from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, CampaignState, ShardProgress
 from gateway.values.jobs import Job
 from gateway.values.profiles import Interaction, OptOut, UserProfile
 from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, TimelineEntry
@@ -157,6 +160,11 @@ class RedisStore:
                 b"" if update.current is None else codec.CURRENT.encode(update.current),
                 b"" if update.job is None else codec.JOB.encode(update.job),
             ]
+        if change.funnel:
+            args.append(ms(lifetimes.campaigns))
+            for campaign_id, field in change.funnel:
+                command_keys.append(keys.funnel(tag, campaign_id))
+                args.append(field)
         return scripts.COMMIT.call(command_keys, args)
 
     @staticmethod
@@ -276,6 +284,82 @@ class RedisStore:
         call = scripts.INTERACTION.call([key], [codec.INTERACTION.encode(interaction), keep])
         [found], profile = await self._profile("record_interaction", user_id, [call])
         return profile if found else None
+
+    # --- campaigns -----------------------------------------------------------------
+    async def put_campaign(self, campaign: Campaign, expect: int | None) -> Campaign | None:
+        stored = msgspec.structs.replace(campaign, version=0 if expect is None else expect + 1)
+        keep = ms(CAMPAIGN_RETENTION)
+        call = scripts.PUT_CAMPAIGN.call(
+            [keys.campaign(campaign.campaign_id), keys.campaigns_of(campaign.bu), keys.CAMPAIGNS_RUNNING],
+            [
+                "" if expect is None else expect,
+                codec.CAMPAIGN.encode(stored),
+                keep,
+                epoch_ms(campaign.created_at),
+                campaign.campaign_id,
+                "1" if stored.state is CampaignState.RUNNING else "0",
+                epoch_ms(campaign.updated_at) - keep,
+            ],
+        )
+        [written] = await self._run("put_campaign", [call])
+        return stored if int(written) else None
+
+    async def get_campaigns(self, campaign_ids: Sequence[str]) -> list[Campaign | None]:
+        if not campaign_ids:
+            return []
+        raws = await self._run("get_campaigns", [("HGET", keys.campaign(c), "c") for c in campaign_ids])
+        return [None if raw is None else codec.CAMPAIGN.decode(raw) for raw in raws]
+
+    async def list_campaigns(self, bu: str, limit: int) -> list[Campaign]:
+        [ids] = await self._run("list_campaigns", [("ZREVRANGE", keys.campaigns_of(bu), 0, limit - 1)])
+        found = await self.get_campaigns([codec.text(i) for i in ids])
+        return sorted((c for c in found if c is not None), key=lambda c: c.created_at, reverse=True)[:limit]
+
+    async def running_campaigns(self) -> list[Campaign]:
+        [ids] = await self._run("running_campaigns", [("SMEMBERS", keys.CAMPAIGNS_RUNNING)])
+        found = await self.get_campaigns([codec.text(i) for i in ids])
+        return [c for c in found if c is not None and c.state is CampaignState.RUNNING]
+
+    async def lease_campaign_shard(
+        self, campaign_id: str, shard: int, owner: str, lease: timedelta, now: datetime
+    ) -> ShardProgress | None:
+        key = keys.campaign_shard(self.tags[shard], campaign_id)
+        call = scripts.LEASE_CAMPAIGN.call([key], [owner, epoch_ms(now), ms(lease), ms(CAMPAIGN_RETENTION)])
+        [raw] = await self._run("lease_campaign", [call])
+        if raw is None:
+            return None
+        return codec.PROGRESS.decode(raw) if raw else ShardProgress(shard)
+
+    async def save_campaign_shard(
+        self, campaign_id: str, owner: str, progress: ShardProgress, lease: timedelta, now: datetime
+    ) -> bool:
+        key = keys.campaign_shard(self.tags[progress.shard], campaign_id)
+        args = [owner, epoch_ms(now), ms(lease), ms(CAMPAIGN_RETENTION), codec.PROGRESS.encode(progress)]
+        [saved] = await self._run("save_campaign", [scripts.SAVE_CAMPAIGN.call([key], args)])
+        return bool(int(saved))
+
+    async def campaign_progress(self, campaign_id: str) -> list[ShardProgress]:
+        commands: list[Command] = [("HGET", keys.campaign_shard(tag, campaign_id), "p") for tag in self.tags]
+        raws = await self._run("campaign_progress", commands)
+        return [ShardProgress(shard) if raw is None else codec.PROGRESS.decode(raw) for shard, raw in enumerate(raws)]
+
+    async def funnel(self, campaign_id: str) -> dict[str, int]:
+        replies = await self._run("funnel", [("HGETALL", keys.funnel(tag, campaign_id)) for tag in self.tags])
+        total: dict[str, int] = {}
+        for fields in replies:
+            for name, count in (fields or {}).items():
+                field = codec.text(name)
+                total[field] = total.get(field, 0) + int(count)
+        return total
+
+    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str) -> bool:
+        tag = self.tag_of(user_id)
+        call = scripts.FUNNEL_ONCE.call(
+            [keys.funnel(tag, campaign_id), keys.funnel_once(tag, campaign_id)],
+            [field, once, ms(CAMPAIGN_RETENTION)],
+        )
+        [counted] = await self._run("add_funnel", [call])
+        return bool(int(counted))
 
     # --- kill switches -------------------------------------------------------------
     async def put_kill_switch(self, switch: KillSwitch, audit: AuditEntry) -> None:

@@ -1,0 +1,229 @@
+"""Campaigns as an operator sees them: create (validated against the policy), read with
+progress and funnel, and the state changes (start, pause, resume, cancel), each a
+versioned write so two operators at once cannot lose a step."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from gateway.clock import Clock
+from gateway.core import funnel
+from gateway.core.audience import Audience, AudienceError, parse
+from gateway.core.validate import CAMPAIGN_ID_RE, check_id, validate_push
+from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from gateway.policy.holder import PolicyHolder
+from gateway.policy.model import Policy
+from gateway.store.base import Store
+from gateway.values.campaigns import HOLDOUT, MOVES, Campaign, CampaignState, ShardProgress, Variant
+from gateway.values.claims import Content, PushInput
+from gateway.values.domain import Category
+
+VARIANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+MAX_VARIANTS = 10
+MAX_WEIGHT = 1000
+MAX_HOLDOUT = 0.5
+MAX_DESCRIPTION = 500
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A campaign as the caller asks for it, unvalidated."""
+
+    campaign_id: str
+    scenario: str
+    audience: str
+    variants: tuple[Variant, ...]
+    params: Mapping[str, str]
+    holdout: float = 0.0
+    start_at: datetime | None = None
+    deadline: datetime | None = None
+    priority: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class CampaignView:
+    """A campaign with where its run stands and its funnel."""
+
+    campaign: Campaign
+    progress: list[ShardProgress]
+    funnel: list[funnel.Row]
+
+
+def audience_of(text: str, policy: Policy) -> Audience:
+    """The audience a campaign names: one from policy by name, or an expression."""
+    named = policy.audiences.get(text.strip()) if text.strip() else None
+    try:
+        return parse(named.expression if named is not None else text, policy.tiers.names)
+    except AudienceError as exc:
+        raise InvalidArgument("audience", str(exc)) from None
+
+
+def _merged(campaign_params: Mapping[str, str], variant: Variant) -> dict[str, str]:
+    return {**campaign_params, **variant.params}
+
+
+def build(bu: str, spec: CampaignSpec, policy: Policy, now: datetime) -> Campaign:
+    """The campaign ``spec`` describes, or the first rule it breaks."""
+    check_id(
+        "campaign.campaign_id",
+        spec.campaign_id,
+        CAMPAIGN_ID_RE,
+        "must be 1-64 characters of letters, digits and . _ : -",
+    )
+    scenario = policy.scenarios.get(spec.scenario)
+    if scenario is None or not policy.granted(bu, spec.scenario):
+        granted = ", ".join(s for s in sorted(policy.business_units[bu].scenarios) if _is_marketing(policy, s))
+        raise PermissionDenied(
+            f"business unit '{bu}' may not run campaigns of scenario '{spec.scenario[:64]}'; "
+            f"its marketing scenarios: {granted or 'none'}"
+        )
+    if scenario.category is not Category.MARKETING:
+        raise InvalidArgument(
+            "campaign.scenario", f"'{spec.scenario}' is {scenario.category}; a campaign sends a marketing scenario"
+        )
+    audience = audience_of(spec.audience, policy)
+    if not spec.variants:
+        raise InvalidArgument("campaign.variants", "give at least one variant (name, weight, params or content)")
+    if len(spec.variants) > MAX_VARIANTS:
+        raise InvalidArgument("campaign.variants", f"has {len(spec.variants)}; at most {MAX_VARIANTS}")
+    names: set[str] = set()
+    for index, variant in enumerate(spec.variants):
+        where = f"campaign.variants[{index}]"
+        if not VARIANT_RE.match(variant.name) or variant.name == HOLDOUT:
+            raise InvalidArgument(f"{where}.name", "must be 1-32 characters of letters, digits, _ and -, not 'holdout'")
+        if variant.name in names:
+            raise InvalidArgument(f"{where}.name", f"'{variant.name}' is used twice")
+        names.add(variant.name)
+        if not 1 <= variant.weight <= MAX_WEIGHT:
+            raise InvalidArgument(f"{where}.weight", f"is {variant.weight}; it must be 1-{MAX_WEIGHT}")
+        # The variant's claim must pass what any Push of the scenario must pass.
+        sample = PushInput(
+            "cmp:check",
+            "u",
+            spec.scenario,
+            _merged(spec.params, variant),
+            variant.content,
+            spec.campaign_id,
+            deadline=None,
+            priority=spec.priority,
+        )
+        try:
+            validate_push(bu, sample, policy, now)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}.{exc.field}", exc.rule) from None
+    if not 0.0 <= spec.holdout <= MAX_HOLDOUT:
+        raise InvalidArgument("campaign.holdout", f"is {spec.holdout:g}; it must be between 0 and {MAX_HOLDOUT:g}")
+    begins = spec.start_at or now
+    if spec.deadline is not None and spec.deadline <= max(begins, now):
+        raise InvalidArgument("campaign.deadline", "must be after the start time and in the future")
+    if len(spec.description) > MAX_DESCRIPTION:
+        raise InvalidArgument("campaign.description", f"at most {MAX_DESCRIPTION} characters")
+    variants = tuple(
+        Variant(
+            v.name, v.weight, _merged(spec.params, v), v.content if v.content and not v.content.is_empty() else None
+        )
+        for v in spec.variants
+    )
+    return Campaign(
+        campaign_id=spec.campaign_id,
+        bu=bu,
+        scenario=spec.scenario,
+        audience=audience.text,
+        variants=variants,
+        created_at=now,
+        updated_at=now,
+        description=spec.description,
+        holdout=spec.holdout,
+        start_at=spec.start_at,
+        deadline=spec.deadline,
+        priority=50 if spec.priority is None else spec.priority,
+    )
+
+
+def _is_marketing(policy: Policy, scenario: str) -> bool:
+    found = policy.scenarios.get(scenario)
+    return found is not None and found.category is Category.MARKETING
+
+
+def _same_definition(a: Campaign, b: Campaign) -> bool:
+    keep = {"created_at", "updated_at", "state", "started_at", "finished_at", "version"}
+    fields = [f for f in a.__struct_fields__ if f not in keep]
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+class Campaigns:
+    def __init__(self, store: Store, policies: PolicyHolder, clock: Clock) -> None:
+        self._store = store
+        self._policies = policies
+        self._clock = clock
+
+    async def create(self, bu: str, spec: CampaignSpec) -> Campaign:
+        campaign = build(bu, spec, self._policies.current, self._clock.now())
+        stored = await self._store.put_campaign(campaign, None)
+        if stored is not None:
+            return stored
+        existing = await self._get(bu, campaign.campaign_id)
+        if _same_definition(existing, campaign):
+            return existing  # the same create again (a retried call)
+        raise AlreadyExists(
+            f"campaign '{campaign.campaign_id}' exists with another definition; pick another campaign_id"
+        )
+
+    async def _get(self, bu: str, campaign_id: str) -> Campaign:
+        [found] = await self._store.get_campaigns([campaign_id])
+        if found is None or found.bu != bu:
+            raise NotFound(f"campaign '{campaign_id[:64]}' not found")
+        return found
+
+    async def get(self, bu: str, campaign_id: str) -> CampaignView:
+        campaign = await self._get(bu, campaign_id)
+        progress = await self._store.campaign_progress(campaign_id)
+        counts = await self._store.funnel(campaign_id)
+        return CampaignView(campaign, progress, funnel.rows(counts, [v.name for v in campaign.variants]))
+
+    async def list(self, bu: str, limit: int) -> list[Campaign]:
+        if not 0 <= limit <= 500:
+            raise InvalidArgument("limit", "must be 0-500 (0: 50)")
+        return await self._store.list_campaigns(bu, limit or 50)
+
+    async def change(self, bu: str, campaign_id: str, action: str) -> Campaign:
+        """Start, pause, resume or cancel; retried on a concurrent change."""
+        allowed, target = MOVES[action]
+        for _ in range(5):
+            campaign = await self._get(bu, campaign_id)
+            if campaign.state is target and action != "start":
+                return campaign  # asked twice: already there
+            if campaign.state not in allowed:
+                raise FailedPrecondition(
+                    f"campaign '{campaign_id}' is {campaign.state}; {action} needs it "
+                    + " or ".join(sorted(s.value for s in allowed))
+                )
+            now = self._clock.now()
+            changed = msgspec.structs.replace(
+                campaign,
+                state=target,
+                updated_at=now,
+                started_at=campaign.started_at or (now if target is CampaignState.RUNNING else None),
+                finished_at=now if target is CampaignState.CANCELLED else campaign.finished_at,
+            )
+            stored = await self._store.put_campaign(changed, campaign.version)
+            if stored is not None:
+                return stored
+        raise Unavailable(f"campaign '{campaign_id}' is being changed by others; try again")
+
+    async def complete(self, campaign: Campaign) -> Campaign | None:
+        """Mark a running campaign whose every shard is scanned as completed."""
+        if campaign.state is not CampaignState.RUNNING:
+            return None
+        now = self._clock.now()
+        done = msgspec.structs.replace(campaign, state=CampaignState.COMPLETED, updated_at=now, finished_at=now)
+        return await self._store.put_campaign(done, campaign.version)
+
+
+__all__ = ["CampaignSpec", "CampaignView", "Campaigns", "Content", "audience_of", "build"]

@@ -1,0 +1,104 @@
+"""A campaign: one marketing message to an audience, in variants, run by Herald.
+
+A campaign is stored whole (its definition and where it stands) and changed only
+through a version check, so two operators pausing and resuming at once cannot lose a
+step. Where each shard's scan stands is kept beside it (``ShardProgress``); the funnel
+is counted where each step happens (see ``gateway.core.funnel``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import msgspec
+
+from gateway.values.claims import Content
+
+HOLDOUT = "holdout"  # the name of the share that receives nothing (for lift)
+# How long a campaign, its progress and its funnel are kept after their last change.
+CAMPAIGN_RETENTION = timedelta(days=180)
+
+
+class CampaignState(StrEnum):
+    DRAFT = "DRAFT"  # created, not started: nothing is decided
+    RUNNING = "RUNNING"  # users are being decided (from start_at on)
+    PAUSED = "PAUSED"  # the scan stops where it is; held claims stay held
+    COMPLETED = "COMPLETED"  # every targeted user was decided
+    CANCELLED = "CANCELLED"  # stopped for good; held claims ended as CANCELLED
+
+
+# Which state changes an operator may ask for, and from where.
+MOVES: dict[str, tuple[frozenset[CampaignState], CampaignState]] = {
+    "start": (frozenset({CampaignState.DRAFT}), CampaignState.RUNNING),
+    "pause": (frozenset({CampaignState.RUNNING}), CampaignState.PAUSED),
+    "resume": (frozenset({CampaignState.PAUSED}), CampaignState.RUNNING),
+    "cancel": (
+        frozenset({CampaignState.DRAFT, CampaignState.RUNNING, CampaignState.PAUSED, CampaignState.COMPLETED}),
+        CampaignState.CANCELLED,
+    ),
+}
+
+
+class Variant(msgspec.Struct, frozen=True, gc=False):
+    name: str
+    weight: int
+    params: dict[str, str] = msgspec.field(default_factory=dict)
+    content: Content | None = None
+
+
+class Campaign(msgspec.Struct, frozen=True, gc=False):
+    campaign_id: str
+    bu: str
+    scenario: str
+    audience: str  # the expression, canonical (see gateway.core.audience)
+    variants: tuple[Variant, ...]
+    created_at: datetime
+    updated_at: datetime
+    state: CampaignState = CampaignState.DRAFT
+    description: str = ""
+    holdout: float = 0.0  # the share of the audience that gets nothing
+    start_at: datetime | None = None  # not before this (None: when started)
+    deadline: datetime | None = None  # claims not sent by then expire
+    priority: int = 50
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    version: int = 0
+
+    def share_of(self, user_id: str) -> str:
+        """The variant (or ``HOLDOUT``) this user falls in: a hash of (campaign, user),
+        so the split is stable per user across runs, restarts and replicas."""
+        digest = hashlib.blake2b(f"{self.campaign_id}\x00{user_id}".encode(), digest_size=8).digest()
+        point = int.from_bytes(digest, "big") / 2**64  # uniform in [0, 1)
+        if point < self.holdout:
+            return HOLDOUT
+        point = (point - self.holdout) / (1.0 - self.holdout)
+        total = sum(v.weight for v in self.variants)
+        edge = 0.0
+        for variant in self.variants:
+            edge += variant.weight / total
+            if point < edge:
+                return variant.name
+        return self.variants[-1].name
+
+    def variant(self, name: str) -> Variant | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+
+class ShardProgress(msgspec.Struct, frozen=True, gc=False):
+    """Where one shard's scan of a campaign stands."""
+
+    shard: int
+    cursor: str = "0"  # "<plan step>:<SSCAN cursor>"
+    done: bool = False
+    scanned: int = 0  # index entries read
+    matched: int = 0  # users in the audience (holdout included)
+    holdout: int = 0
+    errors: int = 0  # users whose decision failed and were retried
+
+
+def request_id_of(campaign_id: str, user_id: str) -> str:
+    """The idempotency key of a campaign's claim on a user: a run killed at any instant
+    decides the same user again under the same key, so the user gets one message."""
+    return "cmp:" + campaign_id + ":" + hashlib.blake2b(user_id.encode(), digest_size=10).hexdigest()
