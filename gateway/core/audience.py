@@ -84,6 +84,22 @@ _TOKEN_RE = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+# Punctuation a Chinese input method types in place of the ASCII the syntax needs. In a
+# bare word it would pass silently (city in [杭州，上海] is one value, matching no one).
+_FULL_WIDTH = {
+    "，": ",",
+    "（": "(",
+    "）": ")",
+    "［": "[",
+    "］": "]",
+    "【": "[",
+    "】": "]",
+    "＝": "=",
+    "！": "!",
+    "“": '"',
+    "”": '"',
+}
+_FULL_WIDTH_RE = re.compile("[" + "".join(_FULL_WIDTH) + "]")
 
 
 class _Token(NamedTuple):
@@ -118,6 +134,15 @@ def _tokens(text: str) -> list[_Token]:
         kind = match.lastgroup or ""
         written = match.group()
         if kind == "word":
+            wide = _FULL_WIDTH_RE.search(written)
+            if wide is not None:
+                column = pos + wide.start() + 1
+                raise AudienceError(
+                    f"full-width '{wide.group()}' at {column}; write '{_FULL_WIDTH[wide.group()]}' "
+                    "(or put the value in double quotes if it is part of it)",
+                    column,
+                    wide.group(),
+                )
             out.append(_Token("word", written, written, pos + 1))
         elif kind == "string":
             out.append(_Token("string", written, _ESCAPE_RE.sub(r"\1", written[1:-1]), pos + 1))
