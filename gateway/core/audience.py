@@ -18,6 +18,8 @@ from datetime import timedelta
 from typing import NamedTuple, NoReturn
 
 from gateway.core.audience_nodes import (
+    FULL_WIDTH,
+    FULL_WIDTH_RE,
     TAG_MODES,
     WORD_CHARS,
     And,
@@ -84,22 +86,6 @@ _TOKEN_RE = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
-# Punctuation a Chinese input method types in place of the ASCII the syntax needs. In a
-# bare word it would pass silently (city in [杭州，上海] is one value, matching no one).
-_FULL_WIDTH = {
-    "，": ",",
-    "（": "(",
-    "）": ")",
-    "［": "[",
-    "］": "]",
-    "【": "[",
-    "】": "]",
-    "＝": "=",
-    "！": "!",
-    "“": '"',
-    "”": '"',
-}
-_FULL_WIDTH_RE = re.compile("[" + "".join(_FULL_WIDTH) + "]")
 
 
 class _Token(NamedTuple):
@@ -134,11 +120,11 @@ def _tokens(text: str) -> list[_Token]:
         kind = match.lastgroup or ""
         written = match.group()
         if kind == "word":
-            wide = _FULL_WIDTH_RE.search(written)
+            wide = FULL_WIDTH_RE.search(written)
             if wide is not None:
                 column = pos + wide.start() + 1
                 raise AudienceError(
-                    f"full-width '{wide.group()}' at {column}; write '{_FULL_WIDTH[wide.group()]}' "
+                    f"full-width '{wide.group()}' at {column}; write '{FULL_WIDTH[wide.group()]}' "
                     "(or put the value in double quotes if it is part of it)",
                     column,
                     wide.group(),

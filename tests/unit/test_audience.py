@@ -303,6 +303,7 @@ CANONICAL = [
     ("not not (tier = new)", "not not tier = new"),
     ('attr.store = "West Lake, 1" or attr.quote = "a \\"b\\" \\\\" or city = ""', None),
     ('attr.brand = "and"', "attr.brand = and"),
+    ('city in ["杭州，上海", 北京]', None),  # a full-width comma stays quoted
 ]
 
 
@@ -312,6 +313,15 @@ def test_text_is_canonical_and_round_trips(text: str, canonical: str | None) -> 
     assert audience.text == (canonical or text)
     assert str(audience) == audience.text
     assert parse(audience.text, TIERS) == audience
+
+
+def test_any_attribute_value_prints_so_that_it_reads_back() -> None:
+    rng = random.Random(7)
+    pool = 'ab 杭州"\\()[],=!，【“\n\t'
+    for _ in range(500):
+        value = "".join(rng.choice(pool) for _ in range(rng.randint(0, 6)))
+        audience = Audience(Attribute("note", (value,), negated=rng.random() < 0.5))
+        assert parse(audience.text, TIERS) == audience, (value, audience.text)
 
 
 # -- the index plan ---------------------------------------------------------------------
