@@ -18,6 +18,8 @@ from datetime import timedelta
 from typing import NamedTuple, NoReturn
 
 from gateway.core.audience_nodes import (
+    FULL_WIDTH,
+    FULL_WIDTH_RE,
     TAG_MODES,
     WORD_CHARS,
     And,
@@ -118,6 +120,15 @@ def _tokens(text: str) -> list[_Token]:
         kind = match.lastgroup or ""
         written = match.group()
         if kind == "word":
+            wide = FULL_WIDTH_RE.search(written)
+            if wide is not None:
+                column = pos + wide.start() + 1
+                raise AudienceError(
+                    f"full-width '{wide.group()}' at {column}; write '{FULL_WIDTH[wide.group()]}' "
+                    "(or put the value in double quotes if it is part of it)",
+                    column,
+                    wide.group(),
+                )
             out.append(_Token("word", written, written, pos + 1))
         elif kind == "string":
             out.append(_Token("string", written, _ESCAPE_RE.sub(r"\1", written[1:-1]), pos + 1))

@@ -19,6 +19,22 @@ TagMode = Literal["any", "all", "none"]
 TAG_MODES: tuple[TagMode, ...] = ("any", "all", "none")
 # What a bare (unquoted) word may hold: anything but spaces, ( ) [ ] , = ! and ".
 WORD_CHARS = r'[^\s()\[\],="!]'
+# Punctuation a Chinese input method types in place of the ASCII the syntax needs. In a
+# bare word it would pass silently (city in [杭州，上海] is one value, matching no one).
+FULL_WIDTH = {
+    "，": ",",
+    "（": "(",
+    "）": ")",
+    "［": "[",
+    "］": "]",
+    "【": "[",
+    "】": "]",
+    "＝": "=",
+    "！": "!",
+    "“": '"',
+    "”": '"',
+}
+FULL_WIDTH_RE = re.compile("[" + "".join(FULL_WIDTH) + "]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +263,7 @@ _BARE_RE = re.compile(WORD_CHARS + "+")
 
 
 def _value_text(value: str) -> str:
-    if _BARE_RE.fullmatch(value):
+    if _BARE_RE.fullmatch(value) and not FULL_WIDTH_RE.search(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -66,6 +66,7 @@ VALID = [
     ("gender not in [f]", Attribute("gender", ("f",), negated=True)),
     ('attr.store = "Hangzhou West Lake (1)"', Attribute("store", ("Hangzhou West Lake (1)",))),
     ('city = ""', Attribute("city", ("",))),
+    ('city in ["杭州，上海"]', Attribute("city", ("杭州，上海",))),  # quoted, it is the value
     ('attr.note = "say \\"hi\\" \\\\ bye"', Attribute("note", ('say "hi" \\ bye',))),
     ("tier = champion", Tier(("champion",))),
     ("tier in [champion]", Tier(("champion",))),
@@ -128,6 +129,9 @@ ERRORS = [
     ("city 杭州", "expected =, !=, in or not in after 'city' at 6, found '杭州'", 6),
     ("city !杭州", "unexpected '!' at 6; write != for 'not equal'", 6),
     ('city = "杭州', 'unclosed string at 8; end it with "', 8),
+    ("city in [杭州，上海]", "full-width '，' at 12; write ','", 12),
+    ("tags any【vip】", "full-width '【' at 9; write '['", 9),
+    ("city = “New York”", "full-width '“' at 8; write '\"'", 8),
     ("follows weixin", "expected 'wechat' after 'follows' at 9, found 'weixin'; write: follows wechat", 9),
     ("has SMS", "expected 'channel' after 'has' at 5, found 'SMS'; write: has channel SMS", 5),
     ("has channel SMSS", "unknown channel 'SMSS' at 13; channels: WECHAT_TEMPLATE, WECHAT_CS, WECHAT_MASS, SMS", 13),
@@ -299,6 +303,7 @@ CANONICAL = [
     ("not not (tier = new)", "not not tier = new"),
     ('attr.store = "West Lake, 1" or attr.quote = "a \\"b\\" \\\\" or city = ""', None),
     ('attr.brand = "and"', "attr.brand = and"),
+    ('city in ["杭州，上海", 北京]', None),  # a full-width comma stays quoted
 ]
 
 
@@ -308,6 +313,15 @@ def test_text_is_canonical_and_round_trips(text: str, canonical: str | None) -> 
     assert audience.text == (canonical or text)
     assert str(audience) == audience.text
     assert parse(audience.text, TIERS) == audience
+
+
+def test_any_attribute_value_prints_so_that_it_reads_back() -> None:
+    rng = random.Random(7)
+    pool = 'ab 杭州"\\()[],=!，【“\n\t'
+    for _ in range(500):
+        value = "".join(rng.choice(pool) for _ in range(rng.randint(0, 6)))
+        audience = Audience(Attribute("note", (value,), negated=rng.random() < 0.5))
+        assert parse(audience.text, TIERS) == audience, (value, audience.text)
 
 
 # -- the index plan ---------------------------------------------------------------------
