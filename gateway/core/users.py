@@ -16,16 +16,22 @@ from gateway.policy.holder import PolicyHolder
 from gateway.store import keys
 from gateway.store.base import Store
 from gateway.values.domain import Category, Channel, InteractionKind, UserFact
-from gateway.values.profiles import PROFILE_SECTIONS, Interaction, OptOut, Rfm, UserProfile, WeChat
+from gateway.values.profiles import (
+    MAX_TAGS,
+    PROFILE_SECTIONS,
+    Interaction,
+    OptOut,
+    Rfm,
+    UserProfile,
+    WeChat,
+    is_tag,
+)
 
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 OPENID_RE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-# Letters of any script, digits, _ - . : @ / (no spaces or commas: tags are listed).
-TAG_RE = re.compile(r"^[\w.:@/-]{1,64}$")
 ATTRIBUTE_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-MAX_TAGS = 200
 MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_VALUE = 256
 MAX_DEVICE_TOKENS = 10
@@ -87,7 +93,7 @@ def validate_labels(tags: Collection[str], attributes: Mapping[str, str], prefix
     if len(tags) > MAX_TAGS:
         raise InvalidArgument(f"{prefix}.tags", f"has {len(tags)}; at most {MAX_TAGS}")
     for tag in tags:
-        if not TAG_RE.match(tag):
+        if not is_tag(tag):
             raise InvalidArgument(
                 f"{prefix}.tags",
                 f"'{tag[:64]}' is not a tag: 1-64 letters (any script), digits and _ - . : @ / (no spaces)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import msgspec
@@ -15,6 +16,14 @@ LABEL_SECTIONS = ("tags", "attributes")
 PROFILE_SECTIONS = (*CONTACT_SECTIONS, *LABEL_SECTIONS)
 # The attributes every profile may have a value for (audiences name them bare).
 KNOWN_ATTRIBUTES = ("province", "city", "language", "gender")
+# A tag: letters of any script, digits, _ - . : @ / (no spaces or commas: tags are
+# listed). Use ``is_tag``: ``$`` alone would let a trailing newline through.
+TAG_RE = re.compile(r"[\w.:@/-]{1,64}")
+MAX_TAGS = 200
+
+
+def is_tag(text: str) -> bool:
+    return TAG_RE.fullmatch(text) is not None
 
 
 class WeChat(msgspec.Struct, frozen=True, gc=False):
