@@ -11,7 +11,7 @@ from typing import Any
 from gateway.clock import Clock
 from gateway.core.profile_rules import CsWindowState, cs_window, interaction_retention
 from gateway.core.validate import USER_ID_RE, check_id
-from gateway.errors import InvalidArgument, NotFound
+from gateway.errors import InvalidArgument, NotFound, Unavailable
 from gateway.policy.holder import PolicyHolder
 from gateway.store import keys
 from gateway.store.base import Store
@@ -36,6 +36,9 @@ MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_VALUE = 256
 MAX_DEVICE_TOKENS = 10
 INTERACTIONS_KEPT = 20
+# Compare-and-set rounds of add_tags before giving up (each lost only to another write
+# of the same user's tags in between).
+TAG_WRITE_TRIES = 5
 CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -142,6 +145,28 @@ class Users:
         wechat = WeChat(profile.wechat.openid, profile.wechat.unionid, following=following)
         retention = self._policies.current.defaults.profile_retention
         return await self._store.upsert_user(profile.user_id, {"wechat": wechat}, self._clock.now(), retention)
+
+    async def add_tags(self, profile: UserProfile, tags: Collection[str]) -> tuple[UserProfile, tuple[str, ...]]:
+        """Add ``tags`` (valid ones, checked by the caller) to the user's, as a set, while
+        the profile has room (MAX_TAGS; the first given go in first). The profile after,
+        and the tags that were added. Another write of the tags meanwhile is read and
+        added to, never overwritten."""
+        ttl = self._policies.current.defaults.profile_retention
+        for _ in range(TAG_WRITE_TRIES):
+            have = set(profile.tags)
+            new = tuple(t for t in dict.fromkeys(tags) if t not in have)[: max(0, MAX_TAGS - len(have))]
+            if not new:
+                return profile, ()
+            merged = tuple(sorted(have.union(new)))
+            done, current = await self._store.replace_tags(
+                profile.user_id, profile.tags, merged, self._clock.now(), ttl
+            )
+            if current is None:
+                return profile, ()  # forgotten meanwhile
+            if done:
+                return current, new
+            profile = current
+        raise Unavailable("the user's tags kept changing while tags were added; try again")
 
     async def get(self, user_id: str) -> UserProfile:
         validate_user_id(user_id)
