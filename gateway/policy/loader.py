@@ -27,10 +27,11 @@ from pydantic import TypeAdapter, ValidationError
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.model import CONTENT_PLACEHOLDERS, PLACEHOLDER_RE, ContentGuard, Policy
 from gateway.policy.schema import CategoryPolicy, Defaults, PolicyFile, Scenario, TierPolicy
+from gateway.policy.wechat_events import WechatEvents, overlaps
 from gateway.values.domain import Category, Channel
 
 _MERGED_SECTIONS = ("content_guard", "business_units", "scenarios", "categories", "channels", "providers")
-_SINGLE_SECTIONS = ("defaults", "tiers")
+_SINGLE_SECTIONS = ("defaults", "tiers", "wechat_events")
 _REQUIRED_SECTIONS = ("business_units", "scenarios", "categories", "channels", "providers")
 
 # The type of a merged section's names (str, Category, Channel), read off the schema, so
@@ -371,6 +372,7 @@ def load_policy(directory: Path | str, *, now: datetime | None = None) -> Policy
         tiers=sections.singles["tiers"],
         channels=merged["channels"],
         providers=merged["providers"],
+        wechat_events=sections.singles.get("wechat_events") or WechatEvents(),
     )
 
 
@@ -517,3 +519,6 @@ def cross_check(sections: _Sections, directory: str) -> Iterator[_Fault]:
             )
         if chan_policy.cs_windows and channel is not Channel.WECHAT_CS:
             yield file, ["channels", channel, "cs_windows"], "cs_windows belongs to WECHAT_CS only"
+    events: WechatEvents | None = sections.singles.get("wechat_events")
+    for loc, problem in overlaps(events) if events is not None else ():
+        yield file_of("wechat_events"), ["wechat_events", *loc], problem
