@@ -7,6 +7,8 @@ import base64
 import hashlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from channels.wechat_callback import (
     CallbackError,
@@ -68,3 +70,19 @@ def test_encrypted_reply_pads_to_32_byte_blocks() -> None:
         raw = base64.b64decode(parse_xml(encrypted_reply(xml, TOKEN, AES_KEY, APPID, "1", "n"))["Encrypt"])
         plain_len = 16 + 4 + size + len(APPID)
         assert len(raw) == plain_len + (32 - plain_len % 32)
+
+
+# What XML 1.0 can carry (parse_xml trims, and XML reads \r as \n).
+xml_text = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="\r")
+    .filter(lambda c: c in "\t\n" or ord(c) >= 0x20)
+    .filter(lambda c: c not in "\ufffe\uffff"),
+    max_size=200,
+).map(str.strip)
+
+
+@given(content=xml_text, to_user=xml_text)
+def test_any_reply_text_reads_back_the_same(content: str, to_user: str) -> None:
+    outer = parse_xml(encrypted_reply(text_reply(to_user, "gh_shop", 1, content), TOKEN, AES_KEY, APPID, "1", "n"))
+    reply = parse_xml(decrypt(outer["Encrypt"], AES_KEY, APPID))
+    assert (reply["ToUserName"], reply["Content"]) == (to_user, content)

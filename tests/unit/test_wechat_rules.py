@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.core.wechat_rules import NOTHING, Actions, actions_for, scene_of
 from gateway.policy.wechat_events import WechatEvents
+from gateway.values.profiles import is_tag
 
 RULES = WechatEvents.model_validate(
     {
@@ -101,3 +104,15 @@ def test_menu_click_by_exact_key() -> None:
     assert actions_for(RULES, event("CLICK", "MENU_NEW")).tags == ("new_arrivals",)
     assert actions_for(RULES, event("CLICK", "menu_new")) == NOTHING
     assert actions_for(RULES, event("VIEW", "MENU_NEW")) == NOTHING
+
+
+# Any scene, key or message: never an exception, and only valid tags come out.
+anything = st.text(max_size=120) | st.sampled_from(["store_", "store_ 1", "store_" + "x" * 70, "{scene}", "]]>"])
+
+
+@given(scene=anything, kind=st.sampled_from(["subscribe", "SCAN", "CLICK"]), content=anything)
+def test_any_event_makes_only_valid_tags(scene: str, kind: str, content: str) -> None:
+    key = f"qrscene_{scene}" if kind == "subscribe" else scene
+    for got in (actions_for(RULES, event(kind, key)), actions_for(RULES, text(content))):
+        assert all(is_tag(tag) for tag in got.tags)
+        assert len(set(got.tags)) == len(got.tags)
