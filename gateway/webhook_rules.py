@@ -13,7 +13,7 @@ from gateway.core.wechat_rules import OPT_OUT_CHANNELS, OPT_OUT_SOURCE, Actions
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.values.domain import Category
-from gateway.values.profiles import UserProfile
+from gateway.values.profiles import MAX_TAGS, UserProfile
 
 log = get_logger(__name__)
 
@@ -31,7 +31,7 @@ class WebhookRules:
             self._metrics.wechat_rules.labels("bad_tag").inc()
         if actions.tags:
             profile, added = await self._users.add_tags(profile, actions.tags)
-            full = sum(1 for tag in actions.tags if tag not in profile.tags)
+            full = sum(1 for tag in actions.tags if tag not in profile.tags) if len(profile.tags) >= MAX_TAGS else 0
             log.info("wechat_tags_added", user_id=profile.user_id, count=len(added), rules=list(actions.rules))
             if added:
                 self._metrics.wechat_rules.labels("tagged").inc()

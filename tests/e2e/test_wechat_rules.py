@@ -16,6 +16,7 @@ from channels.wechat_callback import check_signature, decrypt, encrypt, parse_xm
 from gateway.clock import FixedClock
 from gateway.core.profile_rules import opted_out as opt_out_of
 from gateway.values.domain import Category, Channel
+from gateway.values.profiles import MAX_TAGS
 from herald.v1 import profile_pb2, types_pb2
 from tests.e2e.channels_setup import AES_KEY, CALLBACK_TOKEN, Fakes, gateway_on_fakes, settled
 from tests.e2e.conftest import OPENID, Api, auth
@@ -126,6 +127,15 @@ async def test_a_scene_that_makes_a_bad_tag_is_skipped_and_logged(api: Api, caps
     for personal in (OPENID, long_scene, "13800138000"):
         assert personal not in out
     assert rules_metric(api, "bad_tag") == 1
+
+
+async def test_a_full_profile_keeps_its_tags(api: Api) -> None:
+    full = [f"t{n:03d}" for n in range(MAX_TAGS - 1)]
+    await api.add_user("u-1", wechat=profile_pb2.WeChatIdentity(openid=OPENID, following=True), tags=full)
+    scan = event_xml("SCAN", int(time.time()), EventKey="store_hz_01")
+    assert (await post(api, scan, signed()))[2] == "success"
+    assert await tags(api) == sorted([*full, "qr:store_hz_01"])  # the first tag of the rule fits
+    assert rules_metric(api, "profile_full") == 1  # offline_store did not
 
 
 # --- keywords and menu clicks ------------------------------------------------------------
