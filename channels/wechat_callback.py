@@ -6,6 +6,9 @@
   IV, PKCS#7 padding to 32-byte blocks; the plaintext is 16 random bytes, a 4-byte
   big-endian length, the XML, and the appid.
 - XML is parsed by defusedxml, which refuses entities (XXE, billion laughs).
+- A passive reply is the callback's HTTP answer: a text message back to the user; in
+  safe mode encrypted as above and signed with ``sha1(sorted([token, timestamp,
+  nonce, Encrypt]))``.
 """
 
 from __future__ import annotations
@@ -96,10 +99,37 @@ def decrypt(encrypted: str, encoding_aes_key: str, appid: str) -> bytes:
 
 
 def encrypt(xml: bytes, encoding_aes_key: str, appid: str, random16: bytes | None = None) -> str:
-    """The reverse of ``decrypt`` (WeChat's side; used by the tests' fake)."""
+    """The reverse of ``decrypt``: a safe-mode reply (and what WeChat sends, in tests)."""
     key = _key(encoding_aes_key)
     plain = (random16 or os.urandom(16)) + struct.pack(">I", len(xml)) + xml + appid.encode()
     pad = BLOCK - len(plain) % BLOCK
     plain += bytes([pad]) * pad
     encryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()
     return base64.b64encode(encryptor.update(plain) + encryptor.finalize()).decode()
+
+
+def _cdata(text: str) -> str:
+    # "]]>" cannot appear inside CDATA: end the section there and start another.
+    return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
+
+
+def text_reply(to_user: str, from_account: str, created: int, content: str) -> bytes:
+    """A passive text reply: to the user (the event's FromUserName), from the account
+    (the event's ToUserName, its original id)."""
+    return (
+        f"<xml><ToUserName>{_cdata(to_user)}</ToUserName><FromUserName>{_cdata(from_account)}</FromUserName>"
+        f"<CreateTime>{created}</CreateTime><MsgType>{_cdata('text')}</MsgType>"
+        f"<Content>{_cdata(content)}</Content></xml>"
+    ).encode()
+
+
+def encrypted_reply(
+    xml: bytes, token: str, encoding_aes_key: str, appid: str, timestamp: str, nonce: str, random16: bytes | None = None
+) -> bytes:
+    """A reply for a safe-mode callback: ``xml`` encrypted, with its signature."""
+    encrypted = encrypt(xml, encoding_aes_key, appid, random16)
+    return (
+        f"<xml><Encrypt>{_cdata(encrypted)}</Encrypt>"
+        f"<MsgSignature>{_cdata(signature(token, timestamp, encrypted, nonce))}</MsgSignature>"
+        f"<TimeStamp>{timestamp}</TimeStamp><Nonce>{_cdata(nonce)}</Nonce></xml>"
+    ).encode()

@@ -21,6 +21,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from gateway.values.domain import Category, Channel, Outcome, Reason, UserFact
 from gateway.values.jobs import LANES
 
+WECHAT_RULE_ACTIONS = ("tagged", "opted_out", "opted_in", "replied", "bad_tag", "profile_full")
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -214,6 +216,13 @@ class Metrics:
             ["source", "result"],
             registry=registry,
         )
+        self.wechat_rules = Counter(
+            "herald_wechat_event_rules_total",
+            "What wechat_events rules did: users tagged, opted out or back in, replies sent, "
+            "tags skipped (not a tag once filled in, or the profile full).",
+            ["action"],
+            registry=registry,
+        )
         self.receipts = Counter(
             "herald_receipts_total",
             "Delivery receipts and job reports from providers, by channel and result.",
@@ -281,6 +290,8 @@ class Metrics:
         for method in ("Push", "PushBatch"):
             self.decision_seconds.labels(method)
             self.shed.labels(method)
+        for action in WECHAT_RULE_ACTIONS:
+            self.wechat_rules.labels(action)
         for lane in LANES:
             self.delivery_queue_depth.labels(lane.value)
             self.delivery_queue_age.labels(lane.value)

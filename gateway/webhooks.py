@@ -5,7 +5,10 @@ WeChat: the URL check answers ``echostr``; every POST must carry a valid signatu
 defusedxml, deduplicated (WeChat retries three times when the answer takes longer
 than 5 s) and answered ``success``. Follows and unfollows set the following flag;
 messages, menu clicks, scans and follows open the customer-service window; the
-template job report lands in the message's timeline.
+template job report lands in the message's timeline. The policy's ``wechat_events``
+rules tag the user and opt them out of marketing (``webhook_rules``); when a rule
+replies, the answer is a passive text reply instead of ``success`` (encrypted and
+signed in safe mode), and a retry of that callback gets the same reply again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,10 +24,19 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from aiohttp import web
 
-from channels.wechat_callback import CallbackError, check_key, check_signature, decrypt, parse_xml
+from channels.wechat_callback import (
+    CallbackError,
+    check_key,
+    check_signature,
+    decrypt,
+    encrypted_reply,
+    parse_xml,
+    text_reply,
+)
 from gateway.autostop import AutoStop
 from gateway.clock import Clock
 from gateway.core.users import Users
+from gateway.core.wechat_rules import actions_for
 from gateway.errors import HeraldError, NotFound
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
@@ -34,6 +47,7 @@ from gateway.store import keys
 from gateway.store.base import Store
 from gateway.values.domain import Channel, InteractionKind, Outcome, UserFact
 from gateway.values.records import Current, TimelineEntry
+from gateway.webhook_rules import WebhookRules
 
 log = get_logger(__name__)
 SEEN_FOR = timedelta(minutes=10)  # WeChat's retries come within seconds; receipts within hours
@@ -43,6 +57,8 @@ MAX_BODY = 256 * 1024
 # MsgId 20 digits); longer ones are not WeChat's and would only make long store keys.
 KEY_FIELDS = ("ToUserName", "FromUserName", "CreateTime", "MsgType", "Event", "MsgId", "MsgID", "Status")
 KEY_FIELD_MAX = 128
+# A callback seen: "1", or this and the reply it was answered with (a retry gets it too).
+REPLIED = "r:"
 # Receipts name our delivery ids, "<message id>.<channel>"; anything else is not ours.
 MESSAGE_ID = re.compile(r"^m_[0-9A-Za-z]{1,64}$")
 
@@ -102,6 +118,7 @@ class Webhooks:
         self._metrics = metrics
         self._environ = environ
         self._configured: tuple[str, tuple[WechatCallbackConfig | None, str]] | None = None
+        self._rules = WebhookRules(users, metrics)
 
     def _settings(self) -> tuple[WechatCallbackConfig | None, str]:
         """The callback settings of the serving policy (read again after a reload)."""
@@ -180,32 +197,54 @@ class Webhooks:
             status = 403 if "signature" in str(exc) or "appid" in str(exc) else 400
             return self._refuse("wechat", str(exc), status)
         key = event.get("MsgId") or f"{event.get('FromUserName')}:{event.get('CreateTime')}:{event.get('Event')}"
+        seen = keys.callback_seen(key)
         try:
-            fresh = await self._store.shared_put(keys.callback_seen(key), "1", SEEN_FOR, only_if_absent=True)
+            fresh = await self._store.shared_put(seen, "1", SEEN_FOR, only_if_absent=True)
             if fresh:
-                await self._handle(event)
+                reply = await self._handle(event)
+            else:
+                # A retry: WeChat did not get our answer, so the user did not see the reply.
+                stored = await self._store.shared_get(seen) or ""
+                reply = stored[len(REPLIED) :] if stored.startswith(REPLIED) else None
         except HeraldError as exc:
             # Let WeChat retry: forget that we saw it.
             log.error("webhook_failed", source="wechat", error=exc.message)
-            await self._forget(keys.callback_seen(key))
+            await self._forget(seen)
             return web.Response(status=503, text="try again")
         self._metrics.webhooks.labels("wechat", "ok" if fresh else "duplicate").inc()
-        return web.Response(text="success")
+        if reply is None:
+            return web.Response(text="success")
+        if fresh:
+            with contextlib.suppress(HeraldError):  # done all the same; only a retry would miss it
+                await self._store.shared_put(seen, REPLIED + reply, SEEN_FOR)
+        return self._reply(event, reply, config, encrypted=q.get("encrypt_type") == "aes")
+
+    def _reply(self, event: dict[str, str], text: str, config: WechatCallbackConfig, encrypted: bool) -> web.Response:
+        """The passive reply: a text message to the user, from the account it wrote to."""
+        created = int(self._clock.now().timestamp())
+        body = text_reply(event.get("FromUserName", ""), event.get("ToUserName", ""), created, text)
+        if encrypted:
+            nonce = str(secrets.randbelow(10**10))
+            body = encrypted_reply(body, config.token, config.aes_key, config.appid, str(created), nonce)
+        self._metrics.wechat_rules.labels("replied").inc()
+        return web.Response(body=body, content_type="application/xml", charset="utf-8")
 
     async def _forget(self, name: str) -> None:
         with contextlib.suppress(HeraldError):
             await self._store.shared_delete(name)
 
-    async def _handle(self, event: dict[str, str]) -> None:
+    async def _handle(self, event: dict[str, str]) -> str | None:
+        """Record what the event says; the text to reply with, if a rule has one."""
         msg_type, name = event.get("MsgType", ""), event.get("Event", "")
         if msg_type == "event" and name in ("TEMPLATESENDJOBFINISH", "MASSSENDJOBFINISH"):
             await self._job_finished(event)
-            return
+            return None
         openid = event.get("FromUserName", "")
         profile = await self._users.by_openid(openid) if openid else None
         if profile is None:
+            # Nothing to tag or opt out, so no reply: it would claim what was not done.
             log.info("webhook_unknown_user", source="wechat", kind=name or msg_type)
-            return
+            return None
         if msg_type == "event" and name in ("subscribe", "unsubscribe"):
             profile = await self._users.set_following(profile, name == "subscribe")
         kind = InteractionKind.USER_MESSAGE if msg_type in USER_MESSAGES else OPENS_WINDOW.get((msg_type, name))
@@ -213,6 +252,8 @@ class Webhooks:
             at = _created(event, self._clock.now())
             await self._users.record_interaction(profile.user_id, kind, at)
         log.info("wechat_event", user_id=profile.user_id, kind=name or msg_type)
+        actions = actions_for(self._policies.current.wechat_events, event)
+        return await self._rules.apply(profile, actions) if actions else None
 
     async def _job_finished(self, event: dict[str, str]) -> None:
         status = event.get("Status", "")

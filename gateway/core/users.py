@@ -11,31 +11,34 @@ from typing import Any
 from gateway.clock import Clock
 from gateway.core.profile_rules import CsWindowState, cs_window, interaction_retention
 from gateway.core.validate import USER_ID_RE, check_id
-from gateway.errors import InvalidArgument, NotFound
+from gateway.errors import InvalidArgument, NotFound, Unavailable
 from gateway.policy.holder import PolicyHolder
 from gateway.store import keys
 from gateway.store.base import Store
 from gateway.values.domain import Category, Channel, InteractionKind, UserFact
 from gateway.values.profiles import (
     ATTRIBUTE_KEY_RE,
+    MAX_TAGS,
     PROFILE_SECTIONS,
-    TAG_RE,
     Interaction,
     OptOut,
     Rfm,
     UserProfile,
     WeChat,
+    is_tag,
 )
 
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 OPENID_RE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-MAX_TAGS = 200
 MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_VALUE = 256
 MAX_DEVICE_TOKENS = 10
 INTERACTIONS_KEPT = 20
+# Compare-and-set rounds of add_tags before giving up (each lost only to another write
+# of the same user's tags in between).
+TAG_WRITE_TRIES = 5
 CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -93,7 +96,7 @@ def validate_labels(tags: Collection[str], attributes: Mapping[str, str], prefix
     if len(tags) > MAX_TAGS:
         raise InvalidArgument(f"{prefix}.tags", f"has {len(tags)}; at most {MAX_TAGS}")
     for tag in tags:
-        if not TAG_RE.match(tag):
+        if not is_tag(tag):
             raise InvalidArgument(
                 f"{prefix}.tags",
                 f"'{tag[:64]}' is not a tag: 1-64 letters (any script), digits and _ - . : @ / (no spaces)",
@@ -101,7 +104,7 @@ def validate_labels(tags: Collection[str], attributes: Mapping[str, str], prefix
     if len(attributes) > MAX_ATTRIBUTES:
         raise InvalidArgument(f"{prefix}.attributes", f"has {len(attributes)}; at most {MAX_ATTRIBUTES}")
     for key, value in attributes.items():
-        if not ATTRIBUTE_KEY_RE.match(key):
+        if not ATTRIBUTE_KEY_RE.fullmatch(key):
             raise InvalidArgument(
                 f"{prefix}.attributes", f"key '{key[:40]}' must be a lowercase name: [a-z][a-z0-9_]{{0,31}}"
             )
@@ -142,6 +145,28 @@ class Users:
         wechat = WeChat(profile.wechat.openid, profile.wechat.unionid, following=following)
         retention = self._policies.current.defaults.profile_retention
         return await self._store.upsert_user(profile.user_id, {"wechat": wechat}, self._clock.now(), retention)
+
+    async def add_tags(self, profile: UserProfile, tags: Collection[str]) -> tuple[UserProfile, tuple[str, ...]]:
+        """Add ``tags`` (valid ones, checked by the caller) to the user's, as a set, while
+        the profile has room (MAX_TAGS; the first given go in first). The profile after,
+        and the tags that were added. Another write of the tags meanwhile is read and
+        added to, never overwritten."""
+        ttl = self._policies.current.defaults.profile_retention
+        for _ in range(TAG_WRITE_TRIES):
+            have = set(profile.tags)
+            new = tuple(t for t in dict.fromkeys(tags) if t not in have)[: max(0, MAX_TAGS - len(have))]
+            if not new:
+                return profile, ()
+            merged = tuple(sorted(have.union(new)))
+            done, current = await self._store.replace_tags(
+                profile.user_id, profile.tags, merged, self._clock.now(), ttl
+            )
+            if current is None:
+                return profile, ()  # forgotten meanwhile
+            if done:
+                return current, new
+            profile = current
+        raise Unavailable("the user's tags kept changing while tags were added; try again")
 
     async def get(self, user_id: str) -> UserProfile:
         validate_user_id(user_id)

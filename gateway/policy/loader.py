@@ -30,6 +30,7 @@ from gateway.core.audience import AudienceError, parse
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.policy.model import CONTENT_PLACEHOLDERS, PLACEHOLDER_RE, ContentGuard, Policy
 from gateway.policy.schema import AudienceDefinition, CategoryPolicy, Defaults, PolicyFile, Scenario, TierPolicy
+from gateway.policy.wechat_events import WechatEvents, overlaps
 from gateway.values.domain import Category, Channel
 
 _MERGED_SECTIONS = (
@@ -41,7 +42,7 @@ _MERGED_SECTIONS = (
     "providers",
     "audiences",
 )
-_SINGLE_SECTIONS = ("defaults", "tiers")
+_SINGLE_SECTIONS = ("defaults", "tiers", "wechat_events")
 _REQUIRED_SECTIONS = ("business_units", "scenarios", "categories", "channels", "providers")
 
 # The type of a merged section's names (str, Category, Channel), read off the schema, so
@@ -383,6 +384,7 @@ def load_policy(directory: Path | str, *, now: datetime | None = None) -> Policy
         channels=merged["channels"],
         providers=merged["providers"],
         audiences=merged["audiences"],
+        wechat_events=sections.singles.get("wechat_events") or WechatEvents(),
     )
 
 
@@ -538,3 +540,6 @@ def cross_check(sections: _Sections, directory: str) -> Iterator[_Fault]:
             parse(audience.expression, tiers.names)
         except AudienceError as exc:
             yield file_of("audiences", name), ["audiences", name, "expression"], str(exc)
+    events: WechatEvents | None = sections.singles.get("wechat_events")
+    for loc, problem in overlaps(events) if events is not None else ():
+        yield file_of("wechat_events"), ["wechat_events", *loc], problem

@@ -20,6 +20,7 @@ from gateway.policy.schema import (
     Scenario,
     TierPolicy,
 )
+from gateway.policy.wechat_events import WechatEvents
 from gateway.values.domain import Category, Channel
 
 PLACEHOLDER_RE = re.compile(r"\{([a-z][a-z0-9_.]*)\}")
@@ -70,6 +71,8 @@ class Policy:
     channels: Mapping[Channel, ChannelPolicy]
     providers: Mapping[str, Provider]
     audiences: Mapping[str, AudienceDefinition]
+    # What WeChat callbacks do to the user (tags, opt-outs, replies).
+    wechat_events: WechatEvents = field(default_factory=WechatEvents)
     # What is derived from the policy (cap rules by category, unit and tier; retention
     # per category and channel; ...), built once per loaded version on first use.
     _derived: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)

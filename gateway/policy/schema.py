@@ -26,6 +26,7 @@ from pydantic import (
 from gateway.core.audience import parse_syntax
 from gateway.durations import parse_duration
 from gateway.policy.providers import Provider
+from gateway.policy.wechat_events import WechatEvents
 from gateway.values.domain import Category, Channel, InteractionKind
 
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
@@ -410,6 +411,7 @@ class PolicyFile(Strict):
     channels: dict[Channel, ChannelPolicy] | None = None
     providers: dict[str, Provider] | None = None
     audiences: dict[AudienceName, AudienceDefinition] | None = None
+    wechat_events: WechatEvents | None = None
 
     @field_validator("business_units", "scenarios", "providers")
     @classmethod

@@ -149,6 +149,14 @@ class Store(Protocol):
 
     async def get_user(self, user_id: str) -> UserProfile | None: ...
 
+    async def replace_tags(
+        self, user_id: str, expected: tuple[str, ...], tags: tuple[str, ...], now: datetime, ttl: timedelta
+    ) -> tuple[bool, UserProfile | None]:
+        """Set the tags section to ``tags`` (sorted, distinct) only if it still holds
+        ``expected``: a compare-and-set, so tags added from two places at once are both
+        kept. Whether it was set, and the profile as it is now (None: no such user)."""
+        ...
+
     async def scan_users(self, shard: int, cursor: str, count: int, label: str | None = None) -> tuple[str, list[str]]:
         """About ``count`` users of ``shard`` (all, or those given the tag ``label``)
         from ``cursor`` ("0": the start); the next cursor, "0" at the end. A user in the

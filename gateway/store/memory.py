@@ -303,6 +303,14 @@ class MemoryStore:
     async def get_user(self, user_id: str) -> UserProfile | None:
         return self._profile(user_id)
 
+    async def replace_tags(
+        self, user_id: str, expected: tuple[str, ...], tags: tuple[str, ...], now: datetime, ttl: timedelta
+    ) -> tuple[bool, UserProfile | None]:
+        profile = self._profile(user_id)
+        if profile is None or profile.tags != expected:
+            return False, profile
+        return True, await self.upsert_user(user_id, {"tags": tags}, now, ttl)
+
     async def scan_users(self, shard: int, cursor: str, count: int, label: str | None = None) -> tuple[str, list[str]]:
         index = self._indexes.get(label)
         if index is None:

@@ -16,9 +16,18 @@ LABEL_SECTIONS = ("tags", "attributes")
 PROFILE_SECTIONS = (*CONTACT_SECTIONS, *LABEL_SECTIONS)
 # The attributes every profile may have a value for (audiences name them bare).
 KNOWN_ATTRIBUTES = ("province", "city", "language", "gender")
-# Letters of any script, digits, _ - . : @ / (no spaces or commas: tags are listed).
-TAG_RE = re.compile(r"^[\w.:@/-]{1,64}$")
-ATTRIBUTE_KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# A tag: letters of any script, digits, _ - . : @ / (no spaces or commas: tags are
+# listed). Use ``is_tag``: ``$`` alone would let a trailing newline through.
+TAG_RE = re.compile(r"[\w.:@/-]{1,64}")
+MAX_TAGS = 200
+
+
+def is_tag(text: str) -> bool:
+    return TAG_RE.fullmatch(text) is not None
+
+
+# An attribute's name (use ``fullmatch``).
+ATTRIBUTE_KEY_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class WeChat(msgspec.Struct, frozen=True, gc=False):

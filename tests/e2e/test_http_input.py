@@ -825,6 +825,13 @@ def wechat_events(draw: st.DrawFn) -> bytes:
         "MsgId": UNIQUE,
         "MsgID": draw(numbers),
         "Status": draw(st.sampled_from(["success", "failed:user block", "failed: system failed"])),
+        # What the policy's wechat_events rules read: QR scenes (a {scene} tag made of
+        # junk), menu keys, keywords and TD (answered with a passive reply).
+        "EventKey": draw(
+            st.sampled_from(["qrscene_store_hz_01", "store_sh_02", "qrscene_", "MENU_MOM_BABY", ""])
+            | junk_text.map(lambda text: "qrscene_store_" + text)
+        ),
+        "Content": draw(st.sampled_from(["TD", " 退订 ", "订阅", "秒杀", "]]>秒杀", "hello"])),
     }
     fields = draw(corrupted(valid, junk_text))
     xml = (

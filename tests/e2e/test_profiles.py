@@ -202,6 +202,7 @@ async def test_tags_and_attributes_round_trip_and_replace_as_sections(api: Api) 
 BAD_LABELS = [
     ("space in tag", profile_pb2.User(user_id="u", tags=["mom baby"]), "user.tags: 'mom baby' is not a tag"),
     ("long tag", profile_pb2.User(user_id="u", tags=["x" * 65]), "is not a tag"),
+    ("newline after tag", profile_pb2.User(user_id="u", tags=["vip\n"]), "is not a tag"),
     ("attribute key", profile_pb2.User(user_id="u", attributes={"City": "x"}), "user.attributes: key 'City'"),
     ("attribute value", profile_pb2.User(user_id="u", attributes={"city": "a\nb"}), "user.attributes.city"),
     ("too many tags", profile_pb2.User(user_id="u", tags=[f"t{n}" for n in range(300)]), "at most"),

@@ -527,3 +527,22 @@ async def test_the_audience_index_lists_users_and_each_tags_users(store: Store, 
     await store.forget_users(shard_of("u-0", store.shards), ["u-0"], "mom_baby")
     assert "u-0" not in await scan_all(store, "mom_baby")
     assert await store.index_size("mom_baby") == 9
+
+
+async def test_replace_tags_is_a_compare_and_set(store: Store, clock: FixedClock) -> None:
+    now, life = clock.now(), timedelta(days=30)
+    assert await store.replace_tags("ghost", (), ("vip",), now, life) == (False, None)
+    await add_user(store, clock)  # no tags section written at all: expected ()
+    done, profile = await store.replace_tags("u-1", (), ("qr:store_hz_01", "秒杀"), now, life)
+    assert done and profile is not None and profile.tags == ("qr:store_hz_01", "秒杀")
+    assert "u-1" in await scan_all(store, "qr:store_hz_01") and "u-1" in await scan_all(store, "秒杀")
+    # Someone else wrote the tags since they were read: nothing written, the tags as they are.
+    done, profile = await store.replace_tags("u-1", (), ("other",), now, life)
+    assert not done and profile is not None and profile.tags == ("qr:store_hz_01", "秒杀")
+    assert await scan_all(store, "other") == []
+    done, profile = await store.replace_tags("u-1", profile.tags, (*profile.tags, "vip"), now, life)
+    assert done and profile is not None and profile.tags == ("qr:store_hz_01", "秒杀", "vip")
+    assert profile.phone == "+8613800138000"
+    # An explicitly empty section is expected as ().
+    await store.upsert_user("u-1", {"tags": ()}, now, life)
+    assert (await store.replace_tags("u-1", (), ("vip",), now, life))[0]

@@ -203,6 +203,22 @@ return 1
 """,
 )
 
+# KEYS[1] user hash, KEYS[2] the shard's users, then the tag index of each tag added.
+# ARGV[1] the tags expected (JSON, as written), ARGV[2] the new tags, ARGV[3] updated_at,
+# ARGV[4] ttl ms, ARGV[5] user id. Returns 1 (set), 0 (no profile), -1 (tags changed
+# meanwhile: nothing written). Run twice, the second run finds the new tags: -1.
+REPLACE_TAGS = Script(
+    "replace_tags",
+    """
+if redis.call('HEXISTS', KEYS[1], 'updated_at') == 0 then return 0 end
+if (redis.call('HGET', KEYS[1], 'tags') or '[]') ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'tags', ARGV[2], 'updated_at', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+for i = 2, #KEYS do redis.call('SADD', KEYS[i], ARGV[5]) end
+return 1
+""",
+)
+
 # KEYS[1] lock or value; ARGV[1] the value it must still hold. Compare and delete.
 DELETE_IF = Script(
     "delete_if",
@@ -331,6 +347,6 @@ return 1
 )
 
 ALL = (
-    COMMIT, FINISH, ADD_EVENTS, WAKE, TAKE_DUE, FINISH_DUE, OPT_OUT, INTERACTION, DELETE_IF, TAKE_TOKEN, OUTCOME,
-    PUT_CAMPAIGN, LEASE_CAMPAIGN, SAVE_CAMPAIGN, FUNNEL_ONCE,
+    COMMIT, FINISH, ADD_EVENTS, WAKE, TAKE_DUE, FINISH_DUE, OPT_OUT, INTERACTION, REPLACE_TAGS, DELETE_IF,
+    TAKE_TOKEN, OUTCOME, PUT_CAMPAIGN, LEASE_CAMPAIGN, SAVE_CAMPAIGN, FUNNEL_ONCE,
 )  # fmt: skip

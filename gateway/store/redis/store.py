@@ -247,6 +247,25 @@ class RedisStore:
         assert profile is not None
         return profile
 
+    async def replace_tags(
+        self, user_id: str, expected: tuple[str, ...], tags: tuple[str, ...], now: datetime, ttl: timedelta
+    ) -> tuple[bool, UserProfile | None]:
+        tag = self.tag_of(user_id)
+        fields = codec.encode_patch({"tags": tags}, now)
+        added = sorted(set(tags) - set(expected))
+        call = scripts.REPLACE_TAGS.call(
+            [keys.user(tag, user_id), keys.members(tag), *(keys.labelled(tag, label) for label in added)],
+            [
+                codec.CODECS["tags"].encode(expected),
+                fields[b"tags"],
+                fields[codec.UPDATED_AT.encode()],
+                ms(ttl),
+                user_id,
+            ],
+        )
+        [result], profile = await self._profile("replace_tags", user_id, [call])
+        return int(result) == 1, profile
+
     def _index_key(self, shard: int, label: str | None) -> str:
         tag = self.tags[shard]
         return keys.members(tag) if label is None else keys.labelled(tag, label)
