@@ -28,6 +28,7 @@ from gateway.campaign_runner import CampaignRunner
 from gateway.clock import Clock, SystemClock
 from gateway.config import SAMPLE_CREDENTIALS, Settings
 from gateway.core.campaigns import Campaigns
+from gateway.core.conversions import Conversions
 from gateway.core.pipeline import PushPipeline, lifetimes
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.users import Users
@@ -35,18 +36,20 @@ from gateway.delivery.dispatcher import Dispatcher
 from gateway.delivery.spool import Spool, drain_forever
 from gateway.errors import HeraldError, PolicyError, PolicyProblem
 from gateway.killswitches import KillSwitches
+from gateway.links import Click, ClickTokens
 from gateway.logs import get_logger
 from gateway.loops import every, stop_tasks
 from gateway.metrics import Metrics, exposition
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
-from gateway.public import Unsubscribes, unsubscribe_key
+from gateway.public import Clicks, Unsubscribes, unsubscribe_key
 from gateway.scheduler import Scheduler
 from gateway.store.base import Queue, Store
 from gateway.store.memory import MemoryQueue, MemoryStore
 from gateway.store.redis import RedisQueue, RedisStore
 from gateway.store.redis.connection import Wait
 from gateway.unsubscribe import Unsubscribe, UnsubscribeTokens
+from gateway.values.jobs import Job
 from gateway.webhooks import Webhooks
 from herald.v1 import campaign_pb2, campaign_pb2_grpc, profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
 
@@ -110,6 +113,7 @@ class Gateway:
         self.policies.check_with(self._check_providers)
         self.policies.on_change(self._swap_providers)
         self.tokens: UnsubscribeTokens | None = None
+        self.clicks: ClickTokens | None = None
         self.users = Users(self.store, self.policies, self.clock)
         self.queue = build_queue(settings, self.store)
         # Fail-open decisions wait on disk for the store: only a store that can fail.
@@ -254,11 +258,23 @@ class Gateway:
         )
         return f"{self.public_base()}/unsubscribe/{self.tokens.issue(what, self.clock.now())}"
 
+    def click_url(self, job: Job, url: str) -> str:
+        assert self.clicks is not None
+        base = f"{self.public_base()}/c/"
+        if url.startswith(base):
+            return url  # already tracked
+        claim = job.claim
+        click = Click(job.message_id, claim.user_id, claim.campaign_id, claim.variant, url)
+        return base + self.clicks.issue(click, self.clock.now())
+
     async def start(self) -> None:
         await self.store.ping()  # fail fast, with the store's own message
         await self.store.prepare()
         await self.switches.refresh()
-        self.tokens = UnsubscribeTokens(await unsubscribe_key(self.store, self.settings.unsubscribe_key))
+        key = await unsubscribe_key(self.store, self.settings.unsubscribe_key)
+        self.tokens = UnsubscribeTokens(key)
+        self.clicks = ClickTokens(key)
+        self.dispatcher.link_for = self.click_url
         delivering = self.settings.deliver or not self.api
         if delivering:
             self.dispatcher.start()
@@ -336,7 +352,13 @@ class Gateway:
         )
         campaign_pb2_grpc.add_CampaignServiceServicer_to_server(
             CampaignServicer(
-                self.campaigns, self.store, lambda: self.credentials, self.policies, self.metrics, self.clock.now
+                self.campaigns,
+                Conversions(self.store, self.policies, self.clock),
+                self.store,
+                lambda: self.credentials,
+                self.policies,
+                self.metrics,
+                self.clock.now,
             ),
             guarded,
         )
@@ -362,6 +384,8 @@ class Gateway:
     def _public_routes(self, app: web.Application) -> None:
         assert self.tokens is not None
         Unsubscribes(self.tokens, self.users, self.clock, self.metrics, self.auto_stop).add_routes(app)
+        assert self.clicks is not None
+        Clicks(self.clicks, self.store, self.policies, self.clock).add_routes(app)
         Webhooks(
             self.store, self.users, self.policies, self.clock, self.metrics, self.environ, self.auto_stop
         ).add_routes(app)

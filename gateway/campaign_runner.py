@@ -26,7 +26,7 @@ import msgspec
 
 from gateway.clock import Clock
 from gateway.core.audience import Audience
-from gateway.core.campaigns import Campaigns, audience_of
+from gateway.core.campaigns import Campaigns, audience_of, claim_input
 from gateway.core.pipeline import PushPipeline
 from gateway.core.profile_rules import compute_tier
 from gateway.errors import HeraldError
@@ -35,8 +35,7 @@ from gateway.loops import every
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store.base import Store
-from gateway.values.campaigns import HOLDOUT, Campaign, CampaignState, ShardProgress, request_id_of
-from gateway.values.claims import PushInput
+from gateway.values.campaigns import HOLDOUT, Campaign, CampaignState, ShardProgress
 from gateway.values.profiles import UserProfile
 
 log = get_logger(__name__)
@@ -186,7 +185,7 @@ class CampaignRunner:
                 return False  # decided under an earlier tag's step
             return audience.matches(profile, compute_tier(profile.rfm, policy.tiers, now), now)
 
-        requests = [self._request(campaign, user_id) for user_id in dict.fromkeys(users)]
+        requests = [claim_input(campaign, user_id) for user_id in dict.fromkeys(users)]
         results = await self._pipeline.push_audience(campaign.bu, requests, admit) if requests else []
         failed = [r for r in results if isinstance(r, HeraldError)]
         if failed:
@@ -211,23 +210,6 @@ class CampaignRunner:
         self._metrics.campaign_users.labels("scanned").inc(len(users))
         self._metrics.campaign_users.labels("targeted").inc(len(matched))
         return moved
-
-    @staticmethod
-    def _request(campaign: Campaign, user_id: str) -> PushInput:
-        share = campaign.share_of(user_id)
-        variant = campaign.variant(share) or campaign.variants[0]
-        return PushInput(
-            request_id=request_id_of(campaign.campaign_id, user_id),
-            user_id=user_id,
-            scenario=campaign.scenario,
-            params=dict(variant.params),
-            content=variant.content,
-            campaign_id=campaign.campaign_id,
-            dedup_key=f"campaign:{campaign.campaign_id}",
-            deadline=campaign.deadline,
-            priority=campaign.priority,
-            variant=share,
-        )
 
 
 class _LeaseLost(Exception):

@@ -14,11 +14,15 @@ from gateway.autostop import AutoStop
 from gateway.clock import Clock
 from gateway.core.users import Users
 from gateway.errors import HeraldError, NotFound
+from gateway.links import ClickTokens
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.signing import BadToken
 from gateway.store import keys
 from gateway.store.base import Store
-from gateway.unsubscribe import BadToken, UnsubscribeTokens
+from gateway.unsubscribe import UnsubscribeTokens
+from gateway.values.campaigns import funnel_field
 
 log = get_logger(__name__)
 
@@ -82,3 +86,43 @@ class Unsubscribes:
             await self._auto_stop.record_for(what.category, what.scenario, what.campaign_id, True)
         log.info("unsubscribed", user_id=what.user_id, category=str(what.category), channel=str(what.channel))
         return _page("Unsubscribed", "You will not receive these emails any more.")
+
+
+class Clicks:
+    """``GET /c/<token>``: a campaign link clicked. Counted once per user and message,
+    remembered for conversion attribution, then redirected to the one URL the token
+    was signed for. A store fault never breaks the user's click: it is logged and the
+    user still goes on."""
+
+    def __init__(self, tokens: ClickTokens, store: Store, policies: PolicyHolder, clock: Clock) -> None:
+        self._tokens = tokens
+        self._store = store
+        self._policies = policies
+        self._clock = clock
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/c/{token}", self.click)
+
+    async def click(self, request: web.Request) -> web.Response:
+        now = self._clock.now()
+        try:
+            click = self._tokens.read(request.match_info["token"], now)
+        except BadToken as exc:
+            return _page("Link not valid", str(exc), 400)
+        if request.method == "GET" and not _is_prefetch(request):
+            try:
+                field = funnel_field(click.variant, "clicked")
+                await self._store.add_funnel(click.user_id, click.campaign_id, field, f"click:{click.message_id}")
+                window = self._policies.current.defaults.attribution_window
+                await self._store.shared_put(
+                    keys.clicked(click.message_id), now.isoformat(), window, only_if_absent=True
+                )
+            except HeraldError as exc:
+                log.error("click_not_counted", campaign_id=click.campaign_id, error=exc.message)
+        raise web.HTTPFound(click.url)
+
+
+def _is_prefetch(request: web.Request) -> bool:
+    """Link previews and prefetches are not the user's click."""
+    purpose = request.headers.get("Purpose", "") + request.headers.get("Sec-Purpose", "")
+    return "prefetch" in purpose.lower()

@@ -45,8 +45,9 @@ from gateway.policy.model import Policy
 from gateway.policy.providers import AliyunSmsProvider, WechatProvider
 from gateway.store import keys
 from gateway.store.base import Store
+from gateway.values.campaigns import funnel_field
 from gateway.values.domain import Channel, InteractionKind, Outcome, UserFact
-from gateway.values.records import Current, TimelineEntry
+from gateway.values.records import Current, MessageRecord, TimelineEntry
 from gateway.webhook_rules import WebhookRules
 
 log = get_logger(__name__)
@@ -281,6 +282,7 @@ class Webhooks:
             self._policies.current.defaults.message_retention,
         )
         self._metrics.receipts.labels(str(Channel.WECHAT_TEMPLATE), "delivered" if ok else "failed").inc()
+        record = await self._count_receipt(message_id, ok, blocked=status == "failed:user block")
         if status == "failed:user block":
             try:
                 profile = await self._users.get(user_id)
@@ -288,7 +290,6 @@ class Webhooks:
                 profile = None  # forgotten since the send: nothing to mark
             if profile is not None:
                 await self._users.apply_fact(profile, UserFact.UNFOLLOWED, "")
-            [record] = await self._store.get_messages([message_id])
             if record is not None:
                 await self._auto_stop.record_for(record.category, record.scenario, record.campaign_id, True)
 
@@ -339,6 +340,17 @@ class Webhooks:
             log.info("webhook_unknown_message", source="aliyun_sms")  # only a message we keep gets a receipt
             return
         self._metrics.receipts.labels(str(Channel.SMS), "delivered" if ok else "failed").inc()
+        await self._count_receipt(message_id, ok)
+
+    async def _count_receipt(self, message_id: str, ok: bool, blocked: bool = False) -> MessageRecord | None:
+        """A campaign message's receipt, in its funnel (once a message, whatever retries)."""
+        [record] = await self._store.get_messages([message_id])
+        if record is not None and record.campaign_id:
+            steps = ["delivered" if ok else "undelivered", *(["unsubscribed"] if blocked else [])]
+            for step in steps:
+                field = funnel_field(record.variant, step)
+                await self._store.add_funnel(record.user_id, record.campaign_id, field, f"{step}:{message_id}")
+        return record
 
 
 def _created(event: dict[str, str], now: datetime) -> datetime:

@@ -13,6 +13,7 @@ from gateway.api.convert import dt_to_ts, ts_to_dt
 from gateway.api.servicers import _answer, _Base
 from gateway.core import funnel
 from gateway.core.campaigns import Campaigns, CampaignSpec, CampaignView
+from gateway.core.conversions import Conversion, Conversions
 from gateway.core.preview import Preview, preview
 from gateway.errors import InvalidArgument
 from gateway.metrics import Metrics
@@ -128,6 +129,7 @@ class CampaignServicer(_Base, campaign_pb2_grpc.CampaignServiceServicer):
     def __init__(
         self,
         campaigns: Campaigns,
+        conversions: Conversions,
         store: Store,
         credentials: Callable[[], Credentials],
         policies: PolicyHolder,
@@ -136,6 +138,7 @@ class CampaignServicer(_Base, campaign_pb2_grpc.CampaignServiceServicer):
     ) -> None:
         super().__init__(credentials, policies, metrics)
         self._campaigns = campaigns
+        self._conversions = conversions
         self._store = store
         self._now = now
 
@@ -193,6 +196,29 @@ class CampaignServicer(_Base, campaign_pb2_grpc.CampaignServiceServicer):
         self, request: campaign_pb2.CampaignAction, context: grpc.aio.ServicerContext
     ) -> campaign_pb2.Campaign:
         return await self._change("cancel", request, context)
+
+    @_answer("RecordConversion")
+    async def RecordConversion(
+        self, request: campaign_pb2.RecordConversionRequest, context: grpc.aio.ServicerContext
+    ) -> campaign_pb2.RecordConversionResponse:
+        bu = self.authenticate(context)
+        conversion = Conversion(
+            user_id=request.user_id,
+            campaign_id=request.campaign_id,
+            message_id=request.message_id,
+            conversion_id=request.conversion_id,
+            value_minor=request.value_minor,
+            at=ts_to_dt(request, "at"),
+        )
+        found = await self._conversions.record(bu, conversion)
+        return campaign_pb2.RecordConversionResponse(
+            attributed=found.attributed,
+            campaign_id=found.campaign_id,
+            variant=found.variant,
+            via=found.via,
+            detail=found.detail,
+            counted=found.counted,
+        )
 
     @_answer("PreviewAudience")
     async def PreviewAudience(

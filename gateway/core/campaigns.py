@@ -19,7 +19,7 @@ from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.store.base import Store
-from gateway.values.campaigns import HOLDOUT, MOVES, Campaign, CampaignState, ShardProgress, Variant
+from gateway.values.campaigns import HOLDOUT, MOVES, Campaign, CampaignState, ShardProgress, Variant, request_id_of
 from gateway.values.claims import Content, PushInput
 from gateway.values.domain import Category
 
@@ -155,6 +155,25 @@ def _same_definition(a: Campaign, b: Campaign) -> bool:
     keep = {"created_at", "updated_at", "state", "started_at", "finished_at", "version"}
     fields = [f for f in a.__struct_fields__ if f not in keep]
     return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+def claim_input(campaign: Campaign, user_id: str) -> PushInput:
+    """A user's claim of the campaign, the same every time it is made (its request id
+    and body are what make a resumed run, or a conversion, find the same message)."""
+    share = campaign.share_of(user_id)
+    variant = campaign.variant(share) or campaign.variants[0]
+    return PushInput(
+        request_id=request_id_of(campaign.campaign_id, user_id),
+        user_id=user_id,
+        scenario=campaign.scenario,
+        params=dict(variant.params),
+        content=variant.content,
+        campaign_id=campaign.campaign_id,
+        dedup_key=f"campaign:{campaign.campaign_id}",
+        deadline=campaign.deadline,
+        priority=campaign.priority,
+        variant=share,
+    )
 
 
 class Campaigns:

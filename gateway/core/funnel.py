@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gateway.values.campaigns import HOLDOUT
+from gateway.values.campaigns import HOLDOUT, funnel_field
 from gateway.values.decisions import Decision
 from gateway.values.domain import Outcome, Reason
 
@@ -34,11 +34,7 @@ def step_of(decision: Decision) -> str:
 
 
 def field_of(variant: str, when: str, decision: Decision) -> str:
-    return f"{variant}|{when}:{step_of(decision)}"
-
-
-def field_for(variant: str, step: str) -> str:
-    return f"{variant}|{step}"
+    return funnel_field(variant, f"{when}:{step_of(decision)}")
 
 
 @dataclass
@@ -112,6 +108,8 @@ def rows(counts: Mapping[str, int], variants: Iterable[str]) -> list[Row]:
                     row.suppressed[reason] = row.suppressed.get(reason, 0) + count
         elif step in _PLAIN:
             setattr(row, step, getattr(row, step) + count)
+        elif step == "undelivered":
+            row.failed += count  # taken by the provider, then reported not delivered
         elif step == "value":
             row.conversion_value += count
     total = Row("")

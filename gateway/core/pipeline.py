@@ -94,8 +94,13 @@ def claim_of(record: MessageRecord) -> Claim:
     )
 
 
-def lifetimes(policy: Policy) -> Lifetimes:
-    return Lifetimes(policy.defaults.idempotency_window, policy.defaults.message_retention)
+def lifetimes(policy: Policy, campaign: bool = False) -> Lifetimes:
+    """How long a commit's writes live. A campaign's answers are kept as long as a
+    conversion may still be attributed to them (they lead from user to message)."""
+    keep = policy.defaults.idempotency_window
+    if campaign:
+        keep = max(keep, policy.defaults.attribution_window)
+    return Lifetimes(keep, policy.defaults.message_retention)
 
 
 class RecentProfiles:
@@ -306,7 +311,7 @@ class PushPipeline:
             )
             decided.append(mine)
         retry: list[_Item] = []
-        outcomes = await self._store.commit(changes, lifetimes(policy)) if changes else []
+        outcomes = await self._store.commit(changes, lifetimes(policy, admit is not None)) if changes else []
         for outcome, mine in zip(outcomes, decided, strict=True):
             if outcome is not Committed.OK:
                 retry += [item for item, _, _ in mine]

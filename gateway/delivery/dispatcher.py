@@ -27,6 +27,7 @@ from gateway.delivery.providers import Providers
 from gateway.delivery.walk import Walk, stopped
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
+from gateway.links import LinkMaker
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -72,6 +73,14 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+
+    @property
+    def link_for(self) -> LinkMaker | None:
+        return self._walk.link_for
+
+    @link_for.setter
+    def link_for(self, make: LinkMaker | None) -> None:
+        self._walk.link_for = make
 
     # --- the loop ------------------------------------------------------------------
     def start(self) -> None:

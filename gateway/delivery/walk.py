@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 
@@ -32,6 +33,7 @@ from gateway.delivery.providers import Providers, ProviderState, lease_size
 from gateway.delivery.retry import backoff
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
+from gateway.links import LinkMaker, is_web_link, tracked
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -118,6 +120,8 @@ class Walk:
         self._metrics = metrics
         self._providers = providers
         self._auto_stop = auto_stop
+        # Campaign messages' links become tracked redirects once the gateway has a key.
+        self.link_for: LinkMaker | None = None
 
     def _limit(self, job: Job) -> datetime:
         """The latest this job may still be sent: its deadline, or the policy's longest
@@ -189,6 +193,19 @@ class Walk:
     def crashed(self, lease: Lease) -> Settlement:
         return self._end(lease, [], "failed", "the delivery crashed; the gateway logged the details")
 
+    def _payload(self, job: Job, channel: Channel) -> dict[str, Any]:
+        claim = job.claim
+        link_for = self.link_for
+        if not claim.campaign_id or link_for is None:
+            return render(self._policies.current, claim.scenario, channel, claim.params, claim.content)
+        # A campaign's links are tracked: the free-text URL wherever the template puts
+        # it (text and HTML too), and the template's own link fields.
+        content = claim.content
+        if content is not None and is_web_link(content.url):
+            content = msgspec.structs.replace(content, url=link_for(job, content.url))
+        payload = render(self._policies.current, claim.scenario, channel, claim.params, content)
+        return tracked(payload, lambda url: link_for(job, url))
+
     # --- the walk ------------------------------------------------------------------------
     async def _profile(self, job: Job, view: UserView | None) -> UserProfile | None:
         if view is not None:
@@ -230,7 +247,6 @@ class Walk:
         and why."""
         job = lease.job
         claim = job.claim
-        policy = self._policies.current
         down_waits: list[float] = []
         why = ""
         last: SendResult | None = None
@@ -259,7 +275,7 @@ class Walk:
                 campaign_id=claim.campaign_id,
                 device=device,
                 recipient=recipient_for(channel, profile),
-                payload=render(policy, claim.scenario, channel, claim.params, claim.content),
+                payload=self._payload(job, channel),
             )
             move, judged, result, profile = await self._on_channel(
                 job, adapter, provider, delivery, profile, events, lend, has_next, down_waits

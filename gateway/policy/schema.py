@@ -122,6 +122,9 @@ class Defaults(Strict):
     release_spread: Duration = timedelta(minutes=20)
     # How long a claim without a deadline may wait for a send window.
     max_hold: Duration = timedelta(hours=48)
+    # A conversion counts for a campaign when it comes this long at most after the
+    # user clicked its message (or, without a click, after it was sent).
+    attribution_window: Duration = timedelta(days=7)
     # Herald stops a campaign (or a reminder scenario) itself when too many of its
     # recent sends come back blocked or unsubscribed. None: never.
     auto_stop: AutoStop | None = None

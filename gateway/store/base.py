@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import msgspec
 
 from gateway.store.codec import DeadLetter, Parked
-from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, ShardProgress
+from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, ShardProgress, funnel_field
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category, Channel
 from gateway.values.jobs import Job
@@ -212,7 +212,7 @@ class Store(Protocol):
         """The campaign's funnel counters, summed over the shards."""
         ...
 
-    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str) -> bool:
+    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str, by: int = 1) -> bool:
         """Add one to a funnel counter in the user's shard, only the first time the name
         ``once`` is seen for the campaign (a click: user and message); whether it counted."""
         ...
@@ -319,6 +319,18 @@ class Settlement(msgspec.Struct, frozen=True, gc=False):
     why: str = ""
     # The parked entry this settlement takes out (sweeps of parked jobs).
     parked: Parked | None = None
+
+    def funnel_step(self) -> str:
+        """The campaign funnel counter this ending adds to ("" when none): ``sent`` when
+        a provider took the message, ``failed`` when it ended failed (or expired after
+        tries). Counted in the same step as the ending, once."""
+        if not self.job.claim.campaign_id or self.then not in (Then.DONE, Then.DEAD):
+            return ""
+        if isinstance(self.settle, Commit):
+            return funnel_field(self.job.claim.variant, "sent")
+        if self.current is not None and self.current.status in ("failed", "expired"):
+            return funnel_field(self.job.claim.variant, "failed")
+        return ""
 
 
 class Queue(Protocol):

@@ -172,6 +172,11 @@ def shared(name: str) -> str:
     return f"{PREFIX}:shared:{name}"
 
 
+def clicked(message_id: str) -> str:
+    """A shared name: when the user first clicked a campaign message (attribution)."""
+    return f"clicked:{message_id}"
+
+
 def bucket(name: str) -> str:
     return f"{PREFIX}:bucket:{name}"
 

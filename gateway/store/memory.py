@@ -250,9 +250,12 @@ class MemoryStore:
         if change.due is not None:
             self._due_earlier(change.user_id, _ms(change.due))
         for campaign_id, field in change.funnel:
-            counts = self._funnels.setdefault(campaign_id, {})
-            counts[field] = counts.get(field, 0) + 1
+            self.count_funnel(campaign_id, field)
         return Committed.OK
+
+    def count_funnel(self, campaign_id: str, field: str, by: int = 1) -> None:
+        counts = self._funnels.setdefault(campaign_id, {})
+        counts[field] = counts.get(field, 0) + by
 
     def attach(self, put: Callable[[Job], None]) -> None:
         """The queue a commit hands its jobs to, in the same step (as the Redis commit
@@ -405,13 +408,12 @@ class MemoryStore:
     async def funnel(self, campaign_id: str) -> dict[str, int]:
         return dict(self._funnels.get(campaign_id, {}))
 
-    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str) -> bool:
+    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str, by: int = 1) -> bool:
         seen = self._funnel_once.setdefault(campaign_id, set())
         if once in seen:
             return False
         seen.add(once)
-        counts = self._funnels.setdefault(campaign_id, {})
-        counts[field] = counts.get(field, 0) + 1
+        self.count_funnel(campaign_id, field, by)
         return True
 
     # --- kill switches -------------------------------------------------------------
@@ -581,6 +583,9 @@ class MemoryQueue:
                 continue  # another sweep took it
             if done.settle is not None:
                 self._store.settle(job.claim.user_id, done.settle)
+            step = done.funnel_step()
+            if step and (done.lease is None or done.lease.entry_id in self._open):
+                self._store.count_funnel(job.claim.campaign_id, step)
             self._store._add_events(job.message_id, done.events, done.current, retention)
             if done.lease is not None:
                 self._open.pop(done.lease.entry_id, None)

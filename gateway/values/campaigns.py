@@ -98,6 +98,12 @@ class ShardProgress(msgspec.Struct, frozen=True, gc=False):
     errors: int = 0  # users whose decision failed and were retried
 
 
+def funnel_field(variant: str, step: str) -> str:
+    """A funnel counter's name: the variant ("holdout" for the holdout) and the step
+    (see gateway.core.funnel)."""
+    return f"{variant}|{step}"
+
+
 def request_id_of(campaign_id: str, user_id: str) -> str:
     """The idempotency key of a campaign's claim on a user: a run killed at any instant
     decides the same user again under the same key, so the user gets one message."""

@@ -49,6 +49,82 @@ CAMPAIGN_STATE_CANCELLED: CampaignState.ValueType  # 5
 Global___CampaignState: _TypeAlias = CampaignState  # noqa: Y015
 
 @_typing.final
+class RecordConversionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONVERSION_ID_FIELD_NUMBER: _builtins.int
+    VALUE_MINOR_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    campaign_id: _builtins.str
+    """The campaign, or the message (one of them)."""
+    message_id: _builtins.str
+    conversion_id: _builtins.str
+    """The business's id of the conversion (an order id): a retry counts once. Required."""
+    value_minor: _builtins.int
+    """Its value in minor units (fen), 0 or more."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened (default: now)."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        conversion_id: _builtins.str = ...,
+        value_minor: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "campaign_id", b"campaign_id", "conversion_id", b"conversion_id", "message_id", b"message_id", "user_id", b"user_id", "value_minor", b"value_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConversionRequest: _TypeAlias = RecordConversionRequest  # noqa: Y015
+
+@_typing.final
+class RecordConversionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTRIBUTED_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    VIA_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    COUNTED_FIELD_NUMBER: _builtins.int
+    attributed: _builtins.bool
+    campaign_id: _builtins.str
+    variant: _builtins.str
+    via: _builtins.str
+    """"click", "delivery" or "holdout" when attributed; else why not."""
+    detail: _builtins.str
+    counted: _builtins.bool
+    """False when this conversion_id was recorded before (nothing counted again)."""
+    def __init__(
+        self,
+        *,
+        attributed: _builtins.bool = ...,
+        campaign_id: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        via: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        counted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributed", b"attributed", "campaign_id", b"campaign_id", "counted", b"counted", "detail", b"detail", "variant", b"variant", "via", b"via"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConversionResponse: _TypeAlias = RecordConversionResponse  # noqa: Y015
+
+@_typing.final
 class Variant(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

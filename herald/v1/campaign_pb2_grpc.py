@@ -74,6 +74,11 @@ class CampaignServiceStub:
                 request_serializer=herald_dot_v1_dot_campaign__pb2.PreviewAudienceRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_campaign__pb2.PreviewAudienceResponse.FromString,
                 _registered_method=True)
+        self.RecordConversion = channel.unary_unary(
+                '/herald.v1.CampaignService/RecordConversion',
+                request_serializer=herald_dot_v1_dot_campaign__pb2.RecordConversionRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_campaign__pb2.RecordConversionResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -141,6 +146,16 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordConversion(self, request, context):
+        """A conversion the business saw (an order): attributed to the campaign when it comes
+        within the policy's attribution window after the user clicked the campaign's
+        message, or after it was sent; a holdout user's conversion counts for the lift.
+        Each conversion_id counts once; a user converts once a campaign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +198,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.PreviewAudience,
                     request_deserializer=herald_dot_v1_dot_campaign__pb2.PreviewAudienceRequest.FromString,
                     response_serializer=herald_dot_v1_dot_campaign__pb2.PreviewAudienceResponse.SerializeToString,
+            ),
+            'RecordConversion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordConversion,
+                    request_deserializer=herald_dot_v1_dot_campaign__pb2.RecordConversionRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_campaign__pb2.RecordConversionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +421,33 @@ class CampaignService:
             '/herald.v1.CampaignService/PreviewAudience',
             herald_dot_v1_dot_campaign__pb2.PreviewAudienceRequest.SerializeToString,
             herald_dot_v1_dot_campaign__pb2.PreviewAudienceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordConversion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.CampaignService/RecordConversion',
+            herald_dot_v1_dot_campaign__pb2.RecordConversionRequest.SerializeToString,
+            herald_dot_v1_dot_campaign__pb2.RecordConversionResponse.FromString,
             options,
             channel_credentials,
             insecure,

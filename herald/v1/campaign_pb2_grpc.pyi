@@ -60,6 +60,12 @@ class CampaignServiceStub:
     """How many users an audience expression selects (an estimate from a sample of the
     user index) and a few of them, masked. Nothing is started or recorded.
     """
+    RecordConversion: _grpc.UnaryUnaryMultiCallable[_campaign_pb2.RecordConversionRequest, _campaign_pb2.RecordConversionResponse]
+    """A conversion the business saw (an order): attributed to the campaign when it comes
+    within the policy's attribution window after the user clicked the campaign's
+    message, or after it was sent; a holdout user's conversion counts for the lift.
+    Each conversion_id counts once; a user converts once a campaign.
+    """
 
 @_typing.type_check_only
 class CampaignServiceAsyncStub(CampaignServiceStub):
@@ -88,6 +94,12 @@ class CampaignServiceAsyncStub(CampaignServiceStub):
     PreviewAudience: _aio.UnaryUnaryMultiCallable[_campaign_pb2.PreviewAudienceRequest, _campaign_pb2.PreviewAudienceResponse]  # type: ignore[assignment]
     """How many users an audience expression selects (an estimate from a sample of the
     user index) and a few of them, masked. Nothing is started or recorded.
+    """
+    RecordConversion: _aio.UnaryUnaryMultiCallable[_campaign_pb2.RecordConversionRequest, _campaign_pb2.RecordConversionResponse]  # type: ignore[assignment]
+    """A conversion the business saw (an order): attributed to the campaign when it comes
+    within the policy's attribution window after the user clicked the campaign's
+    message, or after it was sent; a holdout user's conversion counts for the lift.
+    Each conversion_id counts once; a user converts once a campaign.
     """
 
 class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -162,6 +174,18 @@ class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_campaign_pb2.PreviewAudienceResponse, _abc.Awaitable[_campaign_pb2.PreviewAudienceResponse]]:
         """How many users an audience expression selects (an estimate from a sample of the
         user index) and a few of them, masked. Nothing is started or recorded.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordConversion(
+        self,
+        request: _campaign_pb2.RecordConversionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaign_pb2.RecordConversionResponse, _abc.Awaitable[_campaign_pb2.RecordConversionResponse]]:
+        """A conversion the business saw (an order): attributed to the campaign when it comes
+        within the policy's attribution window after the user clicked the campaign's
+        message, or after it was sent; a holdout user's conversion counts for the lift.
+        Each conversion_id counts once; a user converts once a campaign.
         """
 
 def add_CampaignServiceServicer_to_server(servicer: CampaignServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,7 +19,7 @@ from gateway.app import Gateway
 from gateway.clock import FixedClock
 from gateway.metrics import fresh_metrics
 from gateway.values.campaigns import Campaign, Variant
-from herald.v1 import campaign_pb2, campaign_pb2_grpc, profile_pb2
+from herald.v1 import campaign_pb2, campaign_pb2_grpc, profile_pb2, push_pb2
 from tests.e2e.conftest import Api, auth, open_api, settings_for
 from tests.e2e.test_arbitration import local
 from tests.e2e.test_push import ts
@@ -261,3 +261,117 @@ async def test_preview_counts_and_samples_without_starting(campaigns: Campaigns)
     assert len(found.users) == 3 and all("APP_PUSH" in u.channels and "mom_baby" in u.tags for u in found.users)
     listed = await campaigns.stub.ListCampaigns(campaign_pb2.ListCampaignsRequest(), metadata=auth("marketing"))
     assert not listed.campaigns
+
+
+async def _released_and_sent(campaigns: Campaigns, campaign_id: str, want: int) -> campaign_pb2.Campaign:
+    """Move the clock through the morning until the pooled claims are released, then
+    wait for the deliveries (in-process, to the sandbox)."""
+    got = await campaigns.get(campaign_id)
+    for _ in range(40):
+        if row(got, "").accepted >= want:
+            break
+        campaigns.clock.advance(300)
+        await campaigns.gateway.scheduler.tick()
+        got = await campaigns.get(campaign_id)
+    for _ in range(200):
+        got = await campaigns.get(campaign_id)
+        if row(got, "").sent >= want:
+            return got
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not all sent: {row(got, '')}")
+
+
+def _outbox_links(campaigns: Campaigns) -> dict[str, str]:
+    import json
+
+    path = campaigns.gateway.settings.data_dir / "outbox" / "APP_PUSH.jsonl"
+    links = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        links[entry["user_id"]] = entry["payload"]["url"]
+    return links
+
+
+async def test_clicks_count_once_redirect_only_to_the_signed_url_and_conversions_attribute(
+    campaigns: Campaigns,
+) -> None:
+    import aiohttp
+
+    await add_users(campaigns.api, 20)
+    content = push_pb2.Content(title="上新", body="春装上新", url="https://m.shop.example.com/new?utm=d11")
+    variants = [campaign_pb2.Variant(name="A", weight=1, content=content)]
+    await campaigns.create(
+        "new-in", "tags any [vip]", scenario="new.arrivals", params={"category_name": "女装"}, variants=variants
+    )
+    await campaigns.action("start", "new-in")
+    await campaigns.finish("new-in")
+    sent = await _released_and_sent(campaigns, "new-in", 4)
+    assert row(sent, "A").sent == 4 and row(sent, "").reach_rate == 1.0
+    links = _outbox_links(campaigns)
+    assert set(links) == {"u-0", "u-5", "u-10", "u-15"}
+    link = links["u-5"]
+    assert "/c/" in link and "m.shop.example.com" not in link  # the user sees Herald's link
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):  # clicked three times: one click
+            async with http.get(link, allow_redirects=False) as answer:
+                assert answer.status == 302
+                assert answer.headers["Location"] == "https://m.shop.example.com/new?utm=d11"
+        forged = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
+        async with http.get(forged, allow_redirects=False) as answer:
+            assert answer.status == 400 and "Location" not in answer.headers
+        async with http.get(links["u-10"], allow_redirects=False, headers={"Purpose": "prefetch"}) as answer:
+            assert answer.status == 302  # a prefetch goes on but is not a click
+    clicked = await campaigns.get("new-in")
+    assert row(clicked, "A").clicked == 1 and row(clicked, "").click_rate == 0.25
+
+    async def convert(user: str, order: str, value: int, **at: object) -> campaign_pb2.RecordConversionResponse:
+        request = campaign_pb2.RecordConversionRequest(
+            user_id=user,
+            campaign_id="new-in",
+            conversion_id=order,
+            value_minor=value,
+            **at,  # type: ignore[arg-type]
+        )
+        return await campaigns.stub.RecordConversion(request, metadata=auth("marketing"))
+
+    first = await convert("u-5", "O-1", 9900)
+    assert first.attributed and first.via == "click" and first.variant == "A" and first.counted
+    again = await convert("u-5", "O-1", 9900)
+    assert again.attributed and not again.counted  # the same order: counted once
+    await convert("u-5", "O-2", 100)
+    by_send = await convert("u-10", "O-3", 5000)
+    assert by_send.attributed and by_send.via == "delivery"
+    outside = await convert("u-1", "O-4", 100)  # not in the audience: no message
+    assert not outside.attributed
+    campaigns.clock.advance(8 * 24 * 3600)
+    late = await convert("u-15", "O-5", 100)
+    assert not late.attributed and "1w" in late.detail
+    done = await campaigns.get("new-in")
+    total = row(done, "")
+    assert total.converted == 2 and total.conversion_value == 9900 + 100 + 5000
+    assert total.conversion_rate == 2.0  # two converted of one click: conversions also come from deliveries
+    assert abs(total.push_effect - 2 / 4) < 1e-9
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await convert("u-5", "", 1)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "conversion_id" in (info.value.details() or "")
+
+
+async def test_holdout_conversions_give_the_lift(campaigns: Campaigns) -> None:
+    await add_users(campaigns.api, 200)
+    await campaigns.create("d11-lift", "tags any [vip]", holdout=0.5)  # 40 users
+    await campaigns.action("start", "d11-lift")
+    done = await campaigns.finish("d11-lift")
+    held_out = row(done, "holdout").targeted
+    assert 5 < held_out < 35 and held_out + row(done, "").targeted == 40
+    now = Campaign("d11-lift", "marketing", "s", "x", (Variant("A", 1),), local(10), local(10), holdout=0.5)
+    members = [f"u-{n}" for n in range(0, 200, 5)]
+    holdout = [u for u in members if now.share_of(u) == "holdout"]
+    assert len(holdout) == held_out  # the split the runner made is the one the hash gives
+    for n, user in enumerate(holdout[:2]):
+        request = campaign_pb2.RecordConversionRequest(user_id=user, campaign_id="d11-lift", conversion_id=f"H-{n}")
+        answer = await campaigns.stub.RecordConversion(request, metadata=auth("marketing"))
+        assert answer.attributed and answer.via == "holdout" and answer.variant == "holdout"
+    after = await campaigns.get("d11-lift")
+    assert row(after, "holdout").converted == 2
+    assert abs(after.holdout_conversion_rate - 2 / held_out) < 1e-9
+    assert abs(after.lift - (0 - 2 / held_out)) < 1e-9  # nobody treated converted yet

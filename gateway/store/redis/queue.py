@@ -39,6 +39,7 @@ from gateway.store.codec import DeadLetter, Parked
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, client
 from gateway.store.redis.store import RedisStore, epoch_ms, ms
+from gateway.values.campaigns import CAMPAIGN_RETENTION
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES, Job
 from gateway.values.state import Release
@@ -261,6 +262,8 @@ class RedisQueue:
             score = epoch_ms(done.until)
         elif done.then is Then.RESUME:
             payload = codec.JOB.encode(job)
+        step = done.funnel_step()
+        funnel_key = keys.funnel(tag, job.claim.campaign_id) if step else keys.user(tag, job.claim.user_id)
         settle, channel = "", ""
         if isinstance(done.settle, Release):
             settle = "release"
@@ -276,6 +279,7 @@ class RedisQueue:
                 keys.later(tag),
                 keys.parked(tag),
                 keys.stream(tag, job.lane),
+                funnel_key,
             ],
             [
                 settle,
@@ -289,6 +293,8 @@ class RedisQueue:
                 payload,
                 score,
                 b"" if done.parked is None else codec.PARKED.encode(done.parked),
+                step,
+                ms(CAMPAIGN_RETENTION),
             ],
         )
 

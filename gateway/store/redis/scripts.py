@@ -61,11 +61,14 @@ return 'ok'
 
 # The end of one delivery attempt.
 # KEYS: 1 user hash, 2 events, 3 current, 4 the lease's stream, 5 dead letters,
-#       6 waiting zset, 7 parked zset, 8 the job's lane stream.
+#       6 waiting zset, 7 parked zset, 8 the job's lane stream, 9 the campaign's funnel
+#       hash (or KEYS[1]).
 # ARGV: 1 settle ('' | 'commit' | 'release'), 2 message id, 3 channel, 4 events or '',
 #       5 current or '', 6 retention ms, 7 entry id or '', 8 then ('done' | 'dead' |
 #       'wait' | 'park' | 'resume'), 9 payload (dead letter, waiting or parked member,
-#       job), 10 score ms, 11 the parked member this takes out, or ''.
+#       job), 10 score ms, 11 the parked member this takes out, or '', 12 the funnel
+#       counter to add one to, or '', 13 the funnel's ttl ms. The counter counts only
+#       when this call acks the entry (a replay acks nothing).
 # Returns 0 when the parked member was already taken (nothing written), else 1.
 FINISH = Script(
     "finish",
@@ -94,9 +97,14 @@ if ARGV[4] ~= '' then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
 if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6]) end
+local acked = 1
 if ARGV[7] ~= '' then
-  redis.call('XACK', KEYS[4], '{DELIVERY_GROUP}', ARGV[7])
+  acked = redis.call('XACK', KEYS[4], '{DELIVERY_GROUP}', ARGV[7])
   redis.call('XDEL', KEYS[4], ARGV[7])
+end
+if ARGV[12] ~= '' and acked == 1 then
+  redis.call('HINCRBY', KEYS[9], ARGV[12], 1)
+  redis.call('PEXPIRE', KEYS[9], ARGV[13])
 end
 local t = ARGV[8]
 if t == 'dead' then
@@ -334,12 +342,13 @@ return 1
 )
 
 # Count one funnel step once. KEYS: 1 the funnel hash, 2 its once-set.
-# ARGV: 1 field, 2 the once name, 3 ttl ms. Returns 1 when counted, 0 when seen before.
+# ARGV: 1 field, 2 the once name, 3 ttl ms, 4 how much to add. Returns 1 when counted,
+# 0 when seen before.
 FUNNEL_ONCE = Script(
     "funnel_once",
     """
 if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1

@@ -371,11 +371,11 @@ class RedisStore:
                 total[field] = total.get(field, 0) + int(count)
         return total
 
-    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str) -> bool:
+    async def add_funnel(self, user_id: str, campaign_id: str, field: str, once: str, by: int = 1) -> bool:
         tag = self.tag_of(user_id)
         call = scripts.FUNNEL_ONCE.call(
             [keys.funnel(tag, campaign_id), keys.funnel_once(tag, campaign_id)],
-            [field, once, ms(CAMPAIGN_RETENTION)],
+            [field, once, ms(CAMPAIGN_RETENTION), by],
         )
         [counted] = await self._run("add_funnel", [call])
         return bool(int(counted))
