@@ -29,7 +29,7 @@ from gateway.core.audience import Audience
 from gateway.core.campaigns import Campaigns, audience_of, claim_input
 from gateway.core.pipeline import PushPipeline
 from gateway.core.profile_rules import compute_tier
-from gateway.errors import HeraldError
+from gateway.errors import HeraldError, StoreUnavailable, Unavailable
 from gateway.logs import get_logger
 from gateway.loops import every
 from gateway.metrics import Metrics
@@ -85,25 +85,30 @@ class CampaignRunner:
         for campaign in await self._store.running_campaigns():
             if campaign.start_at is not None and campaign.start_at > now:
                 continue
-            progress = await self._store.campaign_progress(campaign.campaign_id)
+            if campaign.phase == "waiting":
+                chosen = await self._campaigns.pick_winner(campaign)
+                if chosen is not None:
+                    log.info("campaign_winner", campaign_id=campaign.campaign_id, variant=chosen.winner)
+                continue
+            scan = campaign.scan_id
+            progress = await self._store.campaign_progress(scan)
             if all(p.done for p in progress):
-                if await self._campaigns.complete(campaign) is not None:
-                    log.info("campaign_completed", campaign_id=campaign.campaign_id)
+                moved = await self._campaigns.scanned(campaign)
+                if moved is not None:
+                    log.info("campaign_scanned", campaign_id=campaign.campaign_id, phase=campaign.phase)
                 continue
             for shard in random.sample(range(self._store.shards), self._store.shards):
                 if len(self._tasks) >= self._concurrency:
                     return
-                if progress[shard].done or (campaign.campaign_id, shard) in self._busy:
+                if progress[shard].done or (scan, shard) in self._busy:
                     continue
-                leased = await self._store.lease_campaign_shard(
-                    campaign.campaign_id, shard, self.owner, LEASE, self._clock.now()
-                )
+                leased = await self._store.lease_campaign_shard(scan, shard, self.owner, LEASE, self._clock.now())
                 if leased is None:
                     continue  # another process scans it
                 self._start(campaign, leased)
 
     def _start(self, campaign: Campaign, progress: ShardProgress) -> None:
-        key = (campaign.campaign_id, progress.shard)
+        key = (campaign.scan_id, progress.shard)
         self._busy.add(key)
         task = asyncio.create_task(self._scan(campaign, progress), name=f"campaign:{key[0]}:{key[1]}")
         self._tasks.add(task)
@@ -127,7 +132,7 @@ class CampaignRunner:
 
     # --- one shard ---------------------------------------------------------------------
     async def _scan(self, campaign: Campaign, progress: ShardProgress) -> None:
-        cid = campaign.campaign_id
+        cid, scan = campaign.campaign_id, campaign.scan_id
         policy = self._policies.current
         try:
             audience = audience_of(campaign.audience, policy)
@@ -140,7 +145,7 @@ class CampaignRunner:
         while not progress.done and not self._stopping.is_set():
             try:
                 [current] = await self._store.get_campaigns([cid])
-                if current is None or current.state is not CampaignState.RUNNING:
+                if current is None or current.state is not CampaignState.RUNNING or current.scan_id != scan:
                     log.info("campaign_scan_stopped", campaign_id=cid, shard=progress.shard)
                     return
                 progress = await self._chunk(current, audience, steps, progress)
@@ -155,7 +160,7 @@ class CampaignRunner:
                     return  # the lease runs out; this or another process tries again
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))
                 try:
-                    if not await self._renew(cid, progress):
+                    if not await self._renew(scan, progress):
                         return
                 except HeraldError:
                     continue
@@ -185,13 +190,26 @@ class CampaignRunner:
                 return False  # decided under an earlier tag's step
             return audience.matches(profile, compute_tier(profile.rfm, policy.tiers, now), now)
 
-        requests = [claim_input(campaign, user_id) for user_id in dict.fromkeys(users)]
+        # A test's two scans each take their own users (known from the id alone).
+        mine = [u for u in dict.fromkeys(users) if _in_scan(campaign, u)]
+        requests = [claim_input(campaign, user_id) for user_id in mine]
         results = await self._pipeline.push_audience(campaign.bu, requests, admit) if requests else []
         failed = [r for r in results if isinstance(r, HeraldError)]
+        transient = [r for r in failed if isinstance(r, StoreUnavailable | Unavailable)]
+        if transient:
+            raise transient[0]  # the chunk again, later: nothing of it was counted
         if failed:
-            raise failed[0]
-        matched = [r for r in results if r is not None]
-        holdout = sum(1 for q, r in zip(requests, results, strict=True) if r is not None and q.variant == HOLDOUT)
+            # A user this campaign cannot claim (its request id taken by another body):
+            # skipped and counted, never a reason to stop the whole campaign.
+            log.warning(
+                "campaign_users_skipped", campaign_id=campaign.campaign_id, users=len(failed), error=failed[0].message
+            )
+        matched = [r for r in results if r is not None and not isinstance(r, HeraldError)]
+        holdout = sum(
+            1
+            for q, r in zip(requests, results, strict=True)
+            if r is not None and not isinstance(r, HeraldError) and q.variant == HOLDOUT
+        )
         if stale:
             await self._store.forget_users(progress.shard, stale, label)
         if after == "0":
@@ -204,12 +222,21 @@ class CampaignRunner:
             scanned=progress.scanned + len(users),
             matched=progress.matched + len(matched),
             holdout=progress.holdout + holdout,
+            errors=progress.errors + len(failed),
         )
-        if not await self._renew(campaign.campaign_id, moved):
+        if not await self._renew(campaign.scan_id, moved):
             raise _LeaseLost
         self._metrics.campaign_users.labels("scanned").inc(len(users))
         self._metrics.campaign_users.labels("targeted").inc(len(matched))
         return moved
+
+
+def _in_scan(campaign: Campaign, user_id: str) -> bool:
+    if campaign.test is None:
+        return True
+    if campaign.winner:
+        return not campaign.decided_in_test(user_id)
+    return campaign.share_for(user_id) is not None
 
 
 class _LeaseLost(Exception):

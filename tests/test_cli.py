@@ -274,3 +274,34 @@ def test_import_tags_and_attributes(served: Served, tmp_path: Path) -> None:
         )
         nine = get("u-9")
         assert list(nine.tags) == ["a", "b"] and dict(nine.attributes) == {"city": "宁波"}
+
+
+def test_campaign_create_preview_start_and_report(served: Served, tmp_path: Path) -> None:
+    rows = ["user_id,phone,tags,attr.province"]
+    for n in range(300):
+        rows.append(f"u-{n},+86139{n:08d},{'mom_baby' if n % 3 == 0 else 'other'},{'浙江' if n % 2 == 0 else '江苏'}")
+    users = tmp_path / "users.csv"
+    users.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    served.run("users", "import", str(users), "--quiet", check=True)
+    preview = served.run("campaign", "preview", "tags any [mom_baby] and province = 浙江", bu="marketing", check=True)
+    assert "exactly 50 users" in preview.stdout and "SMS" in preview.stdout
+    created = served.run("campaign", "create", "examples/campaign.yaml", bu="marketing", check=True)
+    assert "created d11-presale-mothers (DRAFT)" in created.stdout
+    started = served.run("campaign", "start", "d11-presale-mothers", bu="marketing", check=True)
+    assert "COMPLETED" in started.stdout and "in the audience 50" in started.stdout
+    assert "users decided" in started.stderr  # the progress line
+    report = served.run("campaign", "report", "d11-presale-mothers", bu="marketing", check=True)
+    assert "variant" in report.stdout and "holdout" in report.stdout
+    as_json = json.loads(served.run("campaign", "report", "d11-presale-mothers", "--json", bu="marketing").stdout)
+    funnel = {row["variant"]: row for row in as_json["funnel"]}
+    assert funnel["all"]["targeted"] + funnel.get("holdout", {"targeted": 0})["targeted"] == 50
+    as_csv = served.run("campaign", "report", "d11-presale-mothers", "--csv", bu="marketing").stdout.splitlines()
+    assert as_csv[0].startswith("variant,targeted,suppressed") and len(as_csv) >= 3
+    again = served.run("campaign", "pause", "d11-presale-mothers", bu="marketing")
+    assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stderr and "COMPLETED" in again.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: x\nscenario: double11.presale\naudience: tags any [\ncolour: red\n", encoding="utf-8")
+    refused = served.run("campaign", "create", str(bad), bu="marketing")
+    assert refused.returncode == 2 and "unknown key(s) colour" in refused.stderr
+    listed = served.run("campaign", "list", bu="marketing", check=True)
+    assert "d11-presale-mothers" in listed.stdout and "COMPLETED" in listed.stdout

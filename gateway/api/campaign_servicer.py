@@ -19,7 +19,7 @@ from gateway.errors import InvalidArgument
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store.base import Store
-from gateway.values.campaigns import Campaign, Variant
+from gateway.values.campaigns import Campaign, TestPlan, Variant
 from gateway.values.claims import Content
 from herald.v1 import campaign_pb2, campaign_pb2_grpc
 
@@ -39,6 +39,12 @@ def spec_of(message: campaign_pb2.CampaignSpec) -> CampaignSpec:
         if item.HasField("content"):
             content = Content(item.content.title, item.content.body, item.content.url)
         variants.append(Variant(item.name, item.weight, dict(item.params), content))
+    test = None
+    if message.HasField("test"):
+        wait = message.test.wait
+        if not 0 <= wait.nanos < 1_000_000_000 or wait.seconds < 0:
+            raise InvalidArgument("campaign.test.wait", "is not a valid duration")
+        test = TestPlan(message.test.sample, wait.ToTimedelta(), message.test.metric or "click_rate")
     start_at = ts_to_dt(message, "start_at")
     deadline = ts_to_dt(message, "deadline")
     return CampaignSpec(
@@ -52,6 +58,7 @@ def spec_of(message: campaign_pb2.CampaignSpec) -> CampaignSpec:
         deadline=deadline,
         priority=message.priority if message.HasField("priority") else None,
         description=message.description,
+        test=test,
     )
 
 
@@ -72,6 +79,9 @@ def _spec(campaign: Campaign) -> campaign_pb2.CampaignSpec:
                 variant.content.body,
                 variant.content.url,
             )
+    if campaign.test is not None:
+        out.test.sample, out.test.metric = campaign.test.sample, campaign.test.metric
+        out.test.wait.FromTimedelta(campaign.test.wait)
     if campaign.start_at is not None:
         out.start_at.CopyFrom(dt_to_ts(campaign.start_at))
     if campaign.deadline is not None:
@@ -101,9 +111,16 @@ def _row(row: funnel.Row) -> campaign_pb2.FunnelRow:
 
 
 def campaign_message(campaign: Campaign, view: CampaignView | None = None) -> campaign_pb2.Campaign:
-    out = campaign_pb2.Campaign(spec=_spec(campaign), state=STATES[campaign.state.value])
+    out = campaign_pb2.Campaign(
+        spec=_spec(campaign), state=STATES[campaign.state.value], phase=campaign.phase, winner=campaign.winner
+    )
     out.created_at.CopyFrom(dt_to_ts(campaign.created_at))
-    for name, when in (("started_at", campaign.started_at), ("finished_at", campaign.finished_at)):
+    times = (
+        ("started_at", campaign.started_at),
+        ("finished_at", campaign.finished_at),
+        ("tested_at", campaign.tested_at),
+    )
+    for name, when in times:
         if when is not None:
             getattr(out, name).CopyFrom(dt_to_ts(when))
     if view is not None:
@@ -111,6 +128,7 @@ def campaign_message(campaign: Campaign, view: CampaignView | None = None) -> ca
         out.progress.matched = sum(p.matched for p in view.progress)
         out.progress.shards_done = sum(1 for p in view.progress if p.done)
         out.progress.shards = len(view.progress)
+        out.progress.skipped = sum(p.errors for p in view.progress)
         out.funnel.extend(_row(row) for row in view.funnel)
         out.holdout_conversion_rate, out.lift = funnel.lift(view.funnel)
     return out

@@ -16,11 +16,12 @@ import yaml
 from google.protobuf import json_format
 
 from gateway.cli.client import ClientError, channel, explain_rpc_error, metadata, parse_time
+from gateway.durations import format_duration, parse_duration
 from herald.v1 import campaign_pb2, campaign_pb2_grpc
 
 SPEC_KEYS = {
     "id", "campaign_id", "scenario", "audience", "variants", "holdout", "start_at", "deadline", "priority",
-    "params", "description",
+    "params", "description", "test",
 }  # fmt: skip
 VARIANT_KEYS = {"name", "weight", "params", "content"}
 STATE_NAMES = {v: k.removeprefix("CAMPAIGN_STATE_") for k, v in campaign_pb2.CampaignState.items()}
@@ -105,6 +106,16 @@ def spec_from_file(path: Path) -> campaign_pb2.CampaignSpec:
         if data.get(key):
             when = data[key]
             getattr(spec, key).FromDatetime(parse_time(when if isinstance(when, str) else when.isoformat(), key))
+    test = data.get("test")
+    if test is not None:
+        if not isinstance(test, dict) or set(test) - {"sample", "wait", "metric"}:
+            raise ClientError(f"{path}: test takes sample (a share), wait (e.g. 30m) and metric")
+        try:
+            spec.test.sample = float(test.get("sample", 0))
+            spec.test.wait.FromTimedelta(parse_duration(str(test.get("wait", "0s"))))
+        except (TypeError, ValueError) as exc:
+            raise ClientError(f"{path}: test: {exc}") from None
+        spec.test.metric = str(test.get("metric", "click_rate"))
     variants = data.get("variants") or [{"name": "A", "weight": 1}]
     if not isinstance(variants, list):
         raise ClientError(f"{path}: variants is a list of {{name, weight, params, content}}")
@@ -202,10 +213,16 @@ def print_status(campaign: campaign_pb2.Campaign, out: IO[str]) -> None:
         f"{campaign.spec.campaign_id}  {state}  scenario {campaign.spec.scenario}  audience: {campaign.spec.audience}\n"
     )
     if progress.shards:
+        skipped = f"  skipped {progress.skipped:,}" if progress.skipped else ""
         out.write(
             f"  scanned {progress.scanned:,}  in the audience {progress.matched:,}  "
-            f"shards done {progress.shards_done}/{progress.shards}\n"
+            f"shards done {progress.shards_done}/{progress.shards}{skipped}\n"
         )
+    if campaign.spec.HasField("test"):
+        test = campaign.spec.test
+        chosen = f"winner {campaign.winner}" if campaign.winner else f"phase {campaign.phase}"
+        wait = format_duration(test.wait.ToTimedelta())
+        out.write(f"  test: {test.sample:.0%} of the audience, best {test.metric} after {wait}; {chosen}\n")
 
 
 class Bar:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -19,7 +19,17 @@ from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.store.base import Store
-from gateway.values.campaigns import HOLDOUT, MOVES, Campaign, CampaignState, ShardProgress, Variant, request_id_of
+from gateway.values.campaigns import (
+    HOLDOUT,
+    METRICS,
+    MOVES,
+    Campaign,
+    CampaignState,
+    ShardProgress,
+    TestPlan,
+    Variant,
+    request_id_of,
+)
 from gateway.values.claims import Content, PushInput
 from gateway.values.domain import Category
 
@@ -28,6 +38,7 @@ MAX_VARIANTS = 10
 MAX_WEIGHT = 1000
 MAX_HOLDOUT = 0.5
 MAX_DESCRIPTION = 500
+MAX_TEST_WAIT = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class CampaignSpec:
     deadline: datetime | None = None
     priority: int | None = None
     description: str = ""
+    test: TestPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,8 @@ def build(bu: str, spec: CampaignSpec, policy: Policy, now: datetime) -> Campaig
     begins = spec.start_at or now
     if spec.deadline is not None and spec.deadline <= max(begins, now):
         raise InvalidArgument("campaign.deadline", "must be after the start time and in the future")
+    if spec.test is not None:
+        _check_test(spec.test, len(spec.variants))
     if len(spec.description) > MAX_DESCRIPTION:
         raise InvalidArgument("campaign.description", f"at most {MAX_DESCRIPTION} characters")
     variants = tuple(
@@ -143,7 +157,19 @@ def build(bu: str, spec: CampaignSpec, policy: Policy, now: datetime) -> Campaig
         start_at=spec.start_at,
         deadline=spec.deadline,
         priority=50 if spec.priority is None else spec.priority,
+        test=spec.test,
     )
+
+
+def _check_test(test: TestPlan, variants: int) -> None:
+    if variants < 2:
+        raise InvalidArgument("campaign.test", "a test needs two variants or more to pick from")
+    if not 0.0 < test.sample < 1.0:
+        raise InvalidArgument("campaign.test.sample", f"is {test.sample:g}; give a share over 0 and under 1, e.g. 0.1")
+    if not timedelta(0) <= test.wait <= MAX_TEST_WAIT:
+        raise InvalidArgument("campaign.test.wait", "must be between 0 and 7 days")
+    if test.metric not in METRICS:
+        raise InvalidArgument("campaign.test.metric", f"'{test.metric[:32]}' is not one of {', '.join(METRICS)}")
 
 
 def _is_marketing(policy: Policy, scenario: str) -> bool:
@@ -160,7 +186,7 @@ def _same_definition(a: Campaign, b: Campaign) -> bool:
 def claim_input(campaign: Campaign, user_id: str) -> PushInput:
     """A user's claim of the campaign, the same every time it is made (its request id
     and body are what make a resumed run, or a conversion, find the same message)."""
-    share = campaign.share_of(user_id)
+    share = campaign.share_for(user_id) or campaign.share_of(user_id)
     variant = campaign.variant(share) or campaign.variants[0]
     return PushInput(
         request_id=request_id_of(campaign.campaign_id, user_id),
@@ -202,7 +228,21 @@ class Campaigns:
 
     async def get(self, bu: str, campaign_id: str) -> CampaignView:
         campaign = await self._get(bu, campaign_id)
-        progress = await self._store.campaign_progress(campaign_id)
+        progress = [p for scan in campaign.scan_ids for p in await self._store.campaign_progress(scan)]
+        if campaign.test is not None:
+            # Shards count once: done when both scans are.
+            shards = len(progress) // 2
+            progress = [
+                msgspec.structs.replace(
+                    a,
+                    done=a.done and b.done,
+                    scanned=a.scanned + b.scanned,
+                    matched=a.matched + b.matched,
+                    holdout=a.holdout + b.holdout,
+                    errors=a.errors + b.errors,
+                )
+                for a, b in zip(progress[:shards], progress[shards:], strict=True)
+            ]
         counts = await self._store.funnel(campaign_id)
         return CampaignView(campaign, progress, funnel.rows(counts, [v.name for v in campaign.variants]))
 
@@ -236,13 +276,32 @@ class Campaigns:
                 return stored
         raise Unavailable(f"campaign '{campaign_id}' is being changed by others; try again")
 
-    async def complete(self, campaign: Campaign) -> Campaign | None:
-        """Mark a running campaign whose every shard is scanned as completed."""
+    async def scanned(self, campaign: Campaign) -> Campaign | None:
+        """A running campaign's current scan is done: the test's part decided (now wait
+        for its results), or everyone decided (completed). The stored campaign, or None
+        when someone else moved it first."""
         if campaign.state is not CampaignState.RUNNING:
             return None
         now = self._clock.now()
-        done = msgspec.structs.replace(campaign, state=CampaignState.COMPLETED, updated_at=now, finished_at=now)
-        return await self._store.put_campaign(done, campaign.version)
+        if campaign.phase == "test":
+            moved = msgspec.structs.replace(campaign, tested_at=now, updated_at=now)
+        else:
+            moved = msgspec.structs.replace(campaign, state=CampaignState.COMPLETED, updated_at=now, finished_at=now)
+        return await self._store.put_campaign(moved, campaign.version)
+
+    async def pick_winner(self, campaign: Campaign) -> Campaign | None:
+        """After the test's wait: the variant with the best metric goes to the rest."""
+        assert campaign.test is not None and campaign.tested_at is not None
+        now = self._clock.now()
+        if campaign.state is not CampaignState.RUNNING or now < campaign.tested_at + campaign.test.wait:
+            return None
+        rows = funnel.rows(await self._store.funnel(campaign.campaign_id), [v.name for v in campaign.variants])
+        by_name = {row.variant: row for row in rows}
+        metric = campaign.test.metric
+        # Best metric first; on a tie, the variant listed first.
+        best = max(campaign.variants, key=lambda v: getattr(by_name.get(v.name, funnel.Row(v.name)), metric))
+        moved = msgspec.structs.replace(campaign, winner=best.name, updated_at=now)
+        return await self._store.put_campaign(moved, campaign.version)
 
 
 __all__ = ["CampaignSpec", "CampaignView", "Campaigns", "Content", "audience_of", "build"]

@@ -258,7 +258,7 @@ class PushPipeline:
     ) -> list[_Item]:
         """Read, decide and commit ``todo``; the items whose user changed meanwhile."""
         views = await self._store.read_users(
-            [UserRead(i.claim.user_id, i.idem) for i in todo], policy.defaults.idempotency_window
+            [UserRead(i.claim.user_id, i.idem, index=admit is None) for i in todo], policy.defaults.idempotency_window
         )
         # One log line a decision for a single push; one for a whole batch (a batch of
         # 1000, a campaign's million, must not write a million lines).

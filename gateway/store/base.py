@@ -50,6 +50,9 @@ class IdemKey(msgspec.Struct, frozen=True, gc=False):
 class UserRead(msgspec.Struct, frozen=True, gc=False):
     user_id: str
     idem: IdemKey | None = None
+    # Record the request id's body in the unit-wide index (to refuse its reuse for
+    # another user). A campaign's ids name their user, so its reads skip it.
+    index: bool = True
 
 
 class UserView(msgspec.Struct, frozen=True, gc=False):

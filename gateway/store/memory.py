@@ -216,7 +216,7 @@ class MemoryStore:
                     idem, answer = IdemState.SAME, stored[1]
                 elif (seen is not None and seen != read.idem.fingerprint) or stored is not None:
                     idem = IdemState.CONFLICT
-                if seen is None:
+                if seen is None and read.index:
                     self._rid.set(key, read.idem.fingerprint, idem_ttl)
             out.append(UserView(read.user_id, profile, state, idem, answer))
         return out

@@ -17,6 +17,7 @@ import msgspec
 from gateway.values.claims import Content
 
 HOLDOUT = "holdout"  # the name of the share that receives nothing (for lift)
+REST = "~rest"  # after a campaign id: the scan after a test (never in an id)
 # How long a campaign, its progress and its funnel are kept after their last change.
 CAMPAIGN_RETENTION = timedelta(days=180)
 
@@ -48,6 +49,19 @@ class Variant(msgspec.Struct, frozen=True, gc=False):
     content: Content | None = None
 
 
+class TestPlan(msgspec.Struct, frozen=True, gc=False):
+    """Test, then send the winner: the variants go to ``sample`` of the audience; once
+    that part is decided and ``wait`` has passed, the variant with the best ``metric``
+    goes to everyone else."""
+
+    sample: float
+    wait: timedelta
+    metric: str = "click_rate"  # or "conversion_rate"
+
+
+METRICS = ("click_rate", "conversion_rate")
+
+
 class Campaign(msgspec.Struct, frozen=True, gc=False):
     campaign_id: str
     bu: str
@@ -65,6 +79,44 @@ class Campaign(msgspec.Struct, frozen=True, gc=False):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     version: int = 0
+    test: TestPlan | None = None
+    tested_at: datetime | None = None  # when the test's part of the audience was decided
+    winner: str = ""  # the variant the rest of the audience gets
+
+    @property
+    def phase(self) -> str:
+        """ "test" (the sample), "waiting" (for the test's results), or "all"."""
+        if self.test is None or self.winner:
+            return "all"
+        return "test" if self.tested_at is None else "waiting"
+
+    def in_sample(self, user_id: str) -> bool:
+        if self.test is None:
+            return True
+        digest = hashlib.blake2b(f"{self.campaign_id}\x00sample\x00{user_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64 < self.test.sample
+
+    def share_for(self, user_id: str) -> str | None:
+        """What this user gets now: the holdout, a variant by weight (the test's sample,
+        or everyone without a test), the winner (the rest, once chosen), or None (the
+        rest, while the test runs)."""
+        share = self.share_of(user_id)
+        if share == HOLDOUT or self.test is None or self.in_sample(user_id):
+            return share
+        return self.winner or None
+
+    def decided_in_test(self, user_id: str) -> bool:
+        return self.test is not None and (self.in_sample(user_id) or self.share_of(user_id) == HOLDOUT)
+
+    @property
+    def scan_id(self) -> str:
+        """The name the current scan's progress is kept under: a test's second scan
+        (the rest of the audience, with the winner) has its own."""
+        return self.campaign_id + REST if self.test is not None and self.winner else self.campaign_id
+
+    @property
+    def scan_ids(self) -> tuple[str, ...]:
+        return (self.campaign_id, self.campaign_id + REST) if self.test is not None else (self.campaign_id,)
 
     def share_of(self, user_id: str) -> str:
         """The variant (or ``HOLDOUT``) this user falls in: a hash of (campaign, user),

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from herald.v1 import push_pb2 as herald_dot_v1_dot_push__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18herald/v1/campaign.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14herald/v1/push.proto\"\xa7\x01\n\x17RecordConversionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x15\n\rconversion_id\x18\x04 \x01(\t\x12\x13\n\x0bvalue_minor\x18\x05 \x01(\x03\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x18RecordConversionResponse\x12\x12\n\nattributed\x18\x01 \x01(\x08\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0b\n\x03via\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0f\n\x07\x63ounted\x18\x06 \x01(\x08\"\xab\x01\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x05\x12.\n\x06params\x18\x03 \x03(\x0b\x32\x1e.herald.v1.Variant.ParamsEntry\x12#\n\x07\x63ontent\x18\x04 \x01(\x0b\x32\x12.herald.v1.Content\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x02\n\x0c\x43\x61mpaignSpec\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x10\n\x08scenario\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12$\n\x08variants\x18\x04 \x03(\x0b\x32\x12.herald.v1.Variant\x12\x0f\n\x07holdout\x18\x05 \x01(\x01\x12,\n\x08start_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08priority\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x33\n\x06params\x18\t \x03(\x0b\x32#.herald.v1.CampaignSpec.ParamsEntry\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priority\"B\n\x15\x43reateCampaignRequest\x12)\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x17.herald.v1.CampaignSpec\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"%\n\x0e\x43\x61mpaignAction\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"%\n\x14ListCampaignsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"?\n\x15ListCampaignsResponse\x12&\n\tcampaigns\x18\x01 \x03(\x0b\x32\x13.herald.v1.Campaign\"Y\n\x10\x43\x61mpaignProgress\x12\x0f\n\x07scanned\x18\x01 \x01(\x03\x12\x0f\n\x07matched\x18\x02 \x01(\x03\x12\x13\n\x0bshards_done\x18\x03 \x01(\x05\x12\x0e\n\x06shards\x18\x04 \x01(\x05\"\x9b\x03\n\tFunnelRow\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x10\n\x08targeted\x18\x02 \x01(\x03\x12\x38\n\nsuppressed\x18\x03 \x03(\x0b\x32$.herald.v1.FunnelRow.SuppressedEntry\x12\x11\n\tscheduled\x18\x04 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x03\x12\x0c\n\x04sent\x18\x06 \x01(\x03\x12\x11\n\tdelivered\x18\x07 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x03\x12\x0f\n\x07\x63licked\x18\t \x01(\x03\x12\x11\n\tconverted\x18\n \x01(\x03\x12\x14\n\x0cunsubscribed\x18\x0b \x01(\x03\x12\x12\n\nreach_rate\x18\x0c \x01(\x01\x12\x12\n\nclick_rate\x18\r \x01(\x01\x12\x17\n\x0f\x63onversion_rate\x18\x0e \x01(\x01\x12\x13\n\x0bpush_effect\x18\x0f \x01(\x01\x12\x18\n\x10\x63onversion_value\x18\x10 \x01(\x03\x1a\x31\n\x0fSuppressedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xef\x02\n\x08\x43\x61mpaign\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.herald.v1.CampaignSpec\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.herald.v1.CampaignState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08progress\x18\x06 \x01(\x0b\x32\x1b.herald.v1.CampaignProgress\x12$\n\x06\x66unnel\x18\x07 \x03(\x0b\x32\x14.herald.v1.FunnelRow\x12\x1f\n\x17holdout_conversion_rate\x18\x08 \x01(\x01\x12\x0c\n\x04lift\x18\t \x01(\x01\":\n\x16PreviewAudienceRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\x05\"\x96\x01\n\x17PreviewAudienceResponse\x12\x0c\n\x04read\x18\x01 \x01(\x03\x12\x0f\n\x07matched\x18\x02 \x01(\x03\x12\x10\n\x08\x65stimate\x18\x03 \x01(\x03\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\x12(\n\x05users\x18\x05 \x03(\x0b\x32\x19.herald.v1.AudienceSample\x12\x11\n\tcanonical\x18\x06 \x01(\t\"O\n\x0e\x41udienceSample\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t*\xbc\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41MPAIGN_STATE_DRAFT\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x19\n\x15\x43\x41MPAIGN_STATE_PAUSED\x10\x03\x12\x1c\n\x18\x43\x41MPAIGN_STATE_COMPLETED\x10\x04\x12\x1c\n\x18\x43\x41MPAIGN_STATE_CANCELLED\x10\x05\x32\xae\x05\n\x0f\x43\x61mpaignService\x12G\n\x0e\x43reateCampaign\x12 .herald.v1.CreateCampaignRequest\x1a\x13.herald.v1.Campaign\x12\x41\n\x0bGetCampaign\x12\x1d.herald.v1.GetCampaignRequest\x1a\x13.herald.v1.Campaign\x12R\n\rListCampaigns\x12\x1f.herald.v1.ListCampaignsRequest\x1a .herald.v1.ListCampaignsResponse\x12?\n\rStartCampaign\x12\x19.herald.v1.CampaignAction\x1a\x13.herald.v1.Campaign\x12?\n\rPauseCampaign\x12\x19.herald.v1.CampaignAction\x1a\x13.herald.v1.Campaign\x12@\n\x0eResumeCampaign\x12\x19.herald.v1.CampaignAction\x1a\x13.herald.v1.Campaign\x12@\n\x0e\x43\x61ncelCampaign\x12\x19.herald.v1.CampaignAction\x1a\x13.herald.v1.Campaign\x12X\n\x0fPreviewAudience\x12!.herald.v1.PreviewAudienceRequest\x1a\".herald.v1.PreviewAudienceResponse\x12[\n\x10RecordConversion\x12\".herald.v1.RecordConversionRequest\x1a#.herald.v1.RecordConversionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18herald/v1/campaign.proto\x12\therald.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14herald/v1/push.proto\"\xa7\x01\n\x17RecordConversionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x15\n\rconversion_id\x18\x04 \x01(\t\x12\x13\n\x0bvalue_minor\x18\x05 \x01(\x03\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x18RecordConversionResponse\x12\x12\n\nattributed\x18\x01 \x01(\x08\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0b\n\x03via\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0f\n\x07\x63ounted\x18\x06 \x01(\x08\"\xab\x01\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x05\x12.\n\x06params\x18\x03 \x03(\x0b\x32\x1e.herald.v1.Variant.ParamsEntry\x12#\n\x07\x63ontent\x18\x04 \x01(\x0b\x32\x12.herald.v1.Content\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x03\n\x0c\x43\x61mpaignSpec\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x10\n\x08scenario\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12$\n\x08variants\x18\x04 \x03(\x0b\x32\x12.herald.v1.Variant\x12\x0f\n\x07holdout\x18\x05 \x01(\x01\x12,\n\x08start_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08priority\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x33\n\x06params\x18\t \x03(\x0b\x32#.herald.v1.CampaignSpec.ParamsEntry\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12!\n\x04test\x18\x0b \x01(\x0b\x32\x13.herald.v1.TestPlan\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priority\"S\n\x08TestPlan\x12\x0e\n\x06sample\x18\x01 \x01(\x01\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06metric\x18\x03 \x01(\t\"B\n\x15\x43reateCampaignRequest\x12)\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x17.herald.v1.CampaignSpec\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"%\n\x0e\x43\x61mpaignAction\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"%\n\x14ListCampaignsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"?\n\x15ListCampaignsResponse\x12&\n\tcampaigns\x18\x01 \x03(\x0b\x32\x13.herald.v1.Campaign\"j\n\x10\x43\x61mpaignProgress\x12\x0f\n\x07scanned\x18\x01 \x01(\x03\x12\x0f\n\x07matched\x18\x02 \x01(\x03\x12\x13\n\x0bshards_done\x18\x03 \x01(\x05\x12\x0e\n\x06shards\x18\x04 \x01(\x05\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\"\x9b\x03\n\tFunnelRow\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x10\n\x08targeted\x18\x02 \x01(\x03\x12\x38\n\nsuppressed\x18\x03 \x03(\x0b\x32$.herald.v1.FunnelRow.SuppressedEntry\x12\x11\n\tscheduled\x18\x04 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x03\x12\x0c\n\x04sent\x18\x06 \x01(\x03\x12\x11\n\tdelivered\x18\x07 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x03\x12\x0f\n\x07\x63licked\x18\t \x01(\x03\x12\x11\n\tconverted\x18\n \x01(\x03\x12\x14\n\x0cunsubscribed\x18\x0b \x01(\x03\x12\x12\n\nreach_rate\x18\x0c \x01(\x01\x12\x12\n\nclick_rate\x18\r \x01(\x01\x12\x17\n\x0f\x63onversion_rate\x18\x0e \x01(\x01\x12\x13\n\x0bpush_effect\x18\x0f \x01(\x01\x12\x18\n\x10\x63onversion_value\x18\x10 \x01(\x03\x1a\x31\n\x0fSuppressedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xbd\x03\n\x08\x43\x61mpaign\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.herald.v1.CampaignSpec\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.herald.v1.CampaignState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x08progress\x18\x06 \x01(\x0b\x32\x1b.herald.v1.CampaignProgress\x12$\n\x06\x66unnel\x18\x07 \x03(\x0b\x32\x14.herald.v1.FunnelRow\x12\x1f\n\x17holdout_conversion_rate\x18\x08 \x01(\x01\x12\x0c\n\x04lift\x18\t \x01(\x01\x12\r\n\x05phase\x18\n \x01(\t\x12-\n\ttested_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06winner\x18\x0c \x01(\t\":\n\x16PreviewAudienceRequest\x12\x10\n\x08\x61udience\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\x05\"\x96\x01\n\x17PreviewAudienceResponse\x12\x0c\n\x04read\x18\x01 \x01(\x03\x12\x0f\n\x07matched\x18\x02 \x01(\x03\x12\x10\n\x08\x65stimate\x18\x03 \x01(\x03\x12\r\n\x05\x65xact\x18\x04 \x01(\x08\x12(\n\x05users\x18\x05 \x03(\x0b\x32\x19.herald.v1.AudienceSample\x12\x11\n\tcanonical\x18\x06 \x01(\t\"O\n\x0e\x41udienceSample\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t*\xbc\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41MPAIGN_STATE_DRAFT\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x19\n\x15\x43\x41MPAIGN_STATE_PAUSED\x10\x03\x12\x1c\n\x18\x43\x41MPAIGN_STATE_COMPLETED\x10\x04\x12\x1c\n\x18\x43\x41MPAIGN_STATE_CANCELLED\x10\x05\x32\xae\x05\n\x0f\x43\x61mpaignService\x12G\n\x0e\x43reateCampaign\x12 .herald.v1.CreateCampaignRequest\x1a\x13.herald.v1.Campaign\x12\x41\n\x0bGetCampaign\x12\x1d.herald.v1.GetCampaignRequest\x1a\x13.herald.v1.Campaign\x12R\n\rListCampaigns\x12\x1f.herald.v1.ListCampaignsRequest\x1a .herald.v1.ListCampaignsResponse\x12?\n\rStartCampaign\x12\x19.herald.v1.CampaignAction\x1a\x13.herald.v1.Campaign\x12?\n\rPauseCampaign\x12\x19.herald.v1.CampaignAction\x1a\x13.herald.v1.Campaign\x12@\n\x0eResumeCampaign\x12\x19.herald.v1.CampaignAction\x1a\x13.herald.v1.Campaign\x12@\n\x0e\x43\x61ncelCampaign\x12\x19.herald.v1.CampaignAction\x1a\x13.herald.v1.Campaign\x12X\n\x0fPreviewAudience\x12!.herald.v1.PreviewAudienceRequest\x1a\".herald.v1.PreviewAudienceResponse\x12[\n\x10RecordConversion\x12\".herald.v1.RecordConversionRequest\x1a#.herald.v1.RecordConversionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,44 +40,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAMPAIGNSPEC_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_FUNNELROW_SUPPRESSEDENTRY']._loaded_options = None
   _globals['_FUNNELROW_SUPPRESSEDENTRY']._serialized_options = b'8\001'
-  _globals['_CAMPAIGNSTATE']._serialized_start=2373
-  _globals['_CAMPAIGNSTATE']._serialized_end=2561
-  _globals['_RECORDCONVERSIONREQUEST']._serialized_start=95
-  _globals['_RECORDCONVERSIONREQUEST']._serialized_end=262
-  _globals['_RECORDCONVERSIONRESPONSE']._serialized_start=265
-  _globals['_RECORDCONVERSIONRESPONSE']._serialized_end=395
-  _globals['_VARIANT']._serialized_start=398
-  _globals['_VARIANT']._serialized_end=569
-  _globals['_VARIANT_PARAMSENTRY']._serialized_start=524
-  _globals['_VARIANT_PARAMSENTRY']._serialized_end=569
-  _globals['_CAMPAIGNSPEC']._serialized_start=572
-  _globals['_CAMPAIGNSPEC']._serialized_end=947
-  _globals['_CAMPAIGNSPEC_PARAMSENTRY']._serialized_start=524
-  _globals['_CAMPAIGNSPEC_PARAMSENTRY']._serialized_end=569
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=949
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=1015
-  _globals['_GETCAMPAIGNREQUEST']._serialized_start=1017
-  _globals['_GETCAMPAIGNREQUEST']._serialized_end=1058
-  _globals['_CAMPAIGNACTION']._serialized_start=1060
-  _globals['_CAMPAIGNACTION']._serialized_end=1097
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=1099
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=1136
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=1138
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1201
-  _globals['_CAMPAIGNPROGRESS']._serialized_start=1203
-  _globals['_CAMPAIGNPROGRESS']._serialized_end=1292
-  _globals['_FUNNELROW']._serialized_start=1295
-  _globals['_FUNNELROW']._serialized_end=1706
-  _globals['_FUNNELROW_SUPPRESSEDENTRY']._serialized_start=1657
-  _globals['_FUNNELROW_SUPPRESSEDENTRY']._serialized_end=1706
-  _globals['_CAMPAIGN']._serialized_start=1709
-  _globals['_CAMPAIGN']._serialized_end=2076
-  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_start=2078
-  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_end=2136
-  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_start=2139
-  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_end=2289
-  _globals['_AUDIENCESAMPLE']._serialized_start=2291
-  _globals['_AUDIENCESAMPLE']._serialized_end=2370
-  _globals['_CAMPAIGNSERVICE']._serialized_start=2564
-  _globals['_CAMPAIGNSERVICE']._serialized_end=3250
+  _globals['_CAMPAIGNSTATE']._serialized_start=2620
+  _globals['_CAMPAIGNSTATE']._serialized_end=2808
+  _globals['_RECORDCONVERSIONREQUEST']._serialized_start=127
+  _globals['_RECORDCONVERSIONREQUEST']._serialized_end=294
+  _globals['_RECORDCONVERSIONRESPONSE']._serialized_start=297
+  _globals['_RECORDCONVERSIONRESPONSE']._serialized_end=427
+  _globals['_VARIANT']._serialized_start=430
+  _globals['_VARIANT']._serialized_end=601
+  _globals['_VARIANT_PARAMSENTRY']._serialized_start=556
+  _globals['_VARIANT_PARAMSENTRY']._serialized_end=601
+  _globals['_CAMPAIGNSPEC']._serialized_start=604
+  _globals['_CAMPAIGNSPEC']._serialized_end=1014
+  _globals['_CAMPAIGNSPEC_PARAMSENTRY']._serialized_start=556
+  _globals['_CAMPAIGNSPEC_PARAMSENTRY']._serialized_end=601
+  _globals['_TESTPLAN']._serialized_start=1016
+  _globals['_TESTPLAN']._serialized_end=1099
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=1101
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=1167
+  _globals['_GETCAMPAIGNREQUEST']._serialized_start=1169
+  _globals['_GETCAMPAIGNREQUEST']._serialized_end=1210
+  _globals['_CAMPAIGNACTION']._serialized_start=1212
+  _globals['_CAMPAIGNACTION']._serialized_end=1249
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=1251
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=1288
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=1290
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1353
+  _globals['_CAMPAIGNPROGRESS']._serialized_start=1355
+  _globals['_CAMPAIGNPROGRESS']._serialized_end=1461
+  _globals['_FUNNELROW']._serialized_start=1464
+  _globals['_FUNNELROW']._serialized_end=1875
+  _globals['_FUNNELROW_SUPPRESSEDENTRY']._serialized_start=1826
+  _globals['_FUNNELROW_SUPPRESSEDENTRY']._serialized_end=1875
+  _globals['_CAMPAIGN']._serialized_start=1878
+  _globals['_CAMPAIGN']._serialized_end=2323
+  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_start=2325
+  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_end=2383
+  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_start=2386
+  _globals['_PREVIEWAUDIENCERESPONSE']._serialized_end=2536
+  _globals['_AUDIENCESAMPLE']._serialized_start=2538
+  _globals['_AUDIENCESAMPLE']._serialized_end=2617
+  _globals['_CAMPAIGNSERVICE']._serialized_start=2811
+  _globals['_CAMPAIGNSERVICE']._serialized_end=3497
 # @@protoc_insertion_point(module_scope)

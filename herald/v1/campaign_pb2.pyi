@@ -9,6 +9,7 @@ changes only its own campaigns.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -214,6 +215,7 @@ class CampaignSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     """1-64 characters of [A-Za-z0-9._:-]."""
     scenario: _builtins.str
@@ -237,6 +239,10 @@ class CampaignSpec(_message.Message):
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Parameters every variant shares."""
 
+    @_builtins.property
+    def test(self) -> Global___TestPlan:
+        """Test, then send the winner (needs two variants or more)."""
+
     def __init__(
         self,
         *,
@@ -250,16 +256,51 @@ class CampaignSpec(_message.Message):
         priority: _builtins.int | None = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         description: _builtins.str = ...,
+        test: Global___TestPlan | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "deadline", b"deadline", "priority", b"priority", "start_at", b"start_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "deadline", b"deadline", "priority", b"priority", "start_at", b"start_at", "test", b"test"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "audience", b"audience", "campaign_id", b"campaign_id", "deadline", b"deadline", "description", b"description", "holdout", b"holdout", "params", b"params", "priority", b"priority", "scenario", b"scenario", "start_at", b"start_at", "variants", b"variants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "audience", b"audience", "campaign_id", b"campaign_id", "deadline", b"deadline", "description", b"description", "holdout", b"holdout", "params", b"params", "priority", b"priority", "scenario", b"scenario", "start_at", b"start_at", "test", b"test", "variants", b"variants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___CampaignSpec: _TypeAlias = CampaignSpec  # noqa: Y015
+
+@_typing.final
+class TestPlan(_message.Message):
+    """The variants go to `sample` of the audience first; once that part is decided and
+    `wait` has passed, the variant with the best `metric` goes to the rest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    sample: _builtins.float
+    """The share of the audience in the test, over 0 and under 1 (e.g. 0.1)."""
+    metric: _builtins.str
+    """"click_rate" (default) or "conversion_rate"."""
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """How long to wait for the test's results once its part is decided (at most 7 days)."""
+
+    def __init__(
+        self,
+        *,
+        sample: _builtins.float = ...,
+        wait: _duration_pb2.Duration | None = ...,
+        metric: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "sample", b"sample", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestPlan: _TypeAlias = TestPlan  # noqa: Y015
 
 @_typing.final
 class CreateCampaignRequest(_message.Message):
@@ -369,6 +410,7 @@ class CampaignProgress(_message.Message):
     MATCHED_FIELD_NUMBER: _builtins.int
     SHARDS_DONE_FIELD_NUMBER: _builtins.int
     SHARDS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
     scanned: _builtins.int
     """Entries of the user index read so far."""
     matched: _builtins.int
@@ -376,6 +418,8 @@ class CampaignProgress(_message.Message):
     shards_done: _builtins.int
     """Shards whose scan is done, of all."""
     shards: _builtins.int
+    skipped: _builtins.int
+    """Users the campaign could not claim (their request id used by another body)."""
     def __init__(
         self,
         *,
@@ -383,10 +427,11 @@ class CampaignProgress(_message.Message):
         matched: _builtins.int = ...,
         shards_done: _builtins.int = ...,
         shards: _builtins.int = ...,
+        skipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matched", b"matched", "scanned", b"scanned", "shards", b"shards", "shards_done", b"shards_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matched", b"matched", "scanned", b"scanned", "shards", b"shards", "shards_done", b"shards_done", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,10 +547,17 @@ class Campaign(_message.Message):
     FUNNEL_FIELD_NUMBER: _builtins.int
     HOLDOUT_CONVERSION_RATE_FIELD_NUMBER: _builtins.int
     LIFT_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    TESTED_AT_FIELD_NUMBER: _builtins.int
+    WINNER_FIELD_NUMBER: _builtins.int
     state: Global___CampaignState.ValueType
     holdout_conversion_rate: _builtins.float
     """The holdout's conversion rate and the treated users' minus it (lift)."""
     lift: _builtins.float
+    phase: _builtins.str
+    """"test" (the test's part is being decided), "waiting" (for its results) or "all"."""
+    winner: _builtins.str
+    """The variant the rest of the audience gets, once chosen."""
     @_builtins.property
     def spec(self) -> Global___CampaignSpec: ...
     @_builtins.property
@@ -520,6 +572,8 @@ class Campaign(_message.Message):
     def funnel(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunnelRow]:
         """The whole campaign first, then each variant, then the holdout (when any)."""
 
+    @_builtins.property
+    def tested_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -532,10 +586,13 @@ class Campaign(_message.Message):
         funnel: _abc.Iterable[Global___FunnelRow] | None = ...,
         holdout_conversion_rate: _builtins.float = ...,
         lift: _builtins.float = ...,
+        phase: _builtins.str = ...,
+        tested_at: _timestamp_pb2.Timestamp | None = ...,
+        winner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "progress", b"progress", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "progress", b"progress", "spec", b"spec", "started_at", b"started_at", "tested_at", b"tested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "funnel", b"funnel", "holdout_conversion_rate", b"holdout_conversion_rate", "lift", b"lift", "progress", b"progress", "spec", b"spec", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "funnel", b"funnel", "holdout_conversion_rate", b"holdout_conversion_rate", "lift", b"lift", "phase", b"phase", "progress", b"progress", "spec", b"spec", "started_at", b"started_at", "state", b"state", "tested_at", b"tested_at", "winner", b"winner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,8 +78,8 @@ async def campaigns(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     redis_url = request.getfixturevalue("clean_redis") if request.param == "redis" else ""
     clock = FixedClock(local(10))
     gateway = Gateway(settings_for(tmp_path, redis_url), metrics=fresh_metrics(), clock=clock)
-    await gateway.start()
     gateway.campaign_runner._interval = 3600  # the test drives the runner itself
+    await gateway.start()
     client = await open_api(gateway)
     try:
         yield Campaigns(client, campaign_pb2_grpc.CampaignServiceStub(client.channel), clock, gateway)
@@ -375,3 +375,73 @@ async def test_holdout_conversions_give_the_lift(campaigns: Campaigns) -> None:
     assert row(after, "holdout").converted == 2
     assert abs(after.holdout_conversion_rate - 2 / held_out) < 1e-9
     assert abs(after.lift - (0 - 2 / held_out)) < 1e-9  # nobody treated converted yet
+
+
+async def test_test_then_winner_sends_the_variant_with_more_clicks_to_the_rest(campaigns: Campaigns) -> None:
+    import aiohttp
+
+    await add_users(campaigns.api, 200)  # 40 vip
+    variants = [
+        campaign_pb2.Variant(
+            name=name, weight=1, content=push_pb2.Content(title=name, body=name, url=f"https://m.example.com/{name}")
+        )
+        for name in ("A", "B")
+    ]
+    test = campaign_pb2.TestPlan(sample=0.5, metric="click_rate")
+    test.wait.FromSeconds(8 * 3600)  # the release takes a couple of hours
+    await campaigns.create(
+        "d11-test",
+        "tags any [vip]",
+        scenario="new.arrivals",
+        params={"category_name": "童装"},
+        variants=variants,
+        test=test,
+    )
+    await campaigns.action("start", "d11-test")
+    runner = campaigns.gateway.campaign_runner
+    for _ in range(100):
+        await runner.tick()
+        await runner.drain()
+        waiting = await campaigns.get("d11-test")
+        if waiting.phase == "waiting":
+            break
+    assert waiting.phase == "waiting" and waiting.HasField("tested_at") and not waiting.winner
+    model = Campaign("d11-test", "marketing", "s", "x", (Variant("A", 1), Variant("B", 1)), local(10), local(10))
+    tested = row(waiting, "").targeted
+    assert 5 < tested < 35  # about half the audience, by the sample hash
+    sent = await _released_and_sent(campaigns, "d11-test", tested)
+    links = _outbox_links(campaigns)
+    b_users = [u for u, link in links.items() if model.share_of(u) == "B"]
+    assert b_users and len(links) == tested
+    async with aiohttp.ClientSession() as http:
+        for user in b_users[:2]:
+            async with http.get(links[user], allow_redirects=False) as answer:
+                assert answer.headers["Location"] == "https://m.example.com/B"
+    assert row(await campaigns.get("d11-test"), "B").clicked == 2 and sent.winner == ""
+    await runner.tick()
+    assert (await campaigns.get("d11-test")).winner == ""  # the wait is not over
+    campaigns.clock.advance(8 * 3600)
+    done = await campaigns.finish("d11-test")
+    assert done.winner == "B" and done.phase == "all"
+    assert row(done, "").targeted == 40 and done.progress.matched == 40
+    a_sample = sum(1 for u in links if model.share_of(u) == "A")
+    assert row(done, "A").targeted == a_sample  # A went to its part of the test only
+    assert row(done, "B").targeted == 40 - a_sample
+
+
+async def test_a_user_the_campaign_cannot_claim_is_skipped_not_a_stalled_run(campaigns: Campaigns) -> None:
+    from gateway.values.campaigns import request_id_of
+
+    await add_users(campaigns.api, 30)  # vip: u-0, u-5, ..., u-25
+    taken = push_pb2.PushRequest(
+        request_id=request_id_of("d11-skip", "u-5"),
+        user_id="u-5",
+        scenario="double11.presale",
+        params=PARAMS,
+        campaign_id="other",
+    )
+    await campaigns.api.push.Push(taken, metadata=auth("marketing"))
+    await campaigns.create("d11-skip", "tags any [vip]")
+    await campaigns.action("start", "d11-skip")
+    done = await campaigns.finish("d11-skip")
+    assert done.progress.matched == 5 and row(done, "").targeted == 5

@@ -104,9 +104,10 @@ class RedisStore:
             if read.idem is not None:
                 idem = read.idem
                 commands.append(("GET", keys.idempotency(tag, idem.bu, idem.request_id)))
-                index = keys.request_index(idem.bu, idem.request_id)
-                # {"get": True}: the reply is the old value (redis-py's parser needs telling).
-                commands.append(("SET", index, idem.fingerprint, "NX", "GET", "PX", ms(idem_ttl), {"get": True}))
+                if read.index:
+                    index = keys.request_index(idem.bu, idem.request_id)
+                    # {"get": True}: the reply is the old value (redis-py's parser needs telling).
+                    commands.append(("SET", index, idem.fingerprint, "NX", "GET", "PX", ms(idem_ttl), {"get": True}))
         replies = iter(await self._run("read_users", commands))
         out = []
         for read in reads:
@@ -114,7 +115,7 @@ class RedisStore:
             profile, state = codec.decode_user(read.user_id, fields or {})
             status, answer = IdemState.NEW, None
             if read.idem is not None:
-                stored, seen = next(replies), next(replies)
+                stored, seen = next(replies), next(replies) if read.index else None
                 if stored is not None:
                     kept = codec.ANSWER.decode(stored)
                     if kept.fingerprint == read.idem.fingerprint:
