@@ -50,7 +50,7 @@ BAD_REQUEST = frozenset(
 
 
 def result_of(code: str, biz_id: str = "") -> SendResult:
-    """The answer table (../shared/reference/channels.md, SMS)."""
+    """The answer table (docs/providers.md, "Alibaba Cloud SMS")."""
     if code == "OK":
         return SendResult(SendStatus.DELIVERED, code, "accepted by Alibaba Cloud SMS", provider_id=biz_id)
     if code in RETRY:

@@ -18,7 +18,7 @@ ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 def result_of(code: int, message: str) -> SendResult:
-    """The answer table (../shared/reference/channels.md, Email): 4xx passing, 5.1.x
+    """The answer table (docs/providers.md, "Email over SMTP"): 4xx passing, 5.1.x
     bad address, 5.7.x policy, other 5xx permanent."""
     text = str(code)
     enhanced = ENHANCED.search(message or "")

@@ -85,7 +85,7 @@ def error_code(answer: HttpAnswer) -> str:
 
 
 def result_of(answer: HttpAnswer) -> SendResult:
-    """The answer table (../shared/reference/channels.md, App push / FCM)."""
+    """The answer table (docs/providers.md, "Firebase Cloud Messaging")."""
     if answer.status == 200:
         name = answer.body.get("name", "") if isinstance(answer.body, dict) else ""
         return SendResult(SendStatus.DELIVERED, "200", "accepted by FCM", provider_id=str(name))

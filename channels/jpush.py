@@ -15,7 +15,7 @@ CREDENTIALS = frozenset({1004, 1008, 1009})
 
 
 def result_of(answer: HttpAnswer) -> SendResult:
-    """The answer table (JPush v3 error codes, mapped as channels.md says for app push)."""
+    """The answer table (docs/providers.md, "JPush"): JPush v3 error codes."""
     body = answer.body if isinstance(answer.body, dict) else {}
     if answer.status == 200 and "msg_id" in body:
         return SendResult(SendStatus.DELIVERED, "0", "accepted by JPush", provider_id=str(body["msg_id"]))

@@ -1,7 +1,7 @@
 """WeChat Official Account: template messages, customer-service messages and mass send.
 
-The answer table below is ../shared/reference/channels.md "What the WeChat adapter does
-with each answer", as code.
+The answer table below is docs/providers.md, "What Herald does with each WeChat answer",
+as code.
 """
 
 from __future__ import annotations
