@@ -22,6 +22,8 @@ class Delivery:
     scenario: str
     user_id: str
     campaign_id: str = ""
+    # The campaign's variant: a mass send goes out per variant (its own counts).
+    variant: str = ""
     # APP_PUSH: the service the device token belongs to (FCM, JPUSH, APNS).
     device: PushProvider | None = None
     # openid, phone, email or device token: the adapter's to send, nobody's to log.

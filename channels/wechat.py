@@ -208,11 +208,13 @@ class WechatAdapter:
         assert answer is not None
         return result_of(_errcode(answer) or 0, self._to_next_minute(), str(answer.body.get("msgid", "")))
 
-    # --- mass send: one call for many users of one campaign with the same content ----
+    # --- mass send: one call for many users of one campaign, variant and content ------
     async def _join_mass(self, delivery: Delivery) -> SendResult:
         content = mass_content(delivery.payload)
         key = hashlib.sha1(
-            orjson.dumps([delivery.scenario, delivery.campaign_id, content], option=orjson.OPT_SORT_KEYS)
+            orjson.dumps(
+                [delivery.scenario, delivery.campaign_id, delivery.variant, content], option=orjson.OPT_SORT_KEYS
+            )
         ).hexdigest()
         loop = asyncio.get_running_loop()
         batch = self._batches.get(key)

@@ -273,6 +273,7 @@ class Walk:
                 scenario=claim.scenario,
                 user_id=claim.user_id,
                 campaign_id=claim.campaign_id,
+                variant=claim.variant,
                 device=device,
                 recipient=recipient_for(channel, profile),
                 payload=self._payload(job, channel),

@@ -117,3 +117,45 @@ async def test_fifth_mass_message_of_the_month_takes_the_next_channel(tmp_path: 
         assert len(fake.wechat.mass_calls) == 4
         fifth = await api.push.GetMessage(push_pb2.GetMessageRequest(message_id=ids[0]), metadata=auth("marketing"))
         assert any("WECHAT_MASS per user a month" in line for line in fifth.trace) or "APP_PUSH" in fifth.detail
+
+
+async def test_a_campaigns_variants_go_out_in_one_mass_send_each(tmp_path: Path, fake: Fakes) -> None:
+    import asyncio
+
+    from herald.v1 import campaign_pb2, campaign_pb2_grpc
+
+    clock = FixedClock(local(10))
+    policy_dir = policies_for(tmp_path, fake, mass_batch_wait=1.0)
+    async with gateway_on_fakes(tmp_path, fake, clock=clock, policy_dir=policy_dir) as api:
+        requests = [user(f"u-{i}", f"oMass{i:06d}xyz") for i in range(400)]
+        for request in requests:
+            request.user.tags.append("vip")
+        await api.profiles.UpsertUsers(profile_pb2.UpsertUsersRequest(requests=requests), metadata=auth("order"))
+        stub = campaign_pb2_grpc.CampaignServiceStub(api.channel)
+        spec = campaign_pb2.CampaignSpec(
+            campaign_id="d11-mass",
+            scenario="double11.presale",
+            audience="tags any [vip]",
+            params={"deposit": "50", "discount": "150"},
+            variants=[campaign_pb2.Variant(name="A", weight=1), campaign_pb2.Variant(name="B", weight=1)],
+        )
+        await stub.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=spec), metadata=auth("marketing"))
+        action = campaign_pb2.CampaignAction(campaign_id="d11-mass")
+        await stub.StartCampaign(action, metadata=auth("marketing"))
+        get = campaign_pb2.GetCampaignRequest(campaign_id="d11-mass")
+        for _ in range(200):
+            got = await stub.GetCampaign(get, metadata=auth("marketing"))
+            if got.state == campaign_pb2.CAMPAIGN_STATE_COMPLETED:
+                break
+            await asyncio.sleep(0.05)
+        by_variant = {row.variant: row for row in got.funnel}
+        assert by_variant[""].scheduled == 400
+        await release(api, clock, local(12, 30))
+        await api.gateway.dispatcher.drain(60)
+        calls = fake.wechat.mass_calls
+        assert len(calls) == 2 and sorted(len(c["touser"]) for c in calls) == sorted(
+            [by_variant["A"].scheduled, by_variant["B"].scheduled]
+        )
+        assert len({c["clientmsgid"] for c in calls}) == 2
+        after = {row.variant: row for row in (await stub.GetCampaign(get, metadata=auth("marketing"))).funnel}
+        assert after["A"].sent + after["B"].sent == 400
