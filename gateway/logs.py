@@ -61,6 +61,7 @@ _OURS = frozenset(
         "level",
         "timestamp",
         "message_id",
+        "user_ref",
         "bu",
         "channel",
         "provider",

@@ -305,3 +305,38 @@ def test_campaign_create_preview_start_and_report(served: Served, tmp_path: Path
     assert refused.returncode == 2 and "unknown key(s) colour" in refused.stderr
     listed = served.run("campaign", "list", bu="marketing", check=True)
     assert "d11-presale-mothers" in listed.stdout and "COMPLETED" in listed.stdout
+
+
+def test_users_history_shows_a_users_messages_and_the_log_id_of_their_decisions(served: Served) -> None:
+    from gateway.masking import user_ref
+
+    served.run("users", "import", "examples/users.csv", "--quiet", check=True)
+    first = served.run("send", "-s", "order.paid", "-u", "u-1001", "-p", "order_id=O-1", "-p", "amount=9", "--json")
+    paid = json.loads(first.stdout)["messageId"]
+    args = ("-s", "order.shipped", "-u", "u-1001", "-p", "order_id=O-1", "-p", "carrier=SF", "-p", "tracking_no=SF1")
+    shipped = json.loads(served.run("send", *args, "--dedup-key", "O-1", "--json", check=True).stdout)["messageId"]
+    again = json.loads(served.run("send", *args, "--dedup-key", "O-1", "--json", check=True).stdout)["messageId"]
+    served.run("send", "-s", "delivery.arrived", "-u", "u-1001", "-p", "order_id=O-1", bu="logistics", check=True)
+
+    shown = served.run("users", "history", "u-1001", check=True).stdout
+    ref = user_ref("u-1001")
+    assert f"user u-1001  (log id user_ref={ref})  3 message(s), newest first" in shown
+    lines = [line for line in shown.splitlines() if " m_" in line]
+    assert [line.split()[-1] for line in lines] == [again, shipped, paid]  # not logistics'
+    assert "SUPPRESSED/DUPLICATE" in lines[0] and "order.shipped" in lines[0]
+
+    narrowed = served.run("users", "history", "u-1001", "--outcome", "suppressed", "--since", "1h", "--json")
+    as_json = json.loads(narrowed.stdout)
+    assert [m["messageId"] for m in as_json["messages"]] == [again] and as_json["user_ref"] == ref
+    limited = served.run("users", "history", "u-1001", "--limit", "1", check=True).stdout
+    assert again in limited and paid not in limited and "more: raise --limit" in limited
+    assert "none kept" in served.run("users", "history", "u-1001", "--scenario", "checkin", check=True).stdout
+    bad = served.run("users", "history", "u-1001", "--since", "yesterday")
+    assert bad.returncode == 2 and "neither a duration" in bad.stderr
+
+    # The gateway's decision lines name the user by the same id, never by the user id.
+    decisions = [
+        json.loads(line) for line in served.log.read_text(encoding="utf-8").splitlines() if '"event":"decision"' in line
+    ]
+    assert {d["message_id"] for d in decisions if d["user_ref"] == ref} >= {paid, shipped, again}
+    assert not any("u-1001" in json.dumps(d) for d in decisions)

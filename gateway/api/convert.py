@@ -50,6 +50,14 @@ def _outcome_to_pb(value: Outcome) -> types_pb2.Outcome.ValueType:
     return types_pb2.Outcome.Value(value.name)
 
 
+def outcome_from_pb(value: int, field: str) -> Outcome | None:
+    """An optional outcome (a filter): unset is None."""
+    if value == types_pb2.OUTCOME_UNSPECIFIED:
+        return None
+    outcome: Outcome = _enum_from_pb(types_pb2.Outcome, Outcome, value, field)
+    return outcome
+
+
 def _reason_to_pb(value: Reason | None) -> types_pb2.Reason.ValueType:
     return types_pb2.REASON_UNSPECIFIED if value is None else types_pb2.Reason.Value(value.name)
 

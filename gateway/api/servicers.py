@@ -16,6 +16,7 @@ import structlog
 
 from gateway.api import convert
 from gateway.api.auth import Credentials
+from gateway.core.history import HistoryQuery
 from gateway.core.pipeline import PushPipeline
 from gateway.core.profile_rules import compute_tier
 from gateway.core.trace import render
@@ -199,6 +200,23 @@ class PushServicer(_Base, push_pb2_grpc.PushServiceServicer):
         if not request.message_id:
             raise InvalidArgument("message_id", "is required")
         return convert.message(await self._pipeline.get_message(bu, request.message_id))
+
+    @_answer("ListMessages")
+    async def ListMessages(
+        self, request: push_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> push_pb2.ListMessagesResponse:
+        bu = self.authenticate(context)
+        query = HistoryQuery(
+            user_id=request.user_id,
+            since=convert.ts_to_dt(request, "since"),
+            until=convert.ts_to_dt(request, "until"),
+            scenario=request.scenario,
+            outcome=convert.outcome_from_pb(request.outcome, "outcome"),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        records, token = await self._pipeline.list_messages(bu, query)
+        return push_pb2.ListMessagesResponse(messages=[convert.message(r) for r in records], next_page_token=token)
 
     @_answer("GetPolicyInfo")
     async def GetPolicyInfo(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gateway.cli import campaign, kill
+from gateway.cli import users as users_cli
 from gateway.config import ENV, Settings, from_env
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--rejects", type=Path, help="write every rejected row (line<TAB>reason) here")
     imp.add_argument("--quiet", action="store_true", help="no progress line")
     _add_client_options(imp)
+    users_cli.add_parsers(users, _add_client_options)
 
     keys = commands.add_parser("keys", help="business-unit API keys").add_subparsers(
         dest="keys_command", metavar="ACTION", required=True
@@ -235,6 +237,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         except client.RpcFailed as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 1
+    if args.command == "users" and args.users_command != "import":
+        return users_cli.run(args)
     if args.command == "users":
         from gateway.cli import users_import
 

@@ -25,6 +25,7 @@ from gateway.core.caps import keep_for
 from gateway.core.decide import Context, HeldClaim, decide_arrival, decide_release
 from gateway.core.explain import explain_arrival
 from gateway.core.funnel import DECIDED, RELEASED, field_of
+from gateway.core.history import HistoryQuery, list_messages
 from gateway.core.keyed_lock import KeyedLock
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.validate import validate_push
@@ -33,6 +34,7 @@ from gateway.errors import AlreadyExists, HeraldError, NotFound, ResourceExhaust
 from gateway.ids import new_message_id
 from gateway.killswitches import KillSwitches
 from gateway.logs import get_logger
+from gateway.masking import user_ref
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
@@ -380,6 +382,7 @@ class PushPipeline:
             request_id=claim.request_id,
             bu=claim.bu,
             message_id=message_id,
+            user_ref=user_ref(claim.user_id),
             scenario=claim.scenario,
             category=claim.category.value,
             outcome=decision.outcome.value,
@@ -443,6 +446,7 @@ class PushPipeline:
                 request_id=item.claim.request_id,
                 bu=item.claim.bu,
                 message_id=item.message_id,
+                user_ref=user_ref(item.claim.user_id),
                 category=item.claim.category.value,
                 outcome=decision.outcome.value,
                 error=cause.message,
@@ -568,6 +572,10 @@ class PushPipeline:
                 "(unknown, another unit's, or older than the retention period)"
             )
         return record
+
+    async def list_messages(self, bu: str, query: HistoryQuery) -> tuple[list[MessageRecord], str]:
+        """A page of a user's messages of ``bu``, newest first, and the next page's token."""
+        return await list_messages(self._store, bu, query)
 
 
 def _reused(request_id: str) -> AlreadyExists:

@@ -103,6 +103,19 @@ class Committed(StrEnum):
     DUPLICATE = "duplicate"  # a request of the change was answered meanwhile: nothing written
 
 
+class IndexCursor(msgspec.Struct, frozen=True, gc=False):
+    """Where a walk of a user's message index stands, newest first: the entries created
+    at ``at_ms`` (epoch ms) or earlier, but for the first ``skip`` of those created at
+    exactly ``at_ms`` (already listed). ``at_ms`` None: from the newest."""
+
+    at_ms: int | None = None
+    skip: int = 0
+
+    def past(self, at_ms: int) -> IndexCursor:
+        """The cursor after an entry created at ``at_ms`` (the next one listed)."""
+        return IndexCursor(at_ms, self.skip + 1 if at_ms == self.at_ms else 1)
+
+
 class Lifetimes(msgspec.Struct, frozen=True, gc=False):
     """How long what a commit writes lives (from the policy's defaults)."""
 
@@ -143,6 +156,16 @@ class Store(Protocol):
     ) -> bool:
         """Append to a message's timeline and, when given, set where it stands now;
         False (and nothing written) for a message the store does not keep."""
+        ...
+
+    async def user_messages(
+        self, user_id: str, cursor: IndexCursor, since: datetime | None, count: int
+    ) -> list[tuple[str, int]]:
+        """Up to ``count`` of the user's message ids from ``cursor`` on, newest first
+        (those of one millisecond in reverse id order), none created before ``since``;
+        each with its creation time in epoch ms. The index is written with each new
+        message (``commit``) and keeps the most recent ``keys.USER_MESSAGES_KEEP`` within
+        the message retention; an id may outlive its message by a little: read them."""
         ...
 
     # --- profiles ------------------------------------------------------------------

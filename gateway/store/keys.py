@@ -19,6 +19,11 @@ spread by their own names.
 | herald:{T}:m:<message_id>            | string | the policy's message_retention (decision)   |
 | herald:{T}:m:<message_id>:ev         | string | message_retention (later timeline entries)  |
 | herald:{T}:m:<message_id>:st         | string | message_retention (where it stands now)     |
+| herald:{T}:um:<user>                 | zset   | message_retention after the user's last     |
+|                                      |        | message: their message ids scored by        |
+|                                      |        | creation (epoch ms); entries older than the |
+|                                      |        | retention and past USER_MESSAGES_KEEP are   |
+|                                      |        | trimmed on each write                       |
 | herald:{T}:users                     | set    | none: the shard's users (audiences); a user |
 |                                      |        | found gone or expired during a scan leaves  |
 | herald:{T}:tg:<tag>                  | set    | none: the shard's users given the profile   |
@@ -72,6 +77,8 @@ KILL_AUDIT_KEEP = 10_000
 KILL_CHANGED = f"{PREFIX}:ks:changed"
 DELIVERY_GROUP = "workers"
 DEAD_LETTERS_KEEP = 100_000
+# The most recent messages a user's message index keeps (ListMessages, export, delete).
+USER_MESSAGES_KEEP = 1_000
 
 # Fields of a user's hash besides the profile sections.
 VERSION_FIELD = "v"
@@ -101,6 +108,12 @@ def message_events(tag: str, message_id: str) -> str:
 
 def message_current(tag: str, message_id: str) -> str:
     return f"{PREFIX}:{{{tag}}}:m:{message_id}:st"
+
+
+def user_messages(tag: str, user_id: str) -> str:
+    """The user's message ids by creation time: how their messages are found again
+    (ListMessages, export, erasure). Not ``u:<user>:...``: user ids may hold colons."""
+    return f"{PREFIX}:{{{tag}}}:um:{user_id}"
 
 
 def members(tag: str) -> str:

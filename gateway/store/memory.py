@@ -22,11 +22,12 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from gateway.clock import Clock, SystemClock
-from gateway.store import codec
+from gateway.store import codec, keys
 from gateway.store.base import (
     Change,
     Committed,
     IdemState,
+    IndexCursor,
     Lease,
     Lifetimes,
     Settlement,
@@ -162,6 +163,8 @@ class MemoryStore:
         self._messages: _Expiring[tuple[MessageRecord, tuple[TimelineEntry, ...], Current | None]] = _Expiring(
             self._clock
         )
+        # Each user's message index: (created ms, message id), newest first.
+        self._user_messages: _Expiring[list[tuple[int, str]]] = _Expiring(self._clock)
         self._switches: dict[str, bytes] = {}
         self._audit: list[bytes] = []
         self._due: list[tuple[int, str]] = []
@@ -243,6 +246,8 @@ class MemoryStore:
                 self._idem.set(key, (new.idem.fingerprint, new.answer), lifetimes.idempotency)
             if new.job is not None:
                 self._put(new.job)
+        if change.new:
+            self._index_messages(change.user_id, [n.record for n in change.new], lifetimes.messages)
         for update in change.updates:
             self._add_events(update.message_id, update.events, update.current, lifetimes.messages)
             if update.job is not None:
@@ -252,6 +257,15 @@ class MemoryStore:
         for campaign_id, field in change.funnel:
             self.count_funnel(campaign_id, field)
         return Committed.OK
+
+    def _index_messages(self, user_id: str, records: Sequence[MessageRecord], retention: timedelta) -> None:
+        """As the commit script: add, trim by age and length, live on for ``retention``."""
+        entries = list(self._user_messages.get(user_id) or ())
+        entries += [(_ms(r.created_at), r.message_id) for r in records]
+        oldest = max(_ms(r.created_at) for r in records) - int(retention.total_seconds() * 1000)
+        # Newest first; one millisecond's ids in reverse order, as ZREVRANGEBYSCORE lists them.
+        kept = sorted({e for e in entries if e[0] >= oldest}, reverse=True)[: keys.USER_MESSAGES_KEEP]
+        self._user_messages.set(user_id, kept, retention)
 
     def count_funnel(self, campaign_id: str, field: str, by: int = 1) -> None:
         counts = self._funnels.setdefault(campaign_id, {})
@@ -287,6 +301,18 @@ class MemoryStore:
             stored = self._messages.get(message_id)
             out.append(None if stored is None else stored[0].now(stored[2], stored[1]))
         return out
+
+    async def user_messages(
+        self, user_id: str, cursor: IndexCursor, since: datetime | None, count: int
+    ) -> list[tuple[str, int]]:
+        entries = self._user_messages.get(user_id) or []
+        bottom = None if since is None else _ms(since)
+        eligible = (
+            (message_id, at)
+            for at, message_id in entries
+            if (cursor.at_ms is None or at <= cursor.at_ms) and (bottom is None or at >= bottom)
+        )
+        return list(itertools.islice(eligible, cursor.skip, cursor.skip + count))
 
     # --- profiles ------------------------------------------------------------------
     def _profile(self, user_id: str) -> UserProfile | None:

@@ -49,6 +49,11 @@ class PushServiceStub:
                 request_serializer=herald_dot_v1_dot_push__pb2.GetMessageRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_push__pb2.Message.FromString,
                 _registered_method=True)
+        self.ListMessages = channel.unary_unary(
+                '/herald.v1.PushService/ListMessages',
+                request_serializer=herald_dot_v1_dot_push__pb2.ListMessagesRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_push__pb2.ListMessagesResponse.FromString,
+                _registered_method=True)
         self.GetPolicyInfo = channel.unary_unary(
                 '/herald.v1.PushService/GetPolicyInfo',
                 request_serializer=herald_dot_v1_dot_push__pb2.GetPolicyInfoRequest.SerializeToString,
@@ -90,6 +95,16 @@ class PushServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMessages(self, request, context):
+        """A user's messages of the caller's business unit, newest first: what was decided for
+        each and where it stands now (why did the user get this, or not get that). Filters
+        by creation time, scenario and outcome; paginated. Messages are kept for the
+        policy's `defaults.message_retention`, the most recent 1000 of a user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPolicyInfo(self, request, context):
         """The serving policy version and the scenarios granted to the caller.
         """
@@ -123,6 +138,11 @@ def add_PushServiceServicer_to_server(servicer, server):
                     servicer.GetMessage,
                     request_deserializer=herald_dot_v1_dot_push__pb2.GetMessageRequest.FromString,
                     response_serializer=herald_dot_v1_dot_push__pb2.Message.SerializeToString,
+            ),
+            'ListMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessages,
+                    request_deserializer=herald_dot_v1_dot_push__pb2.ListMessagesRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_push__pb2.ListMessagesResponse.SerializeToString,
             ),
             'GetPolicyInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPolicyInfo,
@@ -216,6 +236,33 @@ class PushService:
             '/herald.v1.PushService/GetMessage',
             herald_dot_v1_dot_push__pb2.GetMessageRequest.SerializeToString,
             herald_dot_v1_dot_push__pb2.Message.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.PushService/ListMessages',
+            herald_dot_v1_dot_push__pb2.ListMessagesRequest.SerializeToString,
+            herald_dot_v1_dot_push__pb2.ListMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class PushServiceStub:
     """The decision of a message and the timeline of what happened since. A caller sees
     only its own messages (others are NOT_FOUND).
     """
+    ListMessages: _grpc.UnaryUnaryMultiCallable[_push_pb2.ListMessagesRequest, _push_pb2.ListMessagesResponse]
+    """A user's messages of the caller's business unit, newest first: what was decided for
+    each and where it stands now (why did the user get this, or not get that). Filters
+    by creation time, scenario and outcome; paginated. Messages are kept for the
+    policy's `defaults.message_retention`, the most recent 1000 of a user.
+    """
     GetPolicyInfo: _grpc.UnaryUnaryMultiCallable[_push_pb2.GetPolicyInfoRequest, _push_pb2.PolicyInfo]
     """The serving policy version and the scenarios granted to the caller."""
     Explain: _grpc.UnaryUnaryMultiCallable[_push_pb2.ExplainRequest, _push_pb2.ExplainResponse]
@@ -71,6 +77,12 @@ class PushServiceAsyncStub(PushServiceStub):
     GetMessage: _aio.UnaryUnaryMultiCallable[_push_pb2.GetMessageRequest, _push_pb2.Message]  # type: ignore[assignment]
     """The decision of a message and the timeline of what happened since. A caller sees
     only its own messages (others are NOT_FOUND).
+    """
+    ListMessages: _aio.UnaryUnaryMultiCallable[_push_pb2.ListMessagesRequest, _push_pb2.ListMessagesResponse]  # type: ignore[assignment]
+    """A user's messages of the caller's business unit, newest first: what was decided for
+    each and where it stands now (why did the user get this, or not get that). Filters
+    by creation time, scenario and outcome; paginated. Messages are kept for the
+    policy's `defaults.message_retention`, the most recent 1000 of a user.
     """
     GetPolicyInfo: _aio.UnaryUnaryMultiCallable[_push_pb2.GetPolicyInfoRequest, _push_pb2.PolicyInfo]  # type: ignore[assignment]
     """The serving policy version and the scenarios granted to the caller."""
@@ -111,6 +123,18 @@ class PushServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_push_pb2.Message, _abc.Awaitable[_push_pb2.Message]]:
         """The decision of a message and the timeline of what happened since. A caller sees
         only its own messages (others are NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def ListMessages(
+        self,
+        request: _push_pb2.ListMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_push_pb2.ListMessagesResponse, _abc.Awaitable[_push_pb2.ListMessagesResponse]]:
+        """A user's messages of the caller's business unit, newest first: what was decided for
+        each and where it stands now (why did the user get this, or not get that). Filters
+        by creation time, scenario and outcome; paginated. Messages are kept for the
+        policy's `defaults.message_retention`, the most recent 1000 of a user.
         """
 
     @_abc_1.abstractmethod

@@ -18,6 +18,7 @@ from gateway.store.base import (
     Committed,
     IdemKey,
     IdemState,
+    IndexCursor,
     Lifetimes,
     MessageUpdate,
     NewMessage,
@@ -230,6 +231,76 @@ async def test_a_release_update_lands_with_its_state(store: Store, clock: FixedC
     assert got.detail == "lost to double11.presale" and got.timeline[-1].kind == "suppressed"
 
 
+# --- a user's message index ------------------------------------------------------------
+async def walk(
+    store: Store, user: str, count: int, since: datetime | None = None, start: IndexCursor | None = None
+) -> list[str]:
+    """Every id of the user's index from ``start``, ``count`` a call, as ListMessages pages."""
+    cursor, seen = start or IndexCursor(), []
+    while True:
+        page = await store.user_messages(user, cursor, since, count)
+        for message_id, at in page:
+            seen.append(message_id)
+            cursor = cursor.past(at)
+        if len(page) < count:
+            return seen
+
+
+async def test_a_users_messages_are_listed_newest_first_page_by_page(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    ages = [0, 5, 5, 5, 60, 3600, 7200]  # seconds ago; three in one millisecond
+    ids = []
+    for n, age in enumerate(ages):
+        mid = mid_for(store)
+        ids.append((now - timedelta(seconds=age), mid))
+        await decide(store, "u-1", record(mid, clock, request_id=f"r-{n}", created_at=now - timedelta(seconds=age)))
+    await decide(store, "u-2", record(mid_for(store, "u-2"), clock, user_id="u-2"))
+    newest_first = [mid for _, mid in sorted(ids, reverse=True)]
+    for count in (1, 2, 3, 100):
+        assert await walk(store, "u-1", count) == newest_first
+    # A page names each id with its creation time, in epoch ms.
+    [(first, at)] = await store.user_messages("u-1", IndexCursor(), None, 1)
+    assert first == newest_first[0] and at == int(now.timestamp() * 1000)
+    # Down to a time; from a time.
+    assert await walk(store, "u-1", 2, since=now - timedelta(minutes=1)) == newest_first[:5]
+    before = IndexCursor(int((now - timedelta(seconds=5)).timestamp() * 1000))
+    assert await walk(store, "u-1", 2, start=before) == newest_first[1:]
+    assert await walk(store, "nobody", 10) == []
+    # What the ids lead to: the user's messages.
+    records = await store.get_messages(newest_first)
+    assert all(r is not None and r.user_id == "u-1" for r in records)
+
+
+async def test_the_message_index_keeps_the_retention_and_the_most_recent(
+    store: Store, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.store import keys
+
+    now = clock.now()
+    old = mid_for(store)
+    await decide(store, "u-1", record(old, clock, request_id="r-old", created_at=now - timedelta(days=2)))
+    assert await walk(store, "u-1", 10) == [old]
+    fresh = mid_for(store)
+    await decide(store, "u-1", record(fresh, clock, request_id="r-new"))
+    assert await walk(store, "u-1", 10) == [fresh]  # two days older than the newest: gone
+    monkeypatch.setattr(keys, "USER_MESSAGES_KEEP", 3)
+    later = []
+    for n in range(4):
+        mid = mid_for(store)
+        later.append(mid)
+        await decide(store, "u-1", record(mid, clock, request_id=f"r-{n}", created_at=now + timedelta(seconds=n + 1)))
+    assert await walk(store, "u-1", 10) == later[::-1][:3]
+
+
+async def test_a_commit_of_many_messages_indexes_each(store: Store, clock: FixedClock) -> None:
+    now = clock.now()
+    recs = [record(mid_for(store), clock, request_id=f"r-{n}") for n in range(5)]
+    change = Change("u-1", 0, None, tuple(NewMessage(r, None, None) for r in recs))
+    assert await store.commit([change], LIFE) == [Committed.OK]
+    listed = await store.user_messages("u-1", IndexCursor(), now, 10)
+    assert sorted(listed) == sorted((r.message_id, int(now.timestamp() * 1000)) for r in recs)
+
+
 # --- profiles ---------------------------------------------------------------------------
 async def test_profile_sections_merge(store: Store, clock: FixedClock) -> None:
     now = clock.now()
@@ -393,7 +464,7 @@ async def test_every_redis_key_has_a_ttl_or_a_reason(clean_redis: str, clock: Fi
     shard_keys = sorted(k.decode().split("}:")[1] for k in client.scan_iter(f"*{{{tag}}}*"))
     # Everything of the user and their messages shares the user's shard tag (one slot).
     assert shard_keys == sorted(
-        ["due", "idem:order:r-1", f"m:{mid}", f"m:{mid}:ev", f"m:{mid}:st", "tg:vip", "u:u-1", "users"]
+        ["due", "idem:order:r-1", f"m:{mid}", f"m:{mid}:ev", f"m:{mid}:st", "tg:vip", "u:u-1", "um:u-1", "users"]
     )
 
 

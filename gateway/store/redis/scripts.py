@@ -10,11 +10,14 @@ from gateway.store.keys import DEAD_LETTERS_KEEP, DELIVERY_GROUP
 from gateway.store.redis.connection import Script
 
 # One user's part of a commit.
-# KEYS: 1 user hash, 2 due zset, then 3 per new message (record, answer, stream), then
-#       3 per update (events, current, stream). Unused slots repeat KEYS[1].
+# KEYS: 1 user hash, 2 due zset, 3 the user's message index, then 3 per new message
+#       (record, answer, stream), then 3 per update (events, current, stream). Unused
+#       slots repeat KEYS[1].
 # ARGV: 1 expected version ('' = no state write), 2 state, 3 due ms ('' = none),
 #       4 answer ttl ms, 5 message ttl ms, 6 new count, 7 update count, 8 user id,
-#       then 3 per new message (record, answer or '', job or ''),
+#       9 how many ids the message index keeps, 10 the index's entries created before
+#       this (epoch ms) are trimmed ('' = no new message),
+#       then 5 per new message (record, answer or '', job or '', created ms, id),
 #       then 3 per update (events or '', current or '', job or ''),
 #       then, when funnel keys follow the updates' keys, their ttl ms and one counter
 #       field a key (each gets one added).
@@ -29,19 +32,25 @@ if ARGV[1] ~= '' then
   if not cur[2] or tonumber(cur[1] or '0') ~= tonumber(ARGV[1]) then return 'conflict' end
 end
 for i = 0, n - 1 do
-  if ARGV[9 + i * 3 + 1] ~= '' and redis.call('EXISTS', KEYS[3 + i * 3 + 1]) == 1 then return 'duplicate' end
+  if ARGV[11 + i * 5 + 1] ~= '' and redis.call('EXISTS', KEYS[4 + i * 3 + 1]) == 1 then return 'duplicate' end
 end
 if ARGV[1] ~= '' then
   redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[1]) + 1, 'st', ARGV[2])
 end
 for i = 0, n - 1 do
-  local k, a = 3 + i * 3, 9 + i * 3
+  local k, a = 4 + i * 3, 11 + i * 5
   redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[5])
   if ARGV[a + 1] ~= '' then redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'PX', ARGV[4]) end
   if ARGV[a + 2] ~= '' then redis.call('XADD', KEYS[k + 2], '*', 'j', ARGV[a + 2]) end
+  redis.call('ZADD', KEYS[3], ARGV[a + 3], ARGV[a + 4])
+end
+if n > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[10])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1 - tonumber(ARGV[9]))
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 for i = 0, u - 1 do
-  local k, a = 3 + n * 3 + i * 3, 9 + n * 3 + i * 3
+  local k, a = 4 + n * 3 + i * 3, 11 + n * 5 + i * 3
   if ARGV[a] ~= '' then
     redis.call('APPEND', KEYS[k], ARGV[a])
     redis.call('PEXPIRE', KEYS[k], ARGV[5])
@@ -50,7 +59,7 @@ for i = 0, u - 1 do
   if ARGV[a + 2] ~= '' then redis.call('XADD', KEYS[k + 2], '*', 'j', ARGV[a + 2]) end
 end
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[8]) end
-local base, a0 = 2 + 3 * n + 3 * u, 9 + 3 * n + 3 * u
+local base, a0 = 3 + 3 * n + 3 * u, 11 + 5 * n + 3 * u
 for i = base + 1, #KEYS do
   redis.call('HINCRBY', KEYS[i], ARGV[a0 + i - base], 1)
   redis.call('PEXPIRE', KEYS[i], ARGV[a0])

@@ -20,7 +20,7 @@ import msgspec
 from gateway.errors import FailedPrecondition
 from gateway.logs import get_logger
 from gateway.store import codec, keys
-from gateway.store.base import Change, Committed, IdemState, Lifetimes, UserRead, UserView
+from gateway.store.base import Change, Committed, IdemState, IndexCursor, Lifetimes, UserRead, UserView
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, Connection, Wait
 from gateway.store.shards import DEFAULT_SHARDS, message_shard, shard_of, tags
@@ -130,7 +130,8 @@ class RedisStore:
     def _commit_command(self, change: Change, lifetimes: Lifetimes) -> Command:
         tag = self.tag_of(change.user_id)
         user = keys.user(tag, change.user_id)
-        command_keys: list[str] = [user, keys.due(tag)]
+        command_keys: list[str] = [user, keys.due(tag), keys.user_messages(tag, change.user_id)]
+        newest = max((epoch_ms(new.record.created_at) for new in change.new), default=None)
         args: list[Any] = [
             "" if change.state is None else change.version,
             b"" if change.state is None else codec.encode_state(change.state),
@@ -140,6 +141,8 @@ class RedisStore:
             len(change.new),
             len(change.updates),
             change.user_id,
+            keys.USER_MESSAGES_KEEP,
+            "" if newest is None else newest - ms(lifetimes.messages),
         ]
         for new in change.new:
             record = new.record
@@ -149,7 +152,13 @@ class RedisStore:
                 answer_key = keys.idempotency(tag, new.idem.bu, new.idem.request_id)
                 answer = codec.ANSWER.encode(codec.StoredAnswer(new.idem.fingerprint, new.answer))
             command_keys += [keys.message(tag, record.message_id), answer_key, self._stream_for(tag, new.job)]
-            args += [codec.MESSAGE.encode(record), answer, b"" if new.job is None else codec.JOB.encode(new.job)]
+            args += [
+                codec.MESSAGE.encode(record),
+                answer,
+                b"" if new.job is None else codec.JOB.encode(new.job),
+                epoch_ms(record.created_at),
+                record.message_id,
+            ]
         for update in change.updates:
             command_keys += [
                 keys.message_events(tag, update.message_id),
@@ -224,6 +233,17 @@ class RedisStore:
         )
         [found] = await self._run("add_events", [call])
         return bool(found)
+
+    async def user_messages(
+        self, user_id: str, cursor: IndexCursor, since: datetime | None, count: int
+    ) -> list[tuple[str, int]]:
+        top = "+inf" if cursor.at_ms is None else cursor.at_ms
+        bottom = "-inf" if since is None else epoch_ms(since)
+        key = keys.user_messages(self.tag_of(user_id), user_id)
+        [reply] = await self._run(
+            "user_messages", [("ZREVRANGEBYSCORE", key, top, bottom, "WITHSCORES", "LIMIT", cursor.skip, count)]
+        )
+        return [(codec.text(member), int(float(score))) for member, score in _pairs(reply)]
 
     # --- profiles ------------------------------------------------------------------
     async def _profile(
@@ -492,6 +512,14 @@ class RedisStore:
         )
         total, bad_count = reply
         return int(total), int(bad_count)
+
+
+def _pairs(reply: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """A WITHSCORES reply as (member, score) pairs: the lean client leaves it flat,
+    redis-py's may have paired it already."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(member, score) for member, score in reply]
+    return list(zip(reply[::2], reply[1::2], strict=True))
 
 
 def from_ms(value: int | float | bytes) -> datetime:
