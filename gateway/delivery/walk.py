@@ -228,7 +228,8 @@ class Walk:
                 why = (
                     f"scenario '{job.claim.scenario}' no longer exists in policy"
                     if scenario is None
-                    else f"user '{job.claim.user_id}' no longer exists"
+                    # Not named: this lands in the timeline, and the user may have been erased.
+                    else "the user no longer exists (erased, or the profile expired)"
                 )
                 return self._end(lease, events, "failed", why)
             ended, wait, why = await self._along(lease, profile, events, lend)

@@ -18,6 +18,7 @@ answer; no other store error escapes.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from gateway.store import keys
 from gateway.store.codec import DeadLetter, Parked
 from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, ShardProgress, funnel_field
 from gateway.values.decisions import PushAnswer
@@ -116,6 +118,53 @@ class IndexCursor(msgspec.Struct, frozen=True, gc=False):
         return IndexCursor(at_ms, self.skip + 1 if at_ms == self.at_ms else 1)
 
 
+class Erasure(msgspec.Struct, frozen=True, gc=False):
+    """What ``delete_user`` removed, as counts (never what it held)."""
+
+    # The user's hash: profile sections, opt-outs, interactions, arbitration state.
+    profile: int = 0
+    # Audience indexes the user was taken out of: the shard's users, each profile tag's.
+    audience_indexes: int = 0
+    # The openid -> user entry (when it still named this user).
+    openid_index: int = 0
+    # The user's message index.
+    message_index: int = 0
+    # Message records found through the index and the state (with timeline and status).
+    messages: int = 0
+    # Idempotent answers and request-id marks of those messages' requests.
+    answers: int = 0
+    # The user's entry in the due index (held claims to release).
+    due_index: int = 0
+    # Links from a provider's id or a click to one of those messages.
+    message_links: int = 0
+
+    def total(self) -> int:
+        return sum(msgspec.structs.astuple(self))
+
+
+def erasable_messages(indexed: Sequence[str], state: UserState) -> list[str]:
+    """The message ids a user's erasure looks for: the index's, and any the state still
+    names (a reservation or a held claim), each once."""
+    found = [*indexed, *(e.message_id for e in state.sent), *(h.message_id for h in state.held)]
+    return list(dict.fromkeys(found))
+
+
+# How a delivery's timeline entry names the provider's id of the send (delivery.walk).
+_PROVIDER_ID = re.compile(r"\(id ([^()\s]+)\)$")
+
+
+def message_links(record: MessageRecord) -> list[tuple[str, str | None]]:
+    """The shared names that lead to ``record``, each with the value it must hold to be
+    this message's (None: any): its first click, and WeChat's msgid of its template
+    send (read from the delivery's timeline entry)."""
+    links: list[tuple[str, str | None]] = [(keys.clicked(record.message_id), None)]
+    for entry in record.timeline:
+        found = _PROVIDER_ID.search(entry.detail) if entry.channel is Channel.WECHAT_TEMPLATE else None
+        if found:
+            links.append((keys.wechat_message(found.group(1)), f"{record.message_id} {record.user_id}"))
+    return links
+
+
 class Lifetimes(msgspec.Struct, frozen=True, gc=False):
     """How long what a commit writes lives (from the policy's defaults)."""
 
@@ -181,6 +230,15 @@ class Store(Protocol):
         """Set the tags section to ``tags`` (sorted, distinct) only if it still holds
         ``expected``: a compare-and-set, so tags added from two places at once are both
         kept. Whether it was set, and the profile as it is now (None: no such user)."""
+        ...
+
+    async def delete_user(self, user_id: str) -> Erasure:
+        """Erase what the store keeps of a user (a privacy request): their hash, their
+        entries in the audience indexes (all users, the profile's tags), the openid
+        index and the due index, their message index, and the messages it and the state
+        name with those messages' answers, request-id marks and provider/click links.
+        What it removed, as counts. A tag taken off the profile before leaves the
+        user's id in that tag's index until an audience scan finds the profile gone."""
         ...
 
     async def scan_users(self, shard: int, cursor: str, count: int, label: str | None = None) -> tuple[str, list[str]]:

@@ -26,6 +26,7 @@ from gateway.store import codec, keys
 from gateway.store.base import (
     Change,
     Committed,
+    Erasure,
     IdemState,
     IndexCursor,
     Lease,
@@ -34,6 +35,8 @@ from gateway.store.base import (
     Then,
     UserRead,
     UserView,
+    erasable_messages,
+    message_links,
 )
 from gateway.store.codec import DeadLetter, Parked
 from gateway.store.keys import KILL_AUDIT_KEEP
@@ -99,6 +102,12 @@ class _Expiring(Generic[V]):
     def delete(self, key: Any) -> None:
         self._items.pop(key, None)
 
+    def pop(self, key: Any) -> int:
+        """Delete ``key``: 1 when it was there (and alive), else 0."""
+        alive = self.get(key) is not None
+        self._items.pop(key, None)
+        return int(alive)
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -130,10 +139,11 @@ class _Index:
             self._at[member] = len(self._order)
             self._order.append(member)
 
-    def discard(self, member: str) -> None:
+    def discard(self, member: str) -> bool:
         at = self._at.pop(member, None)
         if at is not None:
             self._order[at] = None
+        return at is not None
 
     def scan(self, cursor: int, count: int) -> tuple[int, list[str]]:
         if cursor == 0 and len(self._order) > 2 * len(self._at) + 1024:
@@ -339,6 +349,36 @@ class MemoryStore:
         if profile is None or profile.tags != expected:
             return False, profile
         return True, await self.upsert_user(user_id, {"tags": tags}, now, ttl)
+
+    async def delete_user(self, user_id: str) -> Erasure:
+        profile, state = self._user(user_id)
+        indexed = [m for _, m in self._user_messages.get(user_id) or ()]
+        ids = erasable_messages(indexed, state)
+        records = [r for r in await self.get_messages(ids) if r is not None]
+        answers = links = 0
+        for record in records:
+            for key in ((user_id, record.business_unit, record.request_id), (user_id, "spool", record.message_id)):
+                answers += self._idem.pop(key)
+            answers += self._rid.pop((record.business_unit, record.request_id))
+            for name, value in message_links(record):
+                links += int(await self.shared_delete(name, value))
+        openid = 0
+        if profile is not None and profile.wechat is not None and profile.wechat.openid:
+            openid = int(await self.shared_delete(keys.openid_index(profile.wechat.openid), user_id))
+        # One process: every audience index is at hand, so stale tag entries go too.
+        audience = 0
+        for index in self._indexes.values():
+            audience += int(index.discard(user_id))
+        return Erasure(
+            profile=self._users.pop(user_id),
+            audience_indexes=audience,
+            openid_index=openid,
+            message_index=self._user_messages.pop(user_id),
+            messages=sum(self._messages.pop(m) for m in ids),
+            answers=answers,
+            due_index=int(self._due_members.pop(user_id, None) is not None),
+            message_links=links,
+        )
 
     async def scan_users(self, shard: int, cursor: str, count: int, label: str | None = None) -> tuple[str, list[str]]:
         index = self._indexes.get(label)

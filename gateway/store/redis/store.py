@@ -20,7 +20,18 @@ import msgspec
 from gateway.errors import FailedPrecondition
 from gateway.logs import get_logger
 from gateway.store import codec, keys
-from gateway.store.base import Change, Committed, IdemState, IndexCursor, Lifetimes, UserRead, UserView
+from gateway.store.base import (
+    Change,
+    Committed,
+    Erasure,
+    IdemState,
+    IndexCursor,
+    Lifetimes,
+    UserRead,
+    UserView,
+    erasable_messages,
+    message_links,
+)
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, Connection, Wait
 from gateway.store.shards import DEFAULT_SHARDS, message_shard, shard_of, tags
@@ -290,6 +301,61 @@ class RedisStore:
     def _index_key(self, shard: int, label: str | None) -> str:
         tag = self.tags[shard]
         return keys.members(tag) if label is None else keys.labelled(tag, label)
+
+    async def delete_user(self, user_id: str) -> Erasure:
+        tag = self.tag_of(user_id)
+        user, index = keys.user(tag, user_id), keys.user_messages(tag, user_id)
+        fields, indexed = await self._run("delete_user", [("HGETALL", user), ("ZRANGE", index, 0, -1)])
+        profile, state = codec.decode_user(user_id, fields or {})
+        wanted = erasable_messages([codec.text(i) for i in indexed], state)
+        ids = [m for m in wanted if self._message_tag(m) == tag]  # the user's shard's, as all of them are
+        records = [r for r in await self.get_messages(ids) if r is not None]
+        labels = profile.tags if profile is not None else ()
+        commands: list[Command] = [
+            ("DEL", user),
+            ("SREM", keys.members(tag), user_id),
+            *(("SREM", keys.labelled(tag, label), user_id) for label in labels),
+            ("ZREM", keys.due(tag), user_id),
+            ("DEL", index),
+            *(("DEL", keys.message(tag, m)) for m in ids),
+        ]
+        others: list[Command] = [
+            ("DEL", k) for m in ids for k in (keys.message_events(tag, m), keys.message_current(tag, m))
+        ]
+        answers: list[Command] = []
+        links: list[Command] = []
+        for record in records:
+            answers += [
+                ("DEL", keys.idempotency(tag, record.business_unit, record.request_id)),
+                ("DEL", keys.idempotency(tag, "spool", record.message_id)),  # a fail-open decision's hand-over
+                ("DEL", keys.request_index(record.business_unit, record.request_id)),
+            ]
+            for name, value in message_links(record):
+                links.append(
+                    ("DEL", keys.shared(name))
+                    if value is None
+                    else scripts.DELETE_IF.call([keys.shared(name)], [value])
+                )
+        openid: list[Command] = []
+        if profile is not None and profile.wechat is not None and profile.wechat.openid:
+            openid.append(scripts.DELETE_IF.call([keys.shared(keys.openid_index(profile.wechat.openid))], [user_id]))
+        replies = [int(r) for r in await self._run("delete_user", [*commands, *others, *answers, *links, *openid])]
+        got = iter(replies)
+
+        def take(count: int) -> int:
+            return sum(next(got) for _ in range(count))
+
+        erased = Erasure(
+            profile=take(1),
+            audience_indexes=take(1 + len(labels)),
+            due_index=take(1),
+            message_index=take(1),
+            messages=take(len(ids)),
+        )
+        take(len(others))
+        return msgspec.structs.replace(
+            erased, answers=take(len(answers)), message_links=take(len(links)), openid_index=take(len(openid))
+        )
 
     async def scan_users(self, shard: int, cursor: str, count: int, label: str | None = None) -> tuple[str, list[str]]:
         [(after, found)] = await self._run(
