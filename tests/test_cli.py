@@ -340,3 +340,47 @@ def test_users_history_shows_a_users_messages_and_the_log_id_of_their_decisions(
     ]
     assert {d["message_id"] for d in decisions if d["user_ref"] == ref} >= {paid, shipped, again}
     assert not any("u-1001" in json.dumps(d) for d in decisions)
+
+
+def test_users_get_opt_out_export_and_delete(served: Served) -> None:
+    served.run("users", "import", "examples/users.csv", "--quiet", check=True)
+    sent = served.run("send", "-s", "order.paid", "-u", "u-1001", "-p", "order_id=O-1", "-p", "amount=9", "--json")
+    message_id = json.loads(sent.stdout)["messageId"]
+
+    shown = served.run("users", "get", "u-1001", check=True).stdout
+    assert "tier champion" in shown and "tags:       mom_baby, vip" in shown
+    assert "+86139****1001" in shown and "l***@example.com" in shown
+    for whole in ("13900001001", "lin.wei@", "oSample0000000000000000001001", "sample-fcm-token-1001"):
+        assert whole not in shown  # contact points masked; --json has them whole
+    assert json.loads(served.run("users", "get", "u-1001", "--json", check=True).stdout)["phone"] == "+8613900001001"
+
+    out = served.run("users", "opt-out", "u-1001", "--category", "marketing", "--channel", "sms", check=True)
+    assert out.stdout.strip() == "user u-1001: opted out of marketing on SMS"
+    out = served.run("users", "opt-out", "u-1001", "--channel", "EMAIL", check=True)
+    assert "marketing on SMS" in out.stdout and "every category on EMAIL" in out.stdout
+    back = served.run("users", "opt-in", "u-1001", "--category", "marketing", "--channel", "sms", check=True)
+    assert back.stdout.strip() == "user u-1001: opted out of every category on EMAIL"
+    assert served.run("users", "opt-out", "u-1001").returncode == 2  # neither category nor channel
+    basic = served.run("users", "opt-out", "u-1001", "--category", "basic")
+    assert basic.returncode == 1 and "cannot be opted out of" in basic.stderr
+    denied = served.run("users", "opt-out", "u-1001", "--channel", "SMS", bu="marketing")
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
+
+    exported = json.loads(served.run("users", "export", "u-1001", check=True).stdout)
+    assert exported["user"]["phone"] == "+8613900001001"
+    assert [m["messageId"] for m in exported["messages"]] == [message_id]
+    assert exported["user"]["optOuts"][0]["channel"] == "EMAIL"
+
+    unconfirmed = served.run("users", "delete", "u-1001")
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    deleted = served.run("users", "delete", "u-1001", "--yes", check=True).stdout
+    assert "user u-1001 erased" in deleted and "  messages          1" in deleted and "profile           1" in deleted
+    again = served.run("users", "delete", "u-1001", "--yes", "--json", check=True).stdout
+    assert json.loads(again) == {
+        "profile": 0, "audienceIndexes": 0, "openidIndex": 0, "messageIndex": 0, "messages": 0, "answers": 0,
+        "dueIndex": 0, "messageLinks": 0,
+    }  # fmt: skip
+    gone = served.run("users", "export", "u-1001")
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+    assert served.run("users", "get", "u-1001").returncode == 1
+    assert served.run("status", message_id).returncode == 1

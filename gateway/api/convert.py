@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.core.trace import render
+from gateway.core.users import UserExport
 from gateway.errors import InvalidArgument
 from gateway.values.claims import Content, PushInput
 from gateway.values.decisions import PushAnswer
@@ -270,4 +271,25 @@ def scenario_infos(bu: str, scenarios: Mapping[str, Any], granted: tuple[str, ..
                 channels=[channel_to_pb(c) for c in scenario.channels],
             )
         )
+    return out
+
+
+def export(data: UserExport, user_pb: profile_pb2.User | None) -> profile_pb2.ExportUserResponse:
+    """Everything held of a user; ``user_pb`` is the profile as GetUser answers it."""
+    out = profile_pb2.ExportUserResponse(messages=[message(r) for r in data.messages])
+    if user_pb is not None:
+        out.user.CopyFrom(user_pb)
+    for entry in data.state.sent:
+        reservation = out.reservations.add(
+            message_id=entry.message_id,
+            category=category_to_pb(entry.category),
+            channel=channel_to_pb(entry.channel),
+            business_unit=entry.bu,
+            committed=entry.committed,
+        )
+        reservation.at.CopyFrom(dt_to_ts(entry.at))
+    for held in data.state.held:
+        out.held.add(message_id=held.message_id, pooled=held.pooled).due.CopyFrom(dt_to_ts(held.due))
+    for mark in data.state.dedup:
+        out.dedup_marks.add(key_hash=mark.key).until.CopyFrom(dt_to_ts(mark.until))
     return out

@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any, Literal, TypeVar
 
 import grpc
+import msgspec
 import structlog
 
 from gateway.api import convert
@@ -355,3 +356,20 @@ class ProfileServicer(_Base, profile_pb2_grpc.ProfileServiceServicer):
             request.source,
         )
         return self._user(profile)
+
+    @_answer("ExportUser")
+    async def ExportUser(
+        self, request: profile_pb2.ExportUserRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.ExportUserResponse:
+        # Every unit's messages are in it: the grant that may change the profile, not read it.
+        self._grant(context, "write")
+        export = await self._users.export(request.user_id)
+        return convert.export(export, None if export.profile is None else self._user(export.profile))
+
+    @_answer("DeleteUser")
+    async def DeleteUser(
+        self, request: profile_pb2.DeleteUserRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.DeleteUserResponse:
+        self._grant(context, "write")
+        erased = await self._users.delete(request.user_id)
+        return profile_pb2.DeleteUserResponse(**msgspec.structs.asdict(erased))

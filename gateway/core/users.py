@@ -8,13 +8,17 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from gateway.clock import Clock
 from gateway.core.profile_rules import CsWindowState, cs_window, interaction_retention
 from gateway.core.validate import USER_ID_RE, check_id
 from gateway.errors import InvalidArgument, NotFound, Unavailable
+from gateway.logs import get_logger
+from gateway.masking import user_ref
 from gateway.policy.holder import PolicyHolder
 from gateway.store import keys
-from gateway.store.base import Store
+from gateway.store.base import Erasure, IndexCursor, Store, UserRead, erasable_messages
 from gateway.values.domain import Category, Channel, InteractionKind, UserFact
 from gateway.values.profiles import (
     ATTRIBUTE_KEY_RE,
@@ -27,6 +31,10 @@ from gateway.values.profiles import (
     WeChat,
     is_tag,
 )
+from gateway.values.records import MessageRecord
+from gateway.values.state import UserState
+
+log = get_logger(__name__)
 
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
@@ -112,6 +120,16 @@ def validate_labels(tags: Collection[str], attributes: Mapping[str, str], prefix
             raise InvalidArgument(
                 f"{prefix}.attributes.{key}", f"must be up to {MAX_ATTRIBUTE_VALUE} printable characters"
             )
+
+
+class UserExport(msgspec.Struct, frozen=True, gc=False):
+    """Everything Herald holds about a user (a privacy access request)."""
+
+    user_id: str
+    profile: UserProfile | None
+    state: UserState
+    # Newest first, of every business unit.
+    messages: tuple[MessageRecord, ...]
 
 
 class Users:
@@ -232,3 +250,25 @@ class Users:
         if not patch:
             return profile
         return await self._store.upsert_user(profile.user_id, patch, now, ttl)
+
+    async def export(self, user_id: str) -> UserExport:
+        """The profile, the arbitration state, and the messages still kept (found
+        through the user's message index and the state), of every business unit."""
+        validate_user_id(user_id)
+        [view] = await self._store.read_users([UserRead(user_id)], self._policies.current.defaults.idempotency_window)
+        indexed = await self._store.user_messages(user_id, IndexCursor(), None, keys.USER_MESSAGES_KEEP)
+        ids = erasable_messages([message_id for message_id, _ in indexed], view.state)
+        found = [r for r in await self._store.get_messages(ids) if r is not None and r.user_id == user_id]
+        messages = tuple(sorted(found, key=lambda r: (r.created_at, r.message_id), reverse=True))
+        if view.profile is None and not messages and view.state == UserState():
+            # Not named: this answer is logged, and it is what an erased user's id gets.
+            raise NotFound("Herald holds nothing of this user (no profile, no message kept)")
+        return UserExport(user_id, view.profile, view.state, messages)
+
+    async def delete(self, user_id: str) -> Erasure:
+        """Erase the user from the store (a privacy erasure request); what was removed.
+        Logged with the user's log id and the counts, never the user id."""
+        validate_user_id(user_id)
+        erased = await self._store.delete_user(user_id)
+        log.info("user_deleted", user_ref=user_ref(user_id), removed=msgspec.structs.asdict(erased))
+        return erased

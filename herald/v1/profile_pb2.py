@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from herald.v1 import push_pb2 as herald_dot_v1_dot_push__pb2
 from herald.v1 import types_pb2 as herald_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17herald/v1/profile.proto\x12\therald.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15herald/v1/types.proto\"D\n\x0eWeChatIdentity\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x0f\n\x07unionid\x18\x02 \x01(\t\x12\x11\n\tfollowing\x18\x03 \x01(\x08\"n\n\x0b\x44\x65viceToken\x12\r\n\x05token\x18\x01 \x01(\t\x12%\n\x08platform\x18\x02 \x01(\x0e\x32\x13.herald.v1.Platform\x12)\n\x08provider\x18\x03 \x01(\x0e\x32\x17.herald.v1.PushProvider\"z\n\tRfmInputs\x12\x34\n\x10last_purchase_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10orders_in_period\x18\x02 \x01(\x05\x12\x1d\n\x15spend_in_period_minor\x18\x03 \x01(\x03\"_\n\x0bInteraction\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.herald.v1.InteractionKind\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x06OptOut\x12%\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x12.herald.v1.Channel\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xe6\x03\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x06wechat\x18\x02 \x01(\x0b\x32\x19.herald.v1.WeChatIdentity\x12\r\n\x05phone\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12-\n\rdevice_tokens\x18\x05 \x03(\x0b\x32\x16.herald.v1.DeviceToken\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x0e\n\x06locale\x18\x07 \x01(\t\x12!\n\x03rfm\x18\x08 \x01(\x0b\x32\x14.herald.v1.RfmInputs\x12\x0c\n\x04tags\x18\t \x03(\t\x12\x33\n\nattributes\x18\n \x03(\x0b\x32\x1f.herald.v1.User.AttributesEntry\x12\x10\n\x08rfm_tier\x18\x14 \x01(\t\x12#\n\x08opt_outs\x18\x15 \x03(\x0b\x32\x11.herald.v1.OptOut\x12\x33\n\x13recent_interactions\x18\x16 \x03(\x0b\x32\x16.herald.v1.Interaction\x12.\n\nupdated_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\x11UpsertUserRequest\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"D\n\x12UpsertUsersRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.herald.v1.UpsertUserRequest\"\\\n\x10UpsertUserResult\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\x15\n\rerror_message\x18\x03 \x01(\t\"C\n\x13UpsertUsersResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.herald.v1.UpsertUserResult\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x18RecordInteractionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.herald.v1.InteractionKind\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x19RecordInteractionResponse\x12\x38\n\x14\x63s_window_open_until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63s_window_quota\x18\x02 \x01(\x05\"\x92\x01\n\x10SetOptOutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12%\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x12.herald.v1.Channel\x12\x11\n\topted_out\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t*G\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x07\n\x03IOS\x10\x01\x12\x0b\n\x07\x41NDROID\x10\x02\x12\x0b\n\x07HARMONY\x10\x03*K\n\x0cPushProvider\x12\x1d\n\x19PUSH_PROVIDER_UNSPECIFIED\x10\x00\x12\x07\n\x03\x46\x43M\x10\x01\x12\x08\n\x04\x41PNS\x10\x02\x12\t\n\x05JPUSH\x10\x03*{\n\x0fInteractionKind\x12 \n\x1cINTERACTION_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cUSER_MESSAGE\x10\x01\x12\x0e\n\nMENU_CLICK\x10\x02\x12\n\n\x06\x46OLLOW\x10\x03\x12\x0b\n\x07QR_SCAN\x10\x04\x12\x0b\n\x07PAYMENT\x10\x05\x32\xed\x02\n\x0eProfileService\x12;\n\nUpsertUser\x12\x1c.herald.v1.UpsertUserRequest\x1a\x0f.herald.v1.User\x12L\n\x0bUpsertUsers\x12\x1d.herald.v1.UpsertUsersRequest\x1a\x1e.herald.v1.UpsertUsersResponse\x12\x35\n\x07GetUser\x12\x19.herald.v1.GetUserRequest\x1a\x0f.herald.v1.User\x12^\n\x11RecordInteraction\x12#.herald.v1.RecordInteractionRequest\x1a$.herald.v1.RecordInteractionResponse\x12\x39\n\tSetOptOut\x12\x1b.herald.v1.SetOptOutRequest\x1a\x0f.herald.v1.Userb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17herald/v1/profile.proto\x12\therald.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14herald/v1/push.proto\x1a\x15herald/v1/types.proto\"D\n\x0eWeChatIdentity\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x0f\n\x07unionid\x18\x02 \x01(\t\x12\x11\n\tfollowing\x18\x03 \x01(\x08\"n\n\x0b\x44\x65viceToken\x12\r\n\x05token\x18\x01 \x01(\t\x12%\n\x08platform\x18\x02 \x01(\x0e\x32\x13.herald.v1.Platform\x12)\n\x08provider\x18\x03 \x01(\x0e\x32\x17.herald.v1.PushProvider\"z\n\tRfmInputs\x12\x34\n\x10last_purchase_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10orders_in_period\x18\x02 \x01(\x05\x12\x1d\n\x15spend_in_period_minor\x18\x03 \x01(\x03\"_\n\x0bInteraction\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.herald.v1.InteractionKind\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x06OptOut\x12%\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x12.herald.v1.Channel\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xe6\x03\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x06wechat\x18\x02 \x01(\x0b\x32\x19.herald.v1.WeChatIdentity\x12\r\n\x05phone\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12-\n\rdevice_tokens\x18\x05 \x03(\x0b\x32\x16.herald.v1.DeviceToken\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x0e\n\x06locale\x18\x07 \x01(\t\x12!\n\x03rfm\x18\x08 \x01(\x0b\x32\x14.herald.v1.RfmInputs\x12\x0c\n\x04tags\x18\t \x03(\t\x12\x33\n\nattributes\x18\n \x03(\x0b\x32\x1f.herald.v1.User.AttributesEntry\x12\x10\n\x08rfm_tier\x18\x14 \x01(\t\x12#\n\x08opt_outs\x18\x15 \x03(\x0b\x32\x11.herald.v1.OptOut\x12\x33\n\x13recent_interactions\x18\x16 \x03(\x0b\x32\x16.herald.v1.Interaction\x12.\n\nupdated_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n\x11UpsertUserRequest\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"D\n\x12UpsertUsersRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.herald.v1.UpsertUserRequest\"\\\n\x10UpsertUserResult\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\x15\n\rerror_message\x18\x03 \x01(\t\"C\n\x13UpsertUsersResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.herald.v1.UpsertUserResult\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"}\n\x18RecordInteractionRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.herald.v1.InteractionKind\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x19RecordInteractionResponse\x12\x38\n\x14\x63s_window_open_until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63s_window_quota\x18\x02 \x01(\x05\"\x92\x01\n\x10SetOptOutRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12%\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x12.herald.v1.Channel\x12\x11\n\topted_out\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\"$\n\x11\x45xportUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xbf\x01\n\x0bReservation\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x13.herald.v1.Category\x12#\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x12.herald.v1.Channel\x12\x15\n\rbusiness_unit\x18\x05 \x01(\t\x12\x11\n\tcommitted\x18\x06 \x01(\x08\"X\n\tHeldClaim\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\'\n\x03\x64ue\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06pooled\x18\x03 \x01(\x08\"H\n\tDedupMark\x12\x10\n\x08key_hash\x18\x01 \x01(\t\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd6\x01\n\x12\x45xportUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.herald.v1.User\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.herald.v1.Message\x12,\n\x0creservations\x18\x03 \x03(\x0b\x32\x16.herald.v1.Reservation\x12\"\n\x04held\x18\x04 \x03(\x0b\x32\x14.herald.v1.HeldClaim\x12)\n\x0b\x64\x65\x64up_marks\x18\x05 \x03(\x0b\x32\x14.herald.v1.DedupMark\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xb9\x01\n\x12\x44\x65leteUserResponse\x12\x0f\n\x07profile\x18\x01 \x01(\x05\x12\x18\n\x10\x61udience_indexes\x18\x02 \x01(\x05\x12\x14\n\x0copenid_index\x18\x03 \x01(\x05\x12\x15\n\rmessage_index\x18\x04 \x01(\x05\x12\x10\n\x08messages\x18\x05 \x01(\x05\x12\x0f\n\x07\x61nswers\x18\x06 \x01(\x05\x12\x11\n\tdue_index\x18\x07 \x01(\x05\x12\x15\n\rmessage_links\x18\x08 \x01(\x05*G\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x07\n\x03IOS\x10\x01\x12\x0b\n\x07\x41NDROID\x10\x02\x12\x0b\n\x07HARMONY\x10\x03*K\n\x0cPushProvider\x12\x1d\n\x19PUSH_PROVIDER_UNSPECIFIED\x10\x00\x12\x07\n\x03\x46\x43M\x10\x01\x12\x08\n\x04\x41PNS\x10\x02\x12\t\n\x05JPUSH\x10\x03*{\n\x0fInteractionKind\x12 \n\x1cINTERACTION_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cUSER_MESSAGE\x10\x01\x12\x0e\n\nMENU_CLICK\x10\x02\x12\n\n\x06\x46OLLOW\x10\x03\x12\x0b\n\x07QR_SCAN\x10\x04\x12\x0b\n\x07PAYMENT\x10\x05\x32\x83\x04\n\x0eProfileService\x12;\n\nUpsertUser\x12\x1c.herald.v1.UpsertUserRequest\x1a\x0f.herald.v1.User\x12L\n\x0bUpsertUsers\x12\x1d.herald.v1.UpsertUsersRequest\x1a\x1e.herald.v1.UpsertUsersResponse\x12\x35\n\x07GetUser\x12\x19.herald.v1.GetUserRequest\x1a\x0f.herald.v1.User\x12^\n\x11RecordInteraction\x12#.herald.v1.RecordInteractionRequest\x1a$.herald.v1.RecordInteractionResponse\x12\x39\n\tSetOptOut\x12\x1b.herald.v1.SetOptOutRequest\x1a\x0f.herald.v1.User\x12I\n\nExportUser\x12\x1c.herald.v1.ExportUserRequest\x1a\x1d.herald.v1.ExportUserResponse\x12I\n\nDeleteUser\x12\x1c.herald.v1.DeleteUserRequest\x1a\x1d.herald.v1.DeleteUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,42 +37,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USER_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_USER_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_PLATFORM']._serialized_start=1920
-  _globals['_PLATFORM']._serialized_end=1991
-  _globals['_PUSHPROVIDER']._serialized_start=1993
-  _globals['_PUSHPROVIDER']._serialized_end=2068
-  _globals['_INTERACTIONKIND']._serialized_start=2070
-  _globals['_INTERACTIONKIND']._serialized_end=2193
-  _globals['_WECHATIDENTITY']._serialized_start=128
-  _globals['_WECHATIDENTITY']._serialized_end=196
-  _globals['_DEVICETOKEN']._serialized_start=198
-  _globals['_DEVICETOKEN']._serialized_end=308
-  _globals['_RFMINPUTS']._serialized_start=310
-  _globals['_RFMINPUTS']._serialized_end=432
-  _globals['_INTERACTION']._serialized_start=434
-  _globals['_INTERACTION']._serialized_end=529
-  _globals['_OPTOUT']._serialized_start=532
-  _globals['_OPTOUT']._serialized_end=672
-  _globals['_USER']._serialized_start=675
-  _globals['_USER']._serialized_end=1161
-  _globals['_USER_ATTRIBUTESENTRY']._serialized_start=1112
-  _globals['_USER_ATTRIBUTESENTRY']._serialized_end=1161
-  _globals['_UPSERTUSERREQUEST']._serialized_start=1163
-  _globals['_UPSERTUSERREQUEST']._serialized_end=1262
-  _globals['_UPSERTUSERSREQUEST']._serialized_start=1264
-  _globals['_UPSERTUSERSREQUEST']._serialized_end=1332
-  _globals['_UPSERTUSERRESULT']._serialized_start=1334
-  _globals['_UPSERTUSERRESULT']._serialized_end=1426
-  _globals['_UPSERTUSERSRESPONSE']._serialized_start=1428
-  _globals['_UPSERTUSERSRESPONSE']._serialized_end=1495
-  _globals['_GETUSERREQUEST']._serialized_start=1497
-  _globals['_GETUSERREQUEST']._serialized_end=1530
-  _globals['_RECORDINTERACTIONREQUEST']._serialized_start=1532
-  _globals['_RECORDINTERACTIONREQUEST']._serialized_end=1657
-  _globals['_RECORDINTERACTIONRESPONSE']._serialized_start=1659
-  _globals['_RECORDINTERACTIONRESPONSE']._serialized_end=1769
-  _globals['_SETOPTOUTREQUEST']._serialized_start=1772
-  _globals['_SETOPTOUTREQUEST']._serialized_end=1918
-  _globals['_PROFILESERVICE']._serialized_start=2196
-  _globals['_PROFILESERVICE']._serialized_end=2561
+  _globals['_PLATFORM']._serialized_start=2781
+  _globals['_PLATFORM']._serialized_end=2852
+  _globals['_PUSHPROVIDER']._serialized_start=2854
+  _globals['_PUSHPROVIDER']._serialized_end=2929
+  _globals['_INTERACTIONKIND']._serialized_start=2931
+  _globals['_INTERACTIONKIND']._serialized_end=3054
+  _globals['_WECHATIDENTITY']._serialized_start=150
+  _globals['_WECHATIDENTITY']._serialized_end=218
+  _globals['_DEVICETOKEN']._serialized_start=220
+  _globals['_DEVICETOKEN']._serialized_end=330
+  _globals['_RFMINPUTS']._serialized_start=332
+  _globals['_RFMINPUTS']._serialized_end=454
+  _globals['_INTERACTION']._serialized_start=456
+  _globals['_INTERACTION']._serialized_end=551
+  _globals['_OPTOUT']._serialized_start=554
+  _globals['_OPTOUT']._serialized_end=694
+  _globals['_USER']._serialized_start=697
+  _globals['_USER']._serialized_end=1183
+  _globals['_USER_ATTRIBUTESENTRY']._serialized_start=1134
+  _globals['_USER_ATTRIBUTESENTRY']._serialized_end=1183
+  _globals['_UPSERTUSERREQUEST']._serialized_start=1185
+  _globals['_UPSERTUSERREQUEST']._serialized_end=1284
+  _globals['_UPSERTUSERSREQUEST']._serialized_start=1286
+  _globals['_UPSERTUSERSREQUEST']._serialized_end=1354
+  _globals['_UPSERTUSERRESULT']._serialized_start=1356
+  _globals['_UPSERTUSERRESULT']._serialized_end=1448
+  _globals['_UPSERTUSERSRESPONSE']._serialized_start=1450
+  _globals['_UPSERTUSERSRESPONSE']._serialized_end=1517
+  _globals['_GETUSERREQUEST']._serialized_start=1519
+  _globals['_GETUSERREQUEST']._serialized_end=1552
+  _globals['_RECORDINTERACTIONREQUEST']._serialized_start=1554
+  _globals['_RECORDINTERACTIONREQUEST']._serialized_end=1679
+  _globals['_RECORDINTERACTIONRESPONSE']._serialized_start=1681
+  _globals['_RECORDINTERACTIONRESPONSE']._serialized_end=1791
+  _globals['_SETOPTOUTREQUEST']._serialized_start=1794
+  _globals['_SETOPTOUTREQUEST']._serialized_end=1940
+  _globals['_EXPORTUSERREQUEST']._serialized_start=1942
+  _globals['_EXPORTUSERREQUEST']._serialized_end=1978
+  _globals['_RESERVATION']._serialized_start=1981
+  _globals['_RESERVATION']._serialized_end=2172
+  _globals['_HELDCLAIM']._serialized_start=2174
+  _globals['_HELDCLAIM']._serialized_end=2262
+  _globals['_DEDUPMARK']._serialized_start=2264
+  _globals['_DEDUPMARK']._serialized_end=2336
+  _globals['_EXPORTUSERRESPONSE']._serialized_start=2339
+  _globals['_EXPORTUSERRESPONSE']._serialized_end=2553
+  _globals['_DELETEUSERREQUEST']._serialized_start=2555
+  _globals['_DELETEUSERREQUEST']._serialized_end=2591
+  _globals['_DELETEUSERRESPONSE']._serialized_start=2594
+  _globals['_DELETEUSERRESPONSE']._serialized_end=2779
+  _globals['_PROFILESERVICE']._serialized_start=3057
+  _globals['_PROFILESERVICE']._serialized_end=3572
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,7 @@
 isort:skip_file
 User profiles: identity, contact points, time zone, RFM inputs, interactions and
 opt-outs. Callers need the `profiles` grant of their business unit in policy
-(`read` for GetUser, `write` for the rest).
+(`read` for GetUser, `write` for the rest; `tag` may write tags and attributes).
 """
 
 from collections import abc as _abc
@@ -13,6 +13,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from herald.v1 import push_pb2 as _push_pb2
 from herald.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -537,3 +538,229 @@ class SetOptOutRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetOptOutRequest: _TypeAlias = SetOptOutRequest  # noqa: Y015
+
+@_typing.final
+class ExportUserRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportUserRequest: _TypeAlias = ExportUserRequest  # noqa: Y015
+
+@_typing.final
+class Reservation(_message.Message):
+    """A reservation against the user's caps: a message that won a send window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    BUSINESS_UNIT_FIELD_NUMBER: _builtins.int
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    category: _types_pb2.Category.ValueType
+    channel: _types_pb2.Channel.ValueType
+    business_unit: _builtins.str
+    committed: _builtins.bool
+    """A provider took it (else it is still being delivered)."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        category: _types_pb2.Category.ValueType = ...,
+        channel: _types_pb2.Channel.ValueType = ...,
+        business_unit: _builtins.str = ...,
+        committed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "business_unit", b"business_unit", "category", b"category", "channel", b"channel", "committed", b"committed", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reservation: _TypeAlias = Reservation  # noqa: Y015
+
+@_typing.final
+class HeldClaim(_message.Message):
+    """A claim held for later (quiet hours, not_before, a send window), and when it is due."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    DUE_FIELD_NUMBER: _builtins.int
+    POOLED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    pooled: _builtins.bool
+    """It competes with the user's other pooled claims for a send window."""
+    @_builtins.property
+    def due(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        due: _timestamp_pb2.Timestamp | None = ...,
+        pooled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due", b"due"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due", b"due", "message_id", b"message_id", "pooled", b"pooled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldClaim: _TypeAlias = HeldClaim  # noqa: Y015
+
+@_typing.final
+class DedupMark(_message.Message):
+    """A (business unit, dedup_key) seen for the user, as a hash, remembered until `until`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_HASH_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    key_hash: _builtins.str
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_hash: _builtins.str = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_hash", b"key_hash", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupMark: _TypeAlias = DedupMark  # noqa: Y015
+
+@_typing.final
+class ExportUserResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    RESERVATIONS_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    DEDUP_MARKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User:
+        """Unset when Herald holds no profile for the user (messages may still be kept)."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_push_pb2.Message]:
+        """The user's messages still kept (the policy's message_retention, the most recent
+        1000), of every business unit, newest first, each with its timeline and trace.
+        """
+
+    @_builtins.property
+    def reservations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reservation]:
+        """What arbitration keeps of the user."""
+
+    @_builtins.property
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldClaim]: ...
+    @_builtins.property
+    def dedup_marks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DedupMark]: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+        messages: _abc.Iterable[_push_pb2.Message] | None = ...,
+        reservations: _abc.Iterable[Global___Reservation] | None = ...,
+        held: _abc.Iterable[Global___HeldClaim] | None = ...,
+        dedup_marks: _abc.Iterable[Global___DedupMark] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedup_marks", b"dedup_marks", "held", b"held", "messages", b"messages", "reservations", b"reservations", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportUserResponse: _TypeAlias = ExportUserResponse  # noqa: Y015
+
+@_typing.final
+class DeleteUserRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUserRequest: _TypeAlias = DeleteUserRequest  # noqa: Y015
+
+@_typing.final
+class DeleteUserResponse(_message.Message):
+    """What DeleteUser removed, as counts (never what it held)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_INDEXES_FIELD_NUMBER: _builtins.int
+    OPENID_INDEX_FIELD_NUMBER: _builtins.int
+    MESSAGE_INDEX_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    DUE_INDEX_FIELD_NUMBER: _builtins.int
+    MESSAGE_LINKS_FIELD_NUMBER: _builtins.int
+    profile: _builtins.int
+    """The user's profile: contact points, tags and attributes, opt-outs, interactions,
+    arbitration state (0 or 1).
+    """
+    audience_indexes: _builtins.int
+    """Audience indexes the user was taken out of: all users, and each tag of the profile."""
+    openid_index: _builtins.int
+    """The openid -> user entry WeChat's callbacks are matched with (0 or 1)."""
+    message_index: _builtins.int
+    """The index of the user's messages (0 or 1)."""
+    messages: _builtins.int
+    """Message records, each with its timeline and status."""
+    answers: _builtins.int
+    """The idempotent answers and request-id marks of those messages' requests."""
+    due_index: _builtins.int
+    """The user's entry in the index of held claims to release (0 or 1)."""
+    message_links: _builtins.int
+    """Links from a provider's message id or a first click to one of those messages."""
+    def __init__(
+        self,
+        *,
+        profile: _builtins.int = ...,
+        audience_indexes: _builtins.int = ...,
+        openid_index: _builtins.int = ...,
+        message_index: _builtins.int = ...,
+        messages: _builtins.int = ...,
+        answers: _builtins.int = ...,
+        due_index: _builtins.int = ...,
+        message_links: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "audience_indexes", b"audience_indexes", "due_index", b"due_index", "message_index", b"message_index", "message_links", b"message_links", "messages", b"messages", "openid_index", b"openid_index", "profile", b"profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUserResponse: _TypeAlias = DeleteUserResponse  # noqa: Y015

@@ -59,6 +59,16 @@ class ProfileServiceStub:
                 request_serializer=herald_dot_v1_dot_profile__pb2.SetOptOutRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_profile__pb2.User.FromString,
                 _registered_method=True)
+        self.ExportUser = channel.unary_unary(
+                '/herald.v1.ProfileService/ExportUser',
+                request_serializer=herald_dot_v1_dot_profile__pb2.ExportUserRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_profile__pb2.ExportUserResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/herald.v1.ProfileService/DeleteUser',
+                request_serializer=herald_dot_v1_dot_profile__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_profile__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
 
 
 class ProfileServiceServicer:
@@ -101,6 +111,26 @@ class ProfileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportUser(self, request, context):
+        """Everything Herald holds about a user, for a privacy (access) request: the profile
+        with opt-outs and interactions, the messages still kept (of every business unit),
+        and what arbitration keeps. NOT_FOUND when Herald holds nothing of the user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Erase a user for a privacy (erasure) request: the profile and state, their entries
+        in the openid, audience and due indexes, their messages with the requests' answers,
+        and the index of their messages. Answers what it removed, as counts; all zero when
+        there was nothing (so a repeated request succeeds). A push for the user afterwards
+        starts from nothing again: stop sending first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +158,16 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     servicer.SetOptOut,
                     request_deserializer=herald_dot_v1_dot_profile__pb2.SetOptOutRequest.FromString,
                     response_serializer=herald_dot_v1_dot_profile__pb2.User.SerializeToString,
+            ),
+            'ExportUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportUser,
+                    request_deserializer=herald_dot_v1_dot_profile__pb2.ExportUserRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_profile__pb2.ExportUserResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=herald_dot_v1_dot_profile__pb2.DeleteUserRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_profile__pb2.DeleteUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +305,60 @@ class ProfileService:
             '/herald.v1.ProfileService/SetOptOut',
             herald_dot_v1_dot_profile__pb2.SetOptOutRequest.SerializeToString,
             herald_dot_v1_dot_profile__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.ProfileService/ExportUser',
+            herald_dot_v1_dot_profile__pb2.ExportUserRequest.SerializeToString,
+            herald_dot_v1_dot_profile__pb2.ExportUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.ProfileService/DeleteUser',
+            herald_dot_v1_dot_profile__pb2.DeleteUserRequest.SerializeToString,
+            herald_dot_v1_dot_profile__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 isort:skip_file
 User profiles: identity, contact points, time zone, RFM inputs, interactions and
 opt-outs. Callers need the `profiles` grant of their business unit in policy
-(`read` for GetUser, `write` for the rest).
+(`read` for GetUser, `write` for the rest; `tag` may write tags and attributes).
 """
 
 from collections import abc as _abc
@@ -48,6 +48,18 @@ class ProfileServiceStub:
     """Opt a user out of (or back into) a category, a channel, or a category on a
     channel. `basic` cannot be opted out of as a whole.
     """
+    ExportUser: _grpc.UnaryUnaryMultiCallable[_profile_pb2.ExportUserRequest, _profile_pb2.ExportUserResponse]
+    """Everything Herald holds about a user, for a privacy (access) request: the profile
+    with opt-outs and interactions, the messages still kept (of every business unit),
+    and what arbitration keeps. NOT_FOUND when Herald holds nothing of the user.
+    """
+    DeleteUser: _grpc.UnaryUnaryMultiCallable[_profile_pb2.DeleteUserRequest, _profile_pb2.DeleteUserResponse]
+    """Erase a user for a privacy (erasure) request: the profile and state, their entries
+    in the openid, audience and due indexes, their messages with the requests' answers,
+    and the index of their messages. Answers what it removed, as counts; all zero when
+    there was nothing (so a repeated request succeeds). A push for the user afterwards
+    starts from nothing again: stop sending first.
+    """
 
 @_typing.type_check_only
 class ProfileServiceAsyncStub(ProfileServiceStub):
@@ -65,6 +77,18 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     SetOptOut: _aio.UnaryUnaryMultiCallable[_profile_pb2.SetOptOutRequest, _profile_pb2.User]  # type: ignore[assignment]
     """Opt a user out of (or back into) a category, a channel, or a category on a
     channel. `basic` cannot be opted out of as a whole.
+    """
+    ExportUser: _aio.UnaryUnaryMultiCallable[_profile_pb2.ExportUserRequest, _profile_pb2.ExportUserResponse]  # type: ignore[assignment]
+    """Everything Herald holds about a user, for a privacy (access) request: the profile
+    with opt-outs and interactions, the messages still kept (of every business unit),
+    and what arbitration keeps. NOT_FOUND when Herald holds nothing of the user.
+    """
+    DeleteUser: _aio.UnaryUnaryMultiCallable[_profile_pb2.DeleteUserRequest, _profile_pb2.DeleteUserResponse]  # type: ignore[assignment]
+    """Erase a user for a privacy (erasure) request: the profile and state, their entries
+    in the openid, audience and due indexes, their messages with the requests' answers,
+    and the index of their messages. Answers what it removed, as counts; all zero when
+    there was nothing (so a repeated request succeeds). A push for the user afterwards
+    starts from nothing again: stop sending first.
     """
 
 class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +134,30 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_profile_pb2.User, _abc.Awaitable[_profile_pb2.User]]:
         """Opt a user out of (or back into) a category, a channel, or a category on a
         channel. `basic` cannot be opted out of as a whole.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportUser(
+        self,
+        request: _profile_pb2.ExportUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.ExportUserResponse, _abc.Awaitable[_profile_pb2.ExportUserResponse]]:
+        """Everything Herald holds about a user, for a privacy (access) request: the profile
+        with opt-outs and interactions, the messages still kept (of every business unit),
+        and what arbitration keeps. NOT_FOUND when Herald holds nothing of the user.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteUser(
+        self,
+        request: _profile_pb2.DeleteUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.DeleteUserResponse, _abc.Awaitable[_profile_pb2.DeleteUserResponse]]:
+        """Erase a user for a privacy (erasure) request: the profile and state, their entries
+        in the openid, audience and due indexes, their messages with the requests' answers,
+        and the index of their messages. Answers what it removed, as counts; all zero when
+        there was nothing (so a repeated request succeeds). A push for the user afterwards
+        starts from nothing again: stop sending first.
         """
 
 def add_ProfileServiceServicer_to_server(servicer: ProfileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
