@@ -540,6 +540,7 @@ class PushPipeline:
                 log.info(
                     "released",
                     message_id=record.message_id,
+                    user_ref=user_ref(record.user_id),
                     bu=record.business_unit,
                     outcome=decision.outcome.value,
                     reason=None if decision.reason is None else decision.reason.value,
