@@ -15,8 +15,9 @@ from gateway.store.redis.connection import Script
 #       slots repeat KEYS[1].
 # ARGV: 1 expected version ('' = no state write), 2 state, 3 due ms ('' = none),
 #       4 answer ttl ms, 5 message ttl ms, 6 new count, 7 update count, 8 user id,
-#       9 how many ids the message index keeps, 10 the index's entries created before
-#       this (epoch ms) are trimmed ('' = no new message),
+#       9 how many ids the message index keeps ('' = no trim to that length this time:
+#       the store asks for it one commit in 16, reads never list past it), 10 the
+#       index's entries created before this (epoch ms) are trimmed ('' = no new message),
 #       then 5 per new message (record, answer or '', job or '', created ms, id),
 #       then 3 per update (events or '', current or '', job or ''),
 #       then, when funnel keys follow the updates' keys, their ttl ms and one counter
@@ -31,8 +32,15 @@ if ARGV[1] ~= '' then
   local cur = redis.call('HMGET', KEYS[1], 'v', 'updated_at')
   if not cur[2] or tonumber(cur[1] or '0') ~= tonumber(ARGV[1]) then return 'conflict' end
 end
-for i = 0, n - 1 do
-  if ARGV[11 + i * 5 + 1] ~= '' and redis.call('EXISTS', KEYS[4 + i * 3 + 1]) == 1 then return 'duplicate' end
+-- One new message with an answer (a Push, most of a batch): its answer written first,
+-- only if absent, is the duplicate check; several: each answer's key checked first.
+local claimed = n == 1 and ARGV[12] ~= ''
+if claimed then
+  if not redis.call('SET', KEYS[5], ARGV[12], 'NX', 'PX', ARGV[4]) then return 'duplicate' end
+else
+  for i = 0, n - 1 do
+    if ARGV[11 + i * 5 + 1] ~= '' and redis.call('EXISTS', KEYS[4 + i * 3 + 1]) == 1 then return 'duplicate' end
+  end
 end
 if ARGV[1] ~= '' then
   redis.call('HSET', KEYS[1], 'v', tonumber(ARGV[1]) + 1, 'st', ARGV[2])
@@ -40,13 +48,13 @@ end
 for i = 0, n - 1 do
   local k, a = 4 + i * 3, 11 + i * 5
   redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[5])
-  if ARGV[a + 1] ~= '' then redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'PX', ARGV[4]) end
+  if ARGV[a + 1] ~= '' and not claimed then redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'PX', ARGV[4]) end
   if ARGV[a + 2] ~= '' then redis.call('XADD', KEYS[k + 2], '*', 'j', ARGV[a + 2]) end
   redis.call('ZADD', KEYS[3], ARGV[a + 3], ARGV[a + 4])
 end
 if n > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[10])
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1 - tonumber(ARGV[9]))
+  if ARGV[9] ~= '' then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1 - tonumber(ARGV[9])) end
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 for i = 0, u - 1 do
