@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         "problem as FILE: PATH: PROBLEM and exits 1, or prints the version and exits 0.",
     )
     check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    schema = policy.add_parser(
+        "schema",
+        help="print or write the JSON Schema of a policy file (editor completion and checks)",
+        description="Print the JSON Schema of one policy file, generated from the gateway's own model, or "
+        "write it to --out. Point an editor at it with a first line "
+        "'# yaml-language-server: $schema=<path to the schema>' in a policy file, as the samples in "
+        "policies/ do. It checks each file's keys and values; what spans files only `herald policy check` can.",
+    )
+    schema.add_argument("--out", type=Path, help="write the schema to this file instead of printing it")
     simulate = policy.add_parser(
         "simulate",
         help="replay timestamped traffic against one or two policy sets and count the outcomes",
@@ -178,6 +187,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.cli.policy import check
 
         return check(args.directory)
+    if args.command == "policy" and args.policy_command == "schema":
+        from gateway.cli.policy import schema
+
+        return schema(args.out)
     if args.command == "policy" and args.policy_command == "simulate":
         from gateway.cli.policy import run_simulation
 
