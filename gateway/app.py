@@ -271,7 +271,7 @@ class Gateway:
         await self.store.ping()  # fail fast, with the store's own message
         await self.store.prepare()
         await self.switches.refresh()
-        key = await unsubscribe_key(self.store, self.settings.unsubscribe_key)
+        key = await unsubscribe_key(self.store, self.settings.unsubscribe_key.get_secret_value())
         self.tokens = UnsubscribeTokens(key)
         self.clicks = ClickTokens(key)
         self.dispatcher.link_for = self.click_url
@@ -395,7 +395,8 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        AdminApi(self.settings.admin_token, self.switches, self.store, self.policies, self.clock).add_routes(app)
+        token = self.settings.admin_token.get_secret_value()
+        AdminApi(token, self.switches, self.store, self.policies, self.clock).add_routes(app)
         if not self.settings.public_listen:
             self._public_routes(app)
         self.admin_port = await self._listen(app, self.settings.admin_listen)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from gateway.cli import campaign, kill
-from gateway.config import ENV, Settings, from_env
+from gateway.config import ENV, from_env, shown_default
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -60,14 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         "so that delivery scales apart from it. Needs --redis-url. Admin HTTP (/metrics, /healthz, /readyz) "
         "as for serve.",
     )
-    defaults = Settings()
     for command in (serve, worker):
         for name, (env_name, text) in ENV.items():
             command.add_argument(
                 f"--{name.replace('_', '-')}",
                 dest=name,
                 default=None,
-                help=f"{text} (env {env_name}; default {getattr(defaults, name) or 'none'})",
+                help=f"{text} (env {env_name}; default {shown_default(name)})",
             )
 
     policy = commands.add_parser("policy", help="policy files").add_subparsers(
