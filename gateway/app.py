@@ -158,6 +158,8 @@ class Gateway:
         self.metrics.prime(sorted(self.policies.current.business_units), sorted({"sandbox", *self.providers.adapters}))
 
     def _load_credentials(self) -> Credentials:
+        if not self.api:  # a worker serves no API: no key to check, no sample keys to warn about
+            return Credentials((), "<worker: none>")
         credentials = Credentials.load(self.settings.credentials)
         if self.settings.credentials == SAMPLE_CREDENTIALS:
             log.warning("sample_credentials", detail="serving with the SAMPLE API keys: not for production")
@@ -327,7 +329,7 @@ class Gateway:
                 status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 for service in ("", *SERVICES):
                     await self.health.set(service, status)
-                log.warning("health_changed", serving=ok, problem=problem or None)
+                log.info("health_changed", serving=ok, problem=problem or None)
                 serving = ok
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)

@@ -184,6 +184,10 @@ ENV: dict[str, tuple[str, str]] = {
 }
 
 
+# What `herald worker` (delivery only, no API) has no use for: its --help leaves them out.
+API_ONLY = frozenset({"listen", "credentials", "max_in_flight", "deliver"})
+
+
 def shown_default(name: str) -> str:
     """A setting's default as ``--help`` shows it (a secret never is)."""
     default = Settings.model_fields[name].default

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from gateway.cli import campaign, kill
-from gateway.config import ENV, from_env, shown_default
+from gateway.config import API_ONLY, ENV, from_env, shown_default
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -58,10 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run delivery only (no API), from the shared Redis queue",
         description="Take deliveries from the Redis delivery stream and send them, without serving the API, "
         "so that delivery scales apart from it. Needs --redis-url. Admin HTTP (/metrics, /healthz, /readyz) "
-        "as for serve.",
+        "as for serve. The API's settings (gRPC address, credentials, calls in flight) are serve's only.",
     )
     for command in (serve, worker):
         for name, (env_name, text) in ENV.items():
+            if command is worker and name in API_ONLY:
+                continue
             command.add_argument(
                 f"--{name.replace('_', '-')}",
                 dest=name,
@@ -170,7 +172,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.cli.serve import run
 
         try:
-            settings = from_env(**{name: getattr(args, name) for name in ENV})
+            settings = from_env(**{name: getattr(args, name, None) for name in ENV})
         except ValueError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
