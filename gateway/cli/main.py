@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a folder of policy files as the gateway would load it. Prints every "
         "problem as FILE: PATH: PROBLEM and exits 1, or prints the version and exits 0.",
     )
-    check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    check.add_argument(
+        "directory", type=Path, nargs="?", default=Path("policies"), help="the policy folder (default: policies)"
+    )
     schema = policy.add_parser(
         "schema",
         help="print or write the JSON Schema of a policy file (editor completion and checks)",
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(send)
 
     status = commands.add_parser("status", help="show a message's decision and timeline (GetMessage)")
-    status.add_argument("message_id")
+    status.add_argument("message_id", help="the message id Push answered with (m_...)")
     _add_client_options(status)
 
     info = commands.add_parser("info", help="show the serving policy version and your scenarios")
@@ -140,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream a CSV or JSON Lines file into the gateway (ProfileService.UpsertUsers). "
         "See docs/users-import.md for the columns.",
     )
-    imp.add_argument("file", type=Path)
+    imp.add_argument("file", type=Path, help="a .csv or .jsonl file of profiles")
     imp.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file name")
     imp.add_argument("--batch", type=int, default=500, help="users per call (1-1000, default 500)")
     imp.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
@@ -152,8 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="business-unit API keys").add_subparsers(
         dest="keys_command", metavar="ACTION", required=True
     )
-    new = keys.add_parser("new", help="make a new API key and print its credentials entry")
-    new.add_argument("bu", help="business unit name")
+    new = keys.add_parser(
+        "new",
+        help="make a new API key and print its credentials entry",
+        description="Make an API key for a business unit the policy defines, print it once, and print the "
+        "entry for the credentials file (its SHA-256 hash: the key itself is kept nowhere).",
+    )
+    new.add_argument("bu", help="business unit name, as the policy's business_units define it")
+    new.add_argument(
+        "--policy-dir",
+        type=Path,
+        default=Path(os.environ.get("HERALD_POLICY_DIR") or "policies"),
+        help="the policy folder whose business units are checked (env HERALD_POLICY_DIR; default policies)",
+    )
+    new.add_argument("--label", help="the entry's label (default: created by herald keys new on <date>)")
     kill.add_parser(commands)
     campaign.add_parser(commands, _add_client_options)
     return parser
@@ -280,12 +294,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             users_import.write_rejects(summary, args.rejects)
         return 0 if summary.rejected_count == 0 else 1
     if args.command == "keys":
-        from gateway.api.auth import hash_key, new_key
+        from gateway.cli import keys
 
-        key = new_key(args.bu)
-        print(f"# API key for '{args.bu}' (give it to the unit; it is not stored anywhere):\n#   {key}")
-        print(f"  - bu: {args.bu}\n    sha256: {hash_key(key)}\n    label: created by herald keys new")
-        return 0
+        return keys.new(args.bu, args.policy_dir, args.label)
     if args.command == "campaign":
         return campaign.run(args)
     if args.command == "kill":
