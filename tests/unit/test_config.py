@@ -130,18 +130,27 @@ def test_secrets_never_reach_the_logs(capsys: pytest.CaptureFixture[str]) -> Non
     assert_hidden(line)
 
 
-@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["serve"], "--admin-token"),
+        (["worker"], "--admin-token"),
+        (["kill", "list"], "--admin-token"),
+        (["send"], "--api-key"),
+    ],
+)
 def test_help_shows_no_secret(
-    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    command: list[str], option: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HERALD_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("HERALD_API_KEY", TOKEN)
     monkeypatch.setenv("HERALD_UNSUBSCRIBE_KEY", KEY)
     monkeypatch.setenv("HERALD_REDIS_URL", f"redis://:{PASSWORD}@127.0.0.1:6379/0")
     with pytest.raises(SystemExit) as exited:
-        main([command, "--help"])
+        main([*command, "--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    assert "--admin-token" in out and "HERALD_ADMIN_TOKEN" in out
+    assert option in out
     assert_hidden(out)
 
 
