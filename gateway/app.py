@@ -158,6 +158,8 @@ class Gateway:
         self.metrics.prime(sorted(self.policies.current.business_units), sorted({"sandbox", *self.providers.adapters}))
 
     def _load_credentials(self) -> Credentials:
+        if not self.api:  # a worker serves no API: no key to check, no sample keys to warn about
+            return Credentials((), "<worker: none>")
         credentials = Credentials.load(self.settings.credentials)
         if self.settings.credentials == SAMPLE_CREDENTIALS:
             log.warning("sample_credentials", detail="serving with the SAMPLE API keys: not for production")
@@ -271,7 +273,7 @@ class Gateway:
         await self.store.ping()  # fail fast, with the store's own message
         await self.store.prepare()
         await self.switches.refresh()
-        key = await unsubscribe_key(self.store, self.settings.unsubscribe_key)
+        key = await unsubscribe_key(self.store, self.settings.unsubscribe_key.get_secret_value())
         self.tokens = UnsubscribeTokens(key)
         self.clicks = ClickTokens(key)
         self.dispatcher.link_for = self.click_url
@@ -327,7 +329,7 @@ class Gateway:
                 status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 for service in ("", *SERVICES):
                     await self.health.set(service, status)
-                log.warning("health_changed", serving=ok, problem=problem or None)
+                log.info("health_changed", serving=ok, problem=problem or None)
                 serving = ok
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
@@ -395,7 +397,8 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        AdminApi(self.settings.admin_token, self.switches, self.store, self.policies, self.clock).add_routes(app)
+        token = self.settings.admin_token.get_secret_value()
+        AdminApi(token, self.switches, self.store, self.policies, self.clock).add_routes(app)
         if not self.settings.public_listen:
             self._public_routes(app)
         self.admin_port = await self._listen(app, self.settings.admin_listen)

@@ -36,7 +36,12 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(delta: timedelta) -> str:
+    """The duration as policy files write it, in its largest whole unit (``90s``, ``5m``,
+    ``7d``, ``2w``), except that one day is ``24h`` as people write it. For messages
+    and traces: never ``str(timedelta)``'s ``1 day, 0:00:00``."""
     seconds = int(delta.total_seconds())
+    if seconds == 86400:
+        return "24h"
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0 and seconds >= size:
             return f"{seconds // size}{unit}"

@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import MutableMapping
@@ -153,10 +154,24 @@ _LINES = _Lines()
 atexit.register(_LINES.flush)
 
 
+def colour_wanted() -> bool:
+    """Colour in console logs only on a terminal (the lines go to stderr), and never
+    with ``NO_COLOR`` set (no-color.org): a file, a pipe or a log collector gets plain
+    text, not escape codes."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level)
     renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_orjson_text) if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_text)
+        if json
+        else structlog.dev.ConsoleRenderer(colors=colour_wanted())
     )
     structlog.configure(
         processors=[

@@ -231,7 +231,7 @@ def test_bad_setting_is_named() -> None:
 
 
 def test_keys_new_prints_a_credentials_entry() -> None:
-    result = subprocess.run([*HERALD, "keys", "new", "order"], capture_output=True, text=True, check=True)
+    result = subprocess.run([*HERALD, "keys", "new", "order"], cwd=ROOT, capture_output=True, text=True, check=True)
     key = result.stdout.splitlines()[1].strip("# ").strip()
     import hashlib
 

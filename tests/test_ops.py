@@ -1,4 +1,5 @@
-"""ops/: the alert rules pass promtool, the dashboard is a loadable Grafana dashboard
+"""ops/: the alert rules pass promtool and their unit tests (ops/alerts_test.yml: every
+alert fired by some input series and left quiet by others), the dashboard is a loadable Grafana dashboard
 whose every query names metrics Herald exports, every metric is documented, and the
 runbook covers every alert."""
 
@@ -42,6 +43,34 @@ def test_alert_rules_pass_promtool() -> None:
     result = subprocess.run([promtool, "check", "rules", str(OPS / "alerts.yml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_alert_rules_unit_tests_pass() -> None:
+    """ops/alerts_test.yml: input series that fire each alert, and series that do not."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run scripts/test (it installs Debian's prometheus package)"
+    result = subprocess.run(
+        [promtool, "test", "rules", str(OPS / "alerts_test.yml")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    alerts = {r["alert"] for g in yaml.safe_load((OPS / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    suite = yaml.safe_load((OPS / "alerts_test.yml").read_text())
+    assert suite["rule_files"] == ["alerts.yml"]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for test in suite["tests"]:
+        for case in test.get("alert_rule_test", []):
+            assert case["alertname"] in alerts, f"{test['name']}: no alert {case['alertname']} in alerts.yml"
+            (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+            for expected in case.get("exp_alerts") or []:
+                # the rendered annotations are checked, so each firing case states them
+                assert {"summary", "runbook"} <= set(expected.get("exp_annotations", {})), test["name"]
+    assert not alerts - fires, f"alerts with no case that fires them: {sorted(alerts - fires)}"
+    assert not alerts - quiet, f"alerts with no case that leaves them quiet: {sorted(alerts - quiet)}"
 
 
 def test_alert_rules_name_real_metrics_and_have_a_runbook_entry() -> None:

@@ -35,6 +35,9 @@ class CampaignFailed(Exception):
     pass
 
 
+CAMPAIGN_ID_HELP = "the campaign's id (the id in its spec; `herald campaign list` shows them)"
+
+
 def add_parser(commands: Any, add_client_options: Any) -> None:
     campaign = commands.add_parser(
         "campaign",
@@ -43,9 +46,9 @@ def add_parser(commands: Any, add_client_options: Any) -> None:
     )
     actions = campaign.add_subparsers(dest="campaign_command", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="create a campaign from a YAML or JSON file (state DRAFT)")
-    create.add_argument("file", type=Path)
+    create.add_argument("file", type=Path, help="the campaign spec, YAML or JSON (examples/campaign.yaml)")
     start = actions.add_parser("start", help="start a campaign and show its progress until every user is decided")
-    start.add_argument("campaign_id")
+    start.add_argument("campaign_id", help=CAMPAIGN_ID_HELP)
     start.add_argument("--no-wait", action="store_true", help="return once started")
     for name, what in (
         ("status", "where a campaign stands"),
@@ -53,11 +56,11 @@ def add_parser(commands: Any, add_client_options: Any) -> None:
         ("resume", "go on from where it stopped"),
         ("cancel", "stop for good; held claims end CANCELLED"),
     ):
-        actions.add_parser(name, help=what).add_argument("campaign_id")
+        actions.add_parser(name, help=what).add_argument("campaign_id", help=CAMPAIGN_ID_HELP)
     watch = actions.add_parser("watch", help="show a running campaign's progress until it ends")
-    watch.add_argument("campaign_id")
+    watch.add_argument("campaign_id", help=CAMPAIGN_ID_HELP)
     report = actions.add_parser("report", help="the funnel: a table, --json or --csv")
-    report.add_argument("campaign_id")
+    report.add_argument("campaign_id", help=CAMPAIGN_ID_HELP)
     report.add_argument("--csv", action="store_true", help="one CSV row a variant")
     listing = actions.add_parser("list", help="your campaigns, newest first")
     listing.add_argument("--limit", type=int, default=50)

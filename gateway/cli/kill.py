@@ -14,23 +14,34 @@ from typing import Any
 DEFAULT_ADMIN = "http://127.0.0.1:9464"
 
 
+def _add_options(parser: argparse.ArgumentParser, on_action: bool) -> None:
+    """The options every ``kill`` action takes, before the action (``kill --json list``)
+    or after it (``kill list --json``). On an action their defaults are SUPPRESS, so
+    that an option given before the action is not reset by the action's default."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if on_action else value
+
+    parser.add_argument(
+        "--admin-url",
+        default=default(os.environ.get("HERALD_ADMIN_URL", DEFAULT_ADMIN)),
+        help=f"a gateway's admin address (env HERALD_ADMIN_URL; default {DEFAULT_ADMIN})",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=default(os.environ.get("HERALD_ADMIN_TOKEN", "")),
+        help="the gateway's admin token (env HERALD_ADMIN_TOKEN; prefer the variable: flags show in ps)",
+    )
+    parser.add_argument("--json", action="store_true", default=default(False), help="print the answer as JSON")
+
+
 def add_parser(commands: Any) -> None:
     kill = commands.add_parser(
         "kill",
         help="kill switches: stop a bad push everywhere within a second",
         description="Kill switches through a gateway's admin API (any replica: they share the store).",
     )
-    kill.add_argument(
-        "--admin-url",
-        default=os.environ.get("HERALD_ADMIN_URL", DEFAULT_ADMIN),
-        help=f"a gateway's admin address (env HERALD_ADMIN_URL; default {DEFAULT_ADMIN})",
-    )
-    kill.add_argument(
-        "--admin-token",
-        default=os.environ.get("HERALD_ADMIN_TOKEN", ""),
-        help="the gateway's admin token (env HERALD_ADMIN_TOKEN; prefer the variable: flags show in ps)",
-    )
-    kill.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _add_options(kill, on_action=False)
     actions = kill.add_subparsers(dest="kill_command", metavar="ACTION", required=True)
     put = actions.add_parser("set", help="set a switch")
     put.add_argument("--scope", required=True, choices=["global", "category", "channel", "bu", "scenario", "campaign"])
@@ -39,12 +50,14 @@ def add_parser(commands: Any) -> None:
     put.add_argument("--actor", required=True, help="who sets it")
     put.add_argument("--for", dest="expires_in", default="", help="expire after this long, e.g. 30m, 2h")
     clear = actions.add_parser("clear", help="clear a switch (what it kept and is still in time is sent)")
-    clear.add_argument("switch_id")
+    clear.add_argument("switch_id", help="the switch's id, as `herald kill list` shows it")
     clear.add_argument("--actor", required=True, help="who clears it")
     clear.add_argument("--note", default="", help="why")
-    actions.add_parser("list", help="the active switches")
+    listing = actions.add_parser("list", help="the active switches")
     history = actions.add_parser("history", help="every change, most recent first")
-    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--limit", type=int, default=50, help="at most this many changes (default 50)")
+    for action in (put, clear, listing, history):
+        _add_options(action, on_action=True)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.cli import campaign, kill
 from gateway.cli import users as users_cli
-from gateway.config import ENV, Settings, from_env
+from gateway.config import API_ONLY, ENV, from_env, shown_default
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -59,16 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run delivery only (no API), from the shared Redis queue",
         description="Take deliveries from the Redis delivery stream and send them, without serving the API, "
         "so that delivery scales apart from it. Needs --redis-url. Admin HTTP (/metrics, /healthz, /readyz) "
-        "as for serve.",
+        "as for serve. The API's settings (gRPC address, credentials, calls in flight) are serve's only.",
     )
-    defaults = Settings()
     for command in (serve, worker):
         for name, (env_name, text) in ENV.items():
+            if command is worker and name in API_ONLY:
+                continue
             command.add_argument(
                 f"--{name.replace('_', '-')}",
                 dest=name,
                 default=None,
-                help=f"{text} (env {env_name}; default {getattr(defaults, name) or 'none'})",
+                help=f"{text} (env {env_name}; default {shown_default(name)})",
             )
 
     policy = commands.add_parser("policy", help="policy files").add_subparsers(
@@ -80,7 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a folder of policy files as the gateway would load it. Prints every "
         "problem as FILE: PATH: PROBLEM and exits 1, or prints the version and exits 0.",
     )
-    check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    check.add_argument(
+        "directory", type=Path, nargs="?", default=Path("policies"), help="the policy folder (default: policies)"
+    )
+    schema = policy.add_parser(
+        "schema",
+        help="print or write the JSON Schema of a policy file (editor completion and checks)",
+        description="Print the JSON Schema of one policy file, generated from the gateway's own model, or "
+        "write it to --out. Point an editor at it with a first line "
+        "'# yaml-language-server: $schema=<path to the schema>' in a policy file, as the samples in "
+        "policies/ do. It checks each file's keys and values; what spans files only `herald policy check` can.",
+    )
+    schema.add_argument("--out", type=Path, help="write the schema to this file instead of printing it")
     simulate = policy.add_parser(
         "simulate",
         help="replay timestamped traffic against one or two policy sets and count the outcomes",
@@ -116,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(send)
 
     status = commands.add_parser("status", help="show a message's decision and timeline (GetMessage)")
-    status.add_argument("message_id")
+    status.add_argument("message_id", help="the message id Push answered with (m_...)")
     _add_client_options(status)
 
     info = commands.add_parser("info", help="show the serving policy version and your scenarios")
@@ -131,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream a CSV or JSON Lines file into the gateway (ProfileService.UpsertUsers). "
         "See docs/users-import.md for the columns.",
     )
-    imp.add_argument("file", type=Path)
+    imp.add_argument("file", type=Path, help="a .csv or .jsonl file of profiles")
     imp.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file name")
     imp.add_argument("--batch", type=int, default=500, help="users per call (1-1000, default 500)")
     imp.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
@@ -144,8 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="business-unit API keys").add_subparsers(
         dest="keys_command", metavar="ACTION", required=True
     )
-    new = keys.add_parser("new", help="make a new API key and print its credentials entry")
-    new.add_argument("bu", help="business unit name")
+    new = keys.add_parser(
+        "new",
+        help="make a new API key and print its credentials entry",
+        description="Make an API key for a business unit the policy defines, print it once, and print the "
+        "entry for the credentials file (its SHA-256 hash: the key itself is kept nowhere).",
+    )
+    new.add_argument("bu", help="business unit name, as the policy's business_units define it")
+    new.add_argument(
+        "--policy-dir",
+        type=Path,
+        default=Path(os.environ.get("HERALD_POLICY_DIR") or "policies"),
+        help="the policy folder whose business units are checked (env HERALD_POLICY_DIR; default policies)",
+    )
+    new.add_argument("--label", help="the entry's label (default: created by herald keys new on <date>)")
     kill.add_parser(commands)
     campaign.add_parser(commands, _add_client_options)
     return parser
@@ -164,7 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.cli.serve import run
 
         try:
-            settings = from_env(**{name: getattr(args, name) for name in ENV})
+            settings = from_env(**{name: getattr(args, name, None) for name in ENV})
         except ValueError as exc:
             print(f"herald: {exc}", file=sys.stderr)
             return 2
@@ -180,6 +204,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.cli.policy import check
 
         return check(args.directory)
+    if args.command == "policy" and args.policy_command == "schema":
+        from gateway.cli.policy import schema
+
+        return schema(args.out)
     if args.command == "policy" and args.policy_command == "simulate":
         from gateway.cli.policy import run_simulation
 
@@ -270,12 +298,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             users_import.write_rejects(summary, args.rejects)
         return 0 if summary.rejected_count == 0 else 1
     if args.command == "keys":
-        from gateway.api.auth import hash_key, new_key
+        from gateway.cli import keys
 
-        key = new_key(args.bu)
-        print(f"# API key for '{args.bu}' (give it to the unit; it is not stored anywhere):\n#   {key}")
-        print(f"  - bu: {args.bu}\n    sha256: {hash_key(key)}\n    label: created by herald keys new")
-        return 0
+        return keys.new(args.bu, args.policy_dir, args.label)
     if args.command == "campaign":
         return campaign.run(args)
     if args.command == "kill":

@@ -1,4 +1,4 @@
-"""``herald policy check DIR``: for product teams' CI."""
+"""``herald policy check DIR``: for product teams' CI; ``herald policy schema``: for their editors."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ def check(directory: Path) -> int:
         f"ok: policy {policy.version}: {len(policy.files)} files, {len(policy.business_units)} business units, "
         f"{len(policy.scenarios)} scenarios, {len(policy.audiences)} audiences"
     )
+    return 0
+
+
+def schema(out: Path | None) -> int:
+    from gateway.policy.schema import json_schema_text
+
+    text = json_schema_text()
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"herald: cannot write {out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import signal
 import sys
@@ -62,7 +61,7 @@ def run(settings: Settings, api: bool = True, argv: list[str] | None = None) -> 
     place = processes.child_index()
     if place is not None:  # one of the processes of `serve --processes N` (the same flags)
         data_dir = settings.data_dir / f"process-{place[0]}"  # its own spool and outbox
-        settings = dataclasses.replace(settings, processes=1, reuse_port=True, data_dir=data_dir)
+        settings = settings.replace(processes=1, reuse_port=True, data_dir=data_dir)
         bind_process(process=place[0])
     why = processes.problem(settings)
     if why is not None:

@@ -28,6 +28,7 @@ from gateway.core.killswitch import blocking_switch
 from gateway.core.profile_rules import compute_tier, opted_out
 from gateway.core.route import Skip, route
 from gateway.core.times import open_windows, period_around, release_time, spread, zone
+from gateway.durations import format_duration
 from gateway.policy.model import Policy
 from gateway.values.campaigns import HOLDOUT
 from gateway.values.claims import Claim
@@ -310,9 +311,9 @@ def decide_arrival(claim: Claim, message_id: str, ctx: Context) -> Decision:
             return trace.done(
                 Outcome.SUPPRESSED,
                 Reason.DUPLICATE,
-                f"dedup_key '{claim.dedup_key[:64]}' of {claim.bu} was seen within {window}",
+                f"dedup_key '{claim.dedup_key[:64]}' of {claim.bu} was seen within {format_duration(window)}",
             )
-        trace.add("dedup", claim.dedup_key[:64], str(window))
+        trace.add("dedup", claim.dedup_key[:64], format_duration(window))
         marks.append(MarkDedup(claim.bu, claim.dedup_key, window))
     if claim.not_before is not None and claim.not_before > ctx.now:
         return trace.done(

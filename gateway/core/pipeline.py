@@ -30,6 +30,7 @@ from gateway.core.keyed_lock import KeyedLock
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.validate import validate_push
 from gateway.delivery.spool import Spool
+from gateway.durations import format_duration
 from gateway.errors import AlreadyExists, HeraldError, NotFound, ResourceExhausted, StoreUnavailable, Unavailable
 from gateway.ids import new_message_id
 from gateway.killswitches import KillSwitches
@@ -191,7 +192,7 @@ class PushPipeline:
         ):
             raise ResourceExhausted(
                 f"business unit '{bu}' is over its rate limit of {limit.requests} requests per "
-                f"{limit.per.total_seconds():g}s; slow down (or spread the batch)"
+                f"{format_duration(limit.per)}; slow down (or spread the batch)"
             )
         now = self._clock.now()
         results: list[PushAnswer | HeraldError | None] = [None] * len(requests)

@@ -133,15 +133,18 @@ def _check_content(request: PushInput, free_text: bool, category: Category, poli
     if content.url:
         check_url("content.url", content.url)
     if category is not Category.MARKETING:
-        for field, text in (("content.title", content.title), ("content.body", content.body)):
-            found = policy.content_guard.find(text)
-            if found:
-                quoted = ", ".join(f"'{w}'" for w in found)
-                raise InvalidArgument(
-                    field,
-                    f"reads as marketing ({quoted}); {category} messages may not carry promotions. "
-                    "Send it through a marketing scenario instead",
-                )
+        # Every field's words, so that one fix is enough: not the title's, then the body's.
+        hits = [
+            (field, ", ".join(f"'{word}'" for word in found))
+            for field, text in (("content.title", content.title), ("content.body", content.body))
+            if (found := policy.content_guard.find(text))
+        ]
+        if hits:
+            why = f"{category} messages may not carry promotions. Send it through a marketing scenario instead"
+            if len(hits) == 1:
+                raise InvalidArgument(hits[0][0], f"reads as marketing ({hits[0][1]}); {why}")
+            said = "; ".join(f"{field}: {quoted}" for field, quoted in hits)
+            raise InvalidArgument("content", f"reads as marketing ({said}); {why}")
     return content
 
 

@@ -29,6 +29,7 @@ from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
 from gateway.links import LinkMaker
 from gateway.logs import get_logger
+from gateway.loops import StepFailures
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store.base import Lease, Queue, Settlement, Store, Then, UserRead, UserView
@@ -273,6 +274,7 @@ class Dispatcher:
         ``interval``."""
         seen = self._switches.generation
         last_full = time.monotonic()
+        failures = StepFailures("aside")
         while not stopping.is_set():
             everything = self._switches.generation != seen or time.monotonic() - last_full > full_every
             try:
@@ -281,6 +283,8 @@ class Dispatcher:
                 if everything:
                     seen, last_full = self._switches.generation, time.monotonic()
             except HeraldError as exc:
-                log.warning("loop_step_failed", loop="aside", error=exc.message)
+                failures.failed(exc.message)
+            else:
+                failures.succeeded()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), interval)

@@ -8,6 +8,7 @@ changes, a reload builds a new one.
 
 from __future__ import annotations
 
+import json
 import re
 import zoneinfo
 from datetime import time, timedelta
@@ -19,9 +20,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from gateway.core.audience import parse_syntax
 from gateway.durations import parse_duration
@@ -56,8 +61,23 @@ def _time_of_day(value: Any) -> time:
     return time(hours, minutes)
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
-TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
+# What the files write, for the JSON Schema editors check them with (``json_schema``):
+# the validators above take these strings, not the ISO forms pydantic would describe.
+DURATION_PATTERN = r"^\s*[0-9]+\s*[smhdw]\s*$"
+TIME_PATTERN = r"^[0-9]{2}:[0-9]{2}$"
+_DURATION_SCHEMA: JsonSchemaValue = {
+    "type": "string",
+    "pattern": DURATION_PATTERN,
+    "description": "a number and a unit (s, m, h, d, w), e.g. 90s, 5m, 24h, 7d",
+}
+_TIME_SCHEMA: JsonSchemaValue = {
+    "type": "string",
+    "pattern": TIME_PATTERN,
+    "description": 'a time of day, quoted: "07:30"',
+}
+
+Duration = Annotated[timedelta, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
+TimeOfDay = Annotated[time, BeforeValidator(_time_of_day), WithJsonSchema(_TIME_SCHEMA)]
 
 
 class Strict(BaseModel):
@@ -88,6 +108,14 @@ class TimeWindow(Strict):
 
     def __str__(self) -> str:
         return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {
+            "type": "string",
+            "pattern": r"^\s*[0-9]{2}:[0-9]{2}\s*-\s*[0-9]{2}:[0-9]{2}\s*$",
+            "description": 'a daily period in local time, "07:30-09:30"; may wrap past midnight',
+        }
 
 
 def _check_timezone(value: str) -> str:
@@ -288,6 +316,13 @@ class CapWindow(Strict):
         assert self.rolling is not None
         return format_duration(self.rolling)
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {
+            "anyOf": [{"enum": list(CALENDAR_WINDOWS)}, {"type": "string", "pattern": DURATION_PATTERN}],
+            "description": "a calendar window (day, week, month in the user's time zone) or a rolling one (24h, 7d)",
+        }
+
 
 class CapRule(Strict):
     name: str | None = None
@@ -423,3 +458,23 @@ class PolicyFile(Strict):
             if not NAME_RE.match(name):
                 raise ValueError(f"name '{name}' must be lowercase letters and digits, joined by . _ or -")
         return value
+
+
+# The JSON Schema of a policy file, committed beside the sample policies so that editors
+# (the YAML language server) complete and check keys as one types: each sample file's
+# first line points to it. tests/policy/test_json_schema.py fails when it drifts.
+SCHEMA_FILE = "herald-policy.schema.json"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of one policy file, generated from ``PolicyFile``. It checks the
+    shape of each file (keys, types, formats); what spans files (a scenario's business
+    unit, a tier's name) only ``herald policy check`` can."""
+    schema = PolicyFile.model_json_schema(mode="validation")
+    return {"$schema": JSON_SCHEMA_DIALECT, **schema, "title": "Herald policy file"}
+
+
+def json_schema_text() -> str:
+    """``json_schema()`` as the committed file holds it (stable key order, a final newline)."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"

@@ -4,7 +4,6 @@ and scheduled deliveries in one process."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ TOKEN = "admin-token-for-tests"
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[Api, FixedClock]]:
     clock = FixedClock(local(10))
-    gateway = Gateway(replace(settings_for(tmp_path), admin_token=TOKEN), metrics=fresh_metrics(), clock=clock)
+    gateway = Gateway(settings_for(tmp_path).replace(admin_token=TOKEN), metrics=fresh_metrics(), clock=clock)
     await gateway.start()
     client = await open_api(gateway)
     try:

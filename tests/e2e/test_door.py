@@ -9,7 +9,6 @@ import grpc
 import pytest
 
 from gateway.app import Gateway
-from gateway.config import Settings
 from gateway.metrics import fresh_metrics
 from herald.v1 import profile_pb2, push_pb2, types_pb2
 from tests.e2e.conftest import auth, open_api, settings_for
@@ -17,7 +16,7 @@ from tests.e2e.test_push import shipped
 
 
 async def test_calls_beyond_the_limit_are_refused_at_once_with_a_hint(tmp_path: Path, clean_redis: str) -> None:
-    settings = Settings(**{**settings_for(tmp_path, clean_redis).__dict__, "max_in_flight": 1})
+    settings = settings_for(tmp_path, clean_redis).replace(max_in_flight=1)
     gateway = Gateway(settings, metrics=fresh_metrics())
     await gateway.start()
     api = await open_api(gateway)

@@ -23,7 +23,7 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,7 @@ async def edge_gateway(tmp_path: Path, fake: Fakes, redis_url: str = "", **envir
     data = yaml.safe_load(path.read_text())
     data["providers"]["aliyun_sms"]["receipt_token_env"] = "HERALD_ALIYUN_RECEIPT_TOKEN"
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    settings_ = replace(settings_for(tmp_path, redis_url, policy_dir), admin_token=ADMIN_TOKEN)
+    settings_ = settings_for(tmp_path, redis_url, policy_dir).replace(admin_token=ADMIN_TOKEN)
     env = {**fake.environ(), "HERALD_ALIYUN_RECEIPT_TOKEN": SMS_TOKEN, **environ}
     gateway = Gateway(settings_, metrics=fresh_metrics(), environ=env)
     await gateway.start()

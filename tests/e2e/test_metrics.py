@@ -3,7 +3,6 @@ implies (scraped over HTTP and parsed as Prometheus would)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -27,7 +26,7 @@ def order(n: int) -> dict[str, str]:
 
 async def test_counters_match_the_traffic(tmp_path: Path) -> None:
     async with fakes() as fake:
-        settings = replace(settings_for(tmp_path, policy_dir=policies_for(tmp_path, fake)), admin_token=ADMIN)
+        settings = settings_for(tmp_path, policy_dir=policies_for(tmp_path, fake)).replace(admin_token=ADMIN)
         gateway = Gateway(settings, metrics=fresh_metrics(), environ=fake.environ())
         await gateway.start()
         api = await open_api(gateway)

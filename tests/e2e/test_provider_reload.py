@@ -124,7 +124,7 @@ async def test_webhook_settings_follow_a_reload(tmp_path: Path, fake: Fakes) -> 
 
 def without_sandbox(tmp_path: Path, policy_dir: Path) -> Settings:
     settings = settings_for(tmp_path, "", policy_dir)
-    return Settings(**{**settings.__dict__, "sandbox": False})
+    return settings.replace(sandbox=False)
 
 
 async def test_without_the_sandbox_missing_credentials_refuse_start_and_reload(tmp_path: Path, fake: Fakes) -> None:

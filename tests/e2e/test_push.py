@@ -182,6 +182,13 @@ FREE_TEXT = [
         "content.title: reads as marketing ('sale')",
     ),
     (
+        "guard in every field",
+        "account.security",
+        {"event": "login", "device": "web"},
+        push_pb2.Content(title="Big SALE today", body="限时秒杀，快来抢购"),
+        "content: reads as marketing (content.title: 'sale'; content.body: '限时', '秒杀', '抢购'); basic messages",
+    ),
+    (
         "bad url",
         "account.security",
         {"event": "login", "device": "web"},

@@ -69,7 +69,7 @@ async def test_rate_limit_is_resource_exhausted(tmp_path: Path) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await api.push.Push(shipped("r-3"), metadata=auth("order"))
         assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "over its rate limit of 3 requests per 60s" in (info.value.details() or "")
+        assert "over its rate limit of 3 requests per 1m" in (info.value.details() or "")
         refused = gateway.metrics.registry.get_sample_value(
             "herald_requests_refused_total", {"method": "Push", "code": "RESOURCE_EXHAUSTED"}
         )

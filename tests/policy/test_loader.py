@@ -183,7 +183,7 @@ CASES = [
         "business_units.yaml",
         "    weight: 40\n",
         "    weight: 40\n    weight: 41\n",
-        "business_units.yaml: line 24, column 5: not valid YAML: key 'weight' is written twice",
+        "business_units.yaml: line 25, column 5: not valid YAML: key 'weight' is written twice",
     ),
     (
         "invalid YAML",

@@ -192,6 +192,8 @@ def test_dedup() -> None:
         claim("price.drop", dedup_key="item-9"), "m_2", ctx(local(10), state=apply(UserState(), decision, local(10)))
     )
     assert (again.outcome, again.reason) == (Outcome.SUPPRESSED, Reason.DUPLICATE)
+    # the window as policy files write it, not timedelta's "1 day, 0:00:00"
+    assert again.detail == "dedup_key 'item-9' of growth was seen within 24h"
 
 
 def test_basic_ignores_quiet_hours_and_caps_but_not_the_safety_cap() -> None:

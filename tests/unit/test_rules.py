@@ -79,7 +79,17 @@ def test_cs_channel_needs_an_open_window() -> None:
 def test_durations() -> None:
     assert parse_duration("90s") == timedelta(seconds=90)
     assert parse_duration("7d") == timedelta(days=7)
-    assert format_duration(timedelta(hours=24)) == "1d"
+    # as policy files write them, never str(timedelta)'s "1 day, 0:00:00"
+    assert format_duration(timedelta(hours=24)) == "24h"
+    assert [format_duration(parse_duration(t)) for t in ("90s", "5m", "60m", "48h", "7d", "14d", "400d")] == [
+        "90s",
+        "5m",
+        "1h",
+        "2d",
+        "1w",
+        "2w",
+        "400d",
+    ]
     with pytest.raises(ValueError, match="unknown unit 'dya'"):
         parse_duration("1dya")
     with pytest.raises(ValueError, match="is zero"):

@@ -20,6 +20,7 @@ import msgspec
 
 from gateway.errors import FailedPrecondition
 from gateway.logs import get_logger
+from gateway.loops import StepFailures
 from gateway.store import codec, keys
 from gateway.store.base import (
     Change,
@@ -512,17 +513,20 @@ class RedisStore:
 
     async def watch_kill_switches(self, on_change: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
         """Call ``on_change`` whenever any replica changes a switch (pub/sub). Polling
-        stays as the fallback: a lost connection only makes this wait and retry."""
+        stays as the fallback: a lost connection only makes this wait and retry (logged
+        once, then at a bounded rate, while Redis is away)."""
+        failures = StepFailures("kill-switch-feed", event="kill_switch_feed_lost", detail="polling continues")
         while not stopping.is_set():
             pubsub = self._pubsub()
             try:
                 await pubsub.subscribe(keys.KILL_CHANGED)
+                failures.succeeded()
                 while not stopping.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is not None:
                         await on_change()
             except Exception as exc:  # a cluster client in failover raises more than RedisError
-                log.warning("kill_switch_feed_lost", error=type(exc).__name__, detail="polling continues")
+                failures.failed(type(exc).__name__)
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
