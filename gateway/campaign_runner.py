@@ -8,6 +8,13 @@ any instant is scanned again: its users' claims carry the request id
 ``cmp:<campaign>:<user hash>``, so each user gets one decision whatever happens, and
 the counters were not saved, so they count once too.
 
+A scan decides no faster than the campaigns' messages go out: while more than
+``MAX_BACKLOG`` marketing deliveries are queued or in flight, it waits (keeping its
+lease) before its next chunk. Users decided far ahead of delivery would only wait in
+the queue on decisions growing stale, out of reach of a pause or a cancel, while the
+decisions took the process's time from everything else it does (an order notice's
+Push, its delivery).
+
 An audience that requires one of a few tags is read from those tags' indexes only
 (one step of the scan a tag: a user carrying two of them is decided under the first);
 otherwise every user of the shard is read. An index entry whose user lost the tag or
@@ -17,9 +24,10 @@ is gone is taken out as it is met.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import msgspec
@@ -45,6 +53,8 @@ CHUNK = 500
 # A chunk that fails this many times in a row (not for an unreachable store) is
 # skipped, its users counted as errors: one poisoned user must not stop a campaign.
 MAX_CHUNK_FAILURES = 5
+# Marketing deliveries queued or in flight (every process's) above which the scans wait.
+MAX_BACKLOG = 10 * CHUNK
 
 
 def _step(cursor: str) -> tuple[int, str]:
@@ -65,6 +75,8 @@ class CampaignRunner:
         interval: float = 0.5,
         chunk: int = CHUNK,
         concurrency: int = 2,
+        backlog: Callable[[], Awaitable[int]] | None = None,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
@@ -75,6 +87,8 @@ class CampaignRunner:
         self._interval = interval
         self._chunk_size = chunk
         self._concurrency = concurrency
+        self._backlog = backlog
+        self._max_backlog = max_backlog
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{random.getrandbits(32):08x}"
         self._busy: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,6 +158,12 @@ class CampaignRunner:
                 if current is None or current.state is not CampaignState.RUNNING:
                     log.info("campaign_scan_stopped", campaign_id=cid, shard=progress.shard)
                     return
+                if await self._backed_up():
+                    if not await self._renew(cid, progress):
+                        raise _LeaseLost
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self._interval)
+                    continue
                 progress = await self._chunk(current, audience, steps, progress)
                 failures = 0
             except _LeaseLost:
@@ -160,6 +180,10 @@ class CampaignRunner:
                         return
                 except HeraldError:
                     continue
+
+    async def _backed_up(self) -> bool:
+        """More marketing deliveries wait than the next chunk should join."""
+        return self._backlog is not None and await self._backlog() > self._max_backlog
 
     async def _renew(self, campaign_id: str, progress: ShardProgress) -> bool:
         return await self._store.save_campaign_shard(campaign_id, self.owner, progress, LEASE, self._clock.now())
