@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
@@ -53,8 +54,11 @@ CHUNK = 500
 # A chunk that fails this many times in a row (not for an unreachable store) is
 # skipped, its users counted as errors: one poisoned user must not stop a campaign.
 MAX_CHUNK_FAILURES = 5
-# Marketing deliveries queued or in flight (every process's) above which the scans wait.
-MAX_BACKLOG = 10 * CHUNK
+# Marketing deliveries queued or in flight (every process's) above which the scans wait,
+# and how often a waiting scan looks again: often enough that the deliveries never run
+# dry (5,000 last half a second at 10,000 sends a second).
+MAX_BACKLOG = 5_000
+BACKLOG_POLL = 0.1
 
 
 def _step(cursor: str) -> tuple[int, str]:
@@ -77,6 +81,7 @@ class CampaignRunner:
         concurrency: int = 2,
         backlog: Callable[[], Awaitable[int]] | None = None,
         max_backlog: int = MAX_BACKLOG,
+        backlog_poll: float = BACKLOG_POLL,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
@@ -89,6 +94,7 @@ class CampaignRunner:
         self._concurrency = concurrency
         self._backlog = backlog
         self._max_backlog = max_backlog
+        self._backlog_poll = backlog_poll
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{random.getrandbits(32):08x}"
         self._busy: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -152,6 +158,7 @@ class CampaignRunner:
         plan = audience.index_tags()
         steps: Sequence[str | None] = plan if plan else (None,)
         failures = 0
+        renewed = time.monotonic()  # the lease was taken or saved (every chunk saves it)
         while not progress.done and not self._stopping.is_set():
             try:
                 [current] = await self._store.get_campaigns([cid])
@@ -159,12 +166,15 @@ class CampaignRunner:
                     log.info("campaign_scan_stopped", campaign_id=cid, shard=progress.shard)
                     return
                 if await self._backed_up():
-                    if not await self._renew(cid, progress):
-                        raise _LeaseLost
+                    if time.monotonic() - renewed > LEASE.total_seconds() / 3:
+                        if not await self._renew(cid, progress):
+                            raise _LeaseLost
+                        renewed = time.monotonic()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), self._interval)
+                        await asyncio.wait_for(self._stopping.wait(), self._backlog_poll)
                     continue
                 progress = await self._chunk(current, audience, steps, progress)
+                renewed = time.monotonic()
                 failures = 0
             except _LeaseLost:
                 log.warning("campaign_lease_lost", campaign_id=cid, shard=progress.shard)

@@ -201,7 +201,7 @@ async def test_a_scan_waits_while_the_marketing_backlog_is_full(campaigns: Campa
     async def queued() -> int:
         return backlog[0]
 
-    runner._backlog, runner._interval = queued, 0.01
+    runner._backlog = queued
     await campaigns.create("d11-backlog", "tags any [vip]")
     await campaigns.action("start", "d11-backlog")
     await runner.tick()
