@@ -50,7 +50,10 @@ from gateway.values.profiles import UserProfile
 
 log = get_logger(__name__)
 LEASE = timedelta(seconds=30)
-CHUNK = 500
+# Users read and decided at a time. A chunk is decided in one stretch of the event loop
+# (about 0.15 ms a user, during which nothing else in the process runs): a small one
+# keeps an order notice's Push or delivery from waiting long behind it.
+CHUNK = 100
 # A chunk that fails this many times in a row (not for an unreachable store) is
 # skipped, its users counted as errors: one poisoned user must not stop a campaign.
 MAX_CHUNK_FAILURES = 5
