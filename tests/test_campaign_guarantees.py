@@ -1,4 +1,5 @@
-"""The campaign guarantees, broken on purpose (docs/guarantees.md, "Campaigns").
+"""The campaign guarantees, broken on purpose (docs/guarantees.md, "A campaign killed
+mid-run decides each user once" and "Priority lanes").
 
 Real `herald serve` / `herald worker` processes on a real Redis, users written
 straight into the store, and a campaign whose claims are accepted at once (a policy
