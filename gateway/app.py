@@ -49,6 +49,7 @@ from gateway.store.memory import MemoryQueue, MemoryStore
 from gateway.store.redis import RedisQueue, RedisStore
 from gateway.store.redis.connection import Wait
 from gateway.unsubscribe import Unsubscribe, UnsubscribeTokens
+from gateway.values.domain import Category
 from gateway.values.jobs import Job
 from gateway.webhooks import Webhooks
 from herald.v1 import campaign_pb2, campaign_pb2_grpc, profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc
@@ -144,7 +145,13 @@ class Gateway:
         self.scheduler = Scheduler(self.store, self.pipeline, self.clock, self.metrics)
         self.campaigns = Campaigns(self.store, self.policies, self.clock)
         self.campaign_runner = CampaignRunner(
-            self.store, self.pipeline, self.campaigns, self.policies, self.clock, self.metrics
+            self.store,
+            self.pipeline,
+            self.campaigns,
+            self.policies,
+            self.clock,
+            self.metrics,
+            backlog=self._marketing_backlog,
         )
         self.admission = Admission(settings.max_in_flight, self.metrics)
         self.health = health.aio.HealthServicer()
@@ -225,6 +232,11 @@ class Gateway:
             self.credentials = self._load_credentials()
         except PolicyError as exc:
             log.error("credentials_reload_refused", problems=[str(p) for p in exc.problems])
+
+    async def _marketing_backlog(self) -> int:
+        """Marketing deliveries queued or in flight, every process's (the campaigns'
+        runner decides no faster than they go out)."""
+        return (await self.queue.depth())[Category.MARKETING]
 
     @property
     def sandbox(self) -> SandboxAdapter:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -82,15 +83,21 @@ class LaneSlots:
 # rate refills in LEASE_SECONDS (at least one), and spends them locally until they are
 # used or that time is up: one store call per lease, not per send, so a provider sent to
 # thousands of times a second is not one hot key. (Tokens not spent in time are lost:
-# the limit is never exceeded, a busy process may stay a little under it.)
+# the limit is never exceeded, a busy process may stay a little under it.) Sends that
+# find the lease empty wait in line by lane, like the slots: one refill at a time, its
+# tokens handed to the waiting basic sends first, then reminders, then marketing, so
+# that a campaign held back by the rate never holds back an order notice.
 LEASE_SECONDS = 0.05
 
+Refill = Callable[[], Awaitable[tuple[int, float]]]
 
-@dataclass
+
 class TokenLease:
-    left: int = 0
-    until: float = 0.0
-    refilling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    def __init__(self) -> None:
+        self.left = 0
+        self.until = 0.0
+        self._waiters: dict[Category, deque[asyncio.Future[None]]] = {lane: deque() for lane in ORDER}
+        self._refilling: asyncio.Task[None] | None = None
 
     def spend(self, now: float) -> bool:
         if self.left > 0 and now < self.until:
@@ -100,6 +107,54 @@ class TokenLease:
 
     def keep(self, tokens: int, now: float) -> None:
         self.left, self.until = tokens, now + LEASE_SECONDS
+
+    async def take(self, lane: Category, refill: Refill) -> bool:
+        """A token for a send of ``lane``: from the lease when nobody waits, else in
+        line (basic first). ``refill`` takes the next lease from the store: (tokens
+        granted, seconds until one is there when none was). True when it waited. The
+        store's error, when it does not answer, reaches every send waiting."""
+        if not any(self._waiters.values()) and self.spend(time.monotonic()):
+            return False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[lane].append(future)
+        if self._refilling is None or self._refilling.done():
+            self._refilling = asyncio.create_task(self._refill(refill), name="provider-tokens")
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.left += 1  # handed a token as it was cancelled: the next one's
+            raise
+        return True
+
+    async def _refill(self, refill: Refill) -> None:
+        try:
+            while self._hand_out():
+                granted, wait = await refill()
+                if granted:
+                    self.keep(granted, time.monotonic())
+                else:
+                    await asyncio.sleep(wait)
+        except Exception as exc:
+            for queue in self._waiters.values():
+                while queue:
+                    future = queue.popleft()
+                    if not future.done():
+                        future.set_exception(exc)
+
+    def _hand_out(self) -> bool:
+        """Tokens of the lease to the sends waiting, basic first; True while some wait."""
+        now = time.monotonic()
+        for lane in ORDER:
+            queue = self._waiters[lane]
+            while queue:
+                if queue[0].done():  # cancelled meanwhile
+                    queue.popleft()
+                elif self.spend(now):
+                    queue.popleft().set_result(None)
+                else:
+                    return True
+        return False
 
 
 def lease_size(rate: float, burst: int) -> int:

@@ -39,7 +39,7 @@ from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store import keys
 from gateway.store.base import Lease, Settlement, Store, Then, UserView
-from gateway.values.domain import Channel, Outcome, PushProvider, Reason
+from gateway.values.domain import Category, Channel, Outcome, PushProvider, Reason
 from gateway.values.jobs import Job
 from gateway.values.profiles import UserProfile
 from gateway.values.records import Current, TimelineEntry
@@ -411,7 +411,7 @@ class Walk:
             async with lend():
                 result = await adapter.send(delivery)
         else:
-            await self._rate_limit(adapter.name, provider)
+            await self._rate_limit(adapter.name, provider, job.lane)
             async with provider.slots.hold(job.lane):
                 self._metrics.of(self._metrics.provider_wait_seconds, adapter.name).observe(time.monotonic() - started)
                 started = time.monotonic()
@@ -430,28 +430,21 @@ class Walk:
         )
         return result
 
-    async def _rate_limit(self, name: str, provider: ProviderState) -> None:
+    async def _rate_limit(self, name: str, provider: ProviderState, lane: Category) -> None:
         """A token of the provider's shared bucket, from this process's lease (see
-        ``providers.LEASE_SECONDS``); a new lease taken by one send at a time."""
-        if provider.rate is None:
+        ``providers.LEASE_SECONDS``), in line by lane when the lease is empty."""
+        rate = provider.rate
+        if rate is None:
             return
-        lease = provider.tokens
-        burst = provider.burst or max(1, int(provider.rate))
-        while True:
-            if lease.spend(time.monotonic()):
-                return
-            async with lease.refilling:
-                if lease.spend(time.monotonic()):  # another send took a lease meanwhile
-                    return
-                want = lease_size(provider.rate, burst)
-                granted, wait = await self._store.take_tokens(
-                    f"provider:{name}", provider.rate, burst, want, self._clock.now()
-                )
-                if granted:
-                    lease.keep(granted - 1, time.monotonic())
-                    return
+        burst = provider.burst or max(1, int(rate))
+
+        async def refill() -> tuple[int, float]:
+            return await self._store.take_tokens(
+                f"provider:{name}", rate, burst, lease_size(rate, burst), self._clock.now()
+            )
+
+        if await provider.tokens.take(lane, refill):
             self._metrics.rate_limit_waits.labels(name).inc()
-            await asyncio.sleep(wait)
 
     async def _learn(self, profile: UserProfile, fact: UserFact, channel: Channel, recipient: str) -> UserProfile:
         """Update the user from what a provider said (43004: no longer following...)."""

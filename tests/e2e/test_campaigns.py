@@ -192,6 +192,28 @@ async def test_pause_resume_cancel_and_the_states_they_need(campaigns: Campaigns
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_a_scan_waits_while_the_marketing_backlog_is_full(campaigns: Campaigns) -> None:
+    await add_users(campaigns.api, 50)
+    runner = campaigns.gateway.campaign_runner
+    assert await campaigns.gateway._marketing_backlog() == 0  # the queue's marketing lane
+    backlog = [runner._max_backlog + 1]
+
+    async def queued() -> int:
+        return backlog[0]
+
+    runner._backlog = queued
+    await campaigns.create("d11-backlog", "tags any [vip]")
+    await campaigns.action("start", "d11-backlog")
+    await runner.tick()
+    await asyncio.sleep(0.3)
+    waiting = await campaigns.get("d11-backlog")
+    assert waiting.progress.scanned == 0 and row(waiting, "").targeted == 0  # nothing decided meanwhile
+    assert runner._tasks  # the scans wait, their shards leased
+    backlog[0] = runner._max_backlog
+    done = await campaigns.finish("d11-backlog")
+    assert done.progress.matched == 10
+
+
 async def test_a_held_claim_of_a_cancelled_campaign_ends_cancelled(campaigns: Campaigns) -> None:
     await add_users(campaigns.api, 30)
     await campaigns.create("d11-held", "tags any [vip]")
