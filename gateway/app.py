@@ -131,6 +131,7 @@ class Gateway:
             self.metrics,
             in_flight=settings.delivery_workers,
             auto_stop=self.auto_stop,
+            lanes=settings.lanes,
         )
         self.pipeline = PushPipeline(
             self.store,
@@ -299,6 +300,7 @@ class Gateway:
         ]
         if self.api:
             self._tasks.append(asyncio.create_task(self.scheduler.run(self._stopping), name="scheduler"))
+        if self.settings.campaigns:
             self._tasks.append(asyncio.create_task(self.campaign_runner.run(self._stopping), name="campaigns"))
         if delivering:
             self._tasks.append(asyncio.create_task(self.dispatcher.watch_aside(self._stopping), name="aside"))

@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.values.domain import Category
+from gateway.values.jobs import LANES
 
 SAMPLE_CREDENTIALS = Path("config/credentials.sample.yaml")
 ENV_PREFIX = "HERALD_"
@@ -62,6 +65,12 @@ class Settings(BaseSettings):
     deliver: bool = Field(
         True, description="run delivery in this process (false: API only; run `herald worker` elsewhere)"
     )
+    deliver_lanes: str = Field(
+        "basic,reminder,marketing",
+        description="the delivery lanes this process takes (Redis only): e.g. basic,reminder on the gateways and "
+        "marketing on workers of their own, so a campaign's sends never share a process with order notices",
+    )
+    campaigns: bool = Field(True, description="scan running campaigns in this process (gateways and workers)")
     reclaim_seconds: float = Field(
         60.0, description="Redis: a delivery a worker has held this long without finishing is taken over by another"
     )
@@ -108,6 +117,31 @@ class Settings(BaseSettings):
     # Set by `serve --processes N` for its children (not a flag, not read from the
     # environment): share the listening ports with the sibling processes.
     reuse_port: bool = Field(False, exclude=True)
+
+    @field_validator("deliver_lanes")
+    @classmethod
+    def _known_lanes(cls, value: str) -> str:
+        names = [part.strip().lower() for part in value.split(",") if part.strip()]
+        known = [lane.value for lane in LANES]
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise ValueError(
+                f"lanes are a comma-separated list of {', '.join(known)}; not {', '.join(unknown) or 'none'}"
+            )
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _lanes_need_redis(self) -> Settings:
+        if len(self.deliver_lanes.split(",")) < len(LANES) and not self.redis_url:
+            raise ValueError(
+                "deliver_lanes: taking only some lanes needs Redis (HERALD_REDIS_URL): in memory, nobody else "
+                "would deliver the others"
+            )
+        return self
+
+    @property
+    def lanes(self) -> tuple[Category, ...]:
+        return tuple(Category(name) for name in self.deliver_lanes.split(","))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
 
@@ -58,8 +58,11 @@ class Dispatcher:
         metrics: Metrics,
         in_flight: int = 128,
         auto_stop: AutoStop | None = None,
+        lanes: Sequence[Category] = LANES,
     ) -> None:
         self.queue = queue
+        # The lanes this process delivers (Redis: others may be left to other workers).
+        self._lanes = tuple(lanes)
         self._store = store
         self._policies = policies
         self._switches = switches
@@ -89,7 +92,7 @@ class Dispatcher:
         self._runner = asyncio.create_task(self._run(), name="dispatcher")
 
     def _free(self) -> dict[Category, int]:
-        return {lane: self._limit - self._busy[lane] for lane in LANES if self._busy[lane] < self._limit}
+        return {lane: self._limit - self._busy[lane] for lane in self._lanes if self._busy[lane] < self._limit}
 
     async def _wait_for_room(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -105,7 +108,7 @@ class Dispatcher:
                 continue
             # A full lane gets room back when one of its deliveries ends: then look again
             # at once rather than block on the other lanes' queues meanwhile.
-            crowded = len(free) < len(LANES)
+            crowded = len(free) < len(self._lanes)
             try:
                 leases = await self.queue.take(free, 0.0 if crowded else 0.2)
                 views = await self._read_users(leases)

@@ -42,7 +42,7 @@ def test_a_word_that_is_not_a_boolean_is_an_error_not_false(raw: str) -> None:
 
 
 def test_all_booleans_are_covered() -> None:
-    assert set(BOOLEANS) == {"redis_cluster", "deliver", "sandbox"}
+    assert set(BOOLEANS) == {"redis_cluster", "deliver", "sandbox", "campaigns"}
 
 
 def test_flags_override_variables_override_defaults() -> None:
