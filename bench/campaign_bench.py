@@ -313,12 +313,20 @@ async def run_campaign(server: Server, args: argparse.Namespace, scanned_total: 
         began = time.perf_counter()
         await stub.StartCampaign(campaign_pb2.CampaignAction(campaign_id=campaign_id), metadata=MARKETING_KEY)
         shown = began
+
+        def line(p: Any) -> str:
+            return (
+                f"scanned {p.scanned:,} of {scanned_total:,}  decided {p.matched:,} "
+                f"({p.matched / (time.perf_counter() - began):,.0f}/s)  shards done {p.shards_done}/{p.shards}"
+            )
+
         while True:
             await asyncio.sleep(0.2)
             got = await stub.GetCampaign(get, metadata=MARKETING_KEY)
             now = time.perf_counter()
             if got.state == campaign_pb2.CAMPAIGN_STATE_COMPLETED:
                 run.campaign, run.observed_s = got, now - began
+                progress(f"  {now - began:6.1f} s  COMPLETED: {line(got.progress)}")
                 return
             if got.state != campaign_pb2.CAMPAIGN_STATE_RUNNING:
                 raise RuntimeError(f"the campaign is {campaign_pb2.CampaignState.Name(got.state)}, not running")
@@ -326,11 +334,7 @@ async def run_campaign(server: Server, args: argparse.Namespace, scanned_total: 
                 raise RuntimeError(f"the campaign did not complete within {args.timeout:.0f} s: {got.progress}")
             if now - shown >= args.progress_every:
                 shown = now
-                p = got.progress
-                progress(
-                    f"  {now - began:6.1f} s  scanned {p.scanned:,} of {scanned_total:,}  decided {p.matched:,} "
-                    f"({p.matched / (now - began):,.0f}/s)  shards done {p.shards_done}/{p.shards}"
-                )
+                progress(f"  {now - began:6.1f} s  {line(got.progress)}")
 
 
 @dataclass(frozen=True)
