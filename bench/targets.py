@@ -74,16 +74,22 @@ def echo_server(workdir: Path, redis_url: str) -> Iterator[Server]:
 
 @contextmanager
 def herald_server(
-    workdir: Path, redis_url: str, deliver: bool, processes: int | None, log_level: str, cluster: bool = False
+    workdir: Path,
+    redis_url: str,
+    deliver: bool,
+    processes: int | None,
+    log_level: str,
+    cluster: bool = False,
+    policies: Path | None = None,
 ) -> Iterator[Server]:
     """`herald serve` on the sample policies (rate limits lifted), its log in workdir.
     `processes`: passed as --processes when not None. `cluster`: `redis_url` is one node
-    of a Redis Cluster."""
+    of a Redis Cluster. `policies`: a policy folder of the caller's instead."""
     port, admin = free_port(), free_port()
     env = child_env(
         HERALD_LISTEN=f"127.0.0.1:{port}",
         HERALD_ADMIN_LISTEN=f"127.0.0.1:{admin}",
-        HERALD_POLICY_DIR=str(bench_policies(workdir / "policies")),
+        HERALD_POLICY_DIR=str(policies or bench_policies(workdir / "policies")),
         HERALD_DATA_DIR=str(workdir / "var"),
         HERALD_REDIS_URL=redis_url,
         HERALD_REDIS_CLUSTER="true" if cluster else "false",

@@ -40,7 +40,7 @@ from gateway.core.pipeline import PushPipeline
 from gateway.core.profile_rules import compute_tier
 from gateway.errors import HeraldError, StoreUnavailable, Unavailable
 from gateway.logs import get_logger
-from gateway.loops import every
+from gateway.loops import StepFailures
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store.base import Store
@@ -99,11 +99,19 @@ class CampaignRunner:
         self._backlog_poll = backlog_poll
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{random.getrandbits(32):08x}"
         self._busy: set[tuple[str, int]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._stopping = asyncio.Event()
+        self._freed = asyncio.Event()  # a scan finished its shard
+        self._ticking = asyncio.Lock()
 
     async def tick(self) -> None:
-        """Start a scan task for each shard of a running campaign nobody scans."""
+        """Start a scan task for each shard of a running campaign nobody scans. One tick
+        at a time: two at once could both lease a shard (the lease is this process's)
+        before either marks it busy, and scan it twice."""
+        async with self._ticking:
+            await self._tick()
+
+    async def _tick(self) -> None:
         now = self._clock.now()
         for campaign in await self._store.running_campaigns():
             if campaign.start_at is not None and campaign.start_at > now:
@@ -136,15 +144,35 @@ class CampaignRunner:
         task = asyncio.create_task(self._scan(campaign, progress), name=f"campaign:{key[0]}:{key[1]}")
         self._tasks.add(task)
 
-        def ended(_: asyncio.Task[None]) -> None:
+        def ended(_: asyncio.Task[bool]) -> None:
             self._tasks.discard(task)
             self._busy.discard(key)
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is not None:
+                log.error("campaign_scan_crashed", campaign_id=key[0], shard=key[1], error=repr(error))
+            elif task.result():
+                self._freed.set()  # the shard is done: the next tick need not wait
 
         task.add_done_callback(ended)
 
     async def run(self, stopping: asyncio.Event) -> None:
+        """Tick every ``interval``, and at once when a scan has finished its shard: its
+        slot goes to the next shard without waiting out the interval."""
         self._stopping = stopping
-        await every(self._interval, self.tick, stopping, "campaigns")
+        failures = StepFailures("campaigns")
+        while not stopping.is_set():
+            self._freed.clear()
+            try:
+                await self.tick()
+                failures.succeeded()
+            except HeraldError as exc:
+                failures.failed(exc.message)
+            waits = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(self._freed.wait())]
+            _, pending = await asyncio.wait(waits, timeout=self._interval, return_when=asyncio.FIRST_COMPLETED)
+            for wait in pending:
+                wait.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
 
@@ -154,14 +182,15 @@ class CampaignRunner:
             await asyncio.wait(set(self._tasks))
 
     # --- one shard ---------------------------------------------------------------------
-    async def _scan(self, campaign: Campaign, progress: ShardProgress) -> None:
+    async def _scan(self, campaign: Campaign, progress: ShardProgress) -> bool:
+        """Scan the shard chunk by chunk while the lease holds; whether it is done."""
         cid, scan = campaign.campaign_id, campaign.scan_id
         policy = self._policies.current
         try:
             audience = audience_of(campaign.audience, policy)
         except HeraldError as exc:
             log.error("campaign_audience_invalid", campaign_id=cid, error=exc.message)
-            return
+            return False
         plan = audience.index_tags()
         steps: Sequence[str | None] = plan if plan else (None,)
         failures = 0
@@ -171,7 +200,7 @@ class CampaignRunner:
                 [current] = await self._store.get_campaigns([cid])
                 if current is None or current.state is not CampaignState.RUNNING or current.scan_id != scan:
                     log.info("campaign_scan_stopped", campaign_id=cid, shard=progress.shard)
-                    return
+                    return False
                 if await self._backed_up():
                     if time.monotonic() - renewed > LEASE.total_seconds() / 3:
                         if not await self._renew(scan, progress):
@@ -185,18 +214,19 @@ class CampaignRunner:
                 failures = 0
             except _LeaseLost:
                 log.warning("campaign_lease_lost", campaign_id=cid, shard=progress.shard)
-                return
+                return False
             except HeraldError as exc:
                 failures += 1
                 log.warning("campaign_chunk_failed", campaign_id=cid, shard=progress.shard, error=exc.message)
                 if failures >= MAX_CHUNK_FAILURES:
-                    return  # the lease runs out; this or another process tries again
+                    return False  # the lease runs out; this or another process tries again
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))
                 try:
                     if not await self._renew(scan, progress):
-                        return
+                        return False
                 except HeraldError:
                     continue
+        return progress.done
 
     async def _backed_up(self) -> bool:
         """More marketing deliveries wait than the next chunk should join."""
