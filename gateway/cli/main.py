@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         description='Replay a JSON Lines file of timestamped requests ({"at", "bu", "request"}) and '
         'profiles ({"at", "user"}) against a policy set with the in-memory store and a simulated '
         "clock; print per business unit, category and outcome how many would be sent, still scheduled and "
-        "suppressed, and how many users received how many messages. With two --policies, the difference.",
+        "suppressed, how long after their request the sent ones went out, and how many users received how "
+        "many messages. With two --policies, side by side with the difference, and the time shifts: of the "
+        "messages both sent, how many the second policy sends later or earlier, and by how much.",
     )
     simulate.add_argument("--policies", type=Path, action="append", required=True, help="policy folder (once or twice)")
     simulate.add_argument("--traffic", type=Path, required=True, help="JSON Lines traffic file")
