@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.cli import campaign, kill
+from gateway.cli import campaign, kill, preview
 from gateway.cli import users as users_cli
 from gateway.config import API_ONLY, ENV, from_env, shown_default
 
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--label", help="the entry's label (default: created by herald keys new on <date>)")
     kill.add_parser(commands)
     campaign.add_parser(commands, _add_client_options)
+    preview.add_parser(commands)
     return parser
 
 
@@ -307,6 +308,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return campaign.run(args)
     if args.command == "kill":
         return kill.run(args)
+    if args.command == "preview":
+        return preview.run(args)
     raise AssertionError(args.command)
 
 
