@@ -4,6 +4,7 @@ the providers' checks, from the policy folder alone (no gateway, nothing sent)."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -35,10 +36,10 @@ def test_every_channel_rendered_in_the_users_locale(capsys: pytest.CaptureFixtur
     assert "locale en-GB: content locales.en" in out
     assert "APP_PUSH  via fcm  (locales.en content)\n  title  Your order is on its way\n  body   SF SF1" in out
     # No English WeChat template: the default one.
-    assert "WECHAT_TEMPLATE  via wechat  (default content)" in out and "fields.keyword1  O-1" in out
+    assert "WECHAT_TEMPLATE  via wechat  (default content)" in out and "fields.character_string1  O-1" in out
     assert "template_code    SMS_100012" in out
     assert "sign_name        示例商城" in out  # the provider's, since the block names none
-    assert out.rstrip().endswith("nothing sent: 0 error(s), 1 warning(s)")  # WeChat's dropped `first` field
+    assert out.rstrip().endswith("nothing sent: 0 error(s), 0 warning(s)")
 
 
 def test_json_has_each_channels_payload_and_findings(capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,19 +64,20 @@ def test_what_the_providers_would_refuse(capsys: pytest.CaptureFixture[str]) -> 
     )
     assert code == 1 and shown["errors"] == 3
     findings = {(c["channel"], f["where"]): f for c in shown["channels"] for f in c["findings"]}
-    assert findings["WECHAT_TEMPLATE", "fields.keyword2"]["text"] == (
-        "is 24 characters; WeChat takes at most 20 in a field (47003)"
+    assert findings["WECHAT_TEMPLATE", "fields.thing2"]["text"] == (
+        "is 24 characters; WeChat takes at most 20 in a thing field (47003)"
     )
-    assert findings["WECHAT_TEMPLATE", "fields.keyword3"]["level"] == "error"
+    assert findings["WECHAT_TEMPLATE", "fields.character_string3"]["text"] == (
+        "is 36 characters; WeChat takes at most 32 in a character_string field (47003)"
+    )
     assert findings["SMS", "params.tracking"]["text"].startswith("is 36 characters; Alibaba Cloud SMS takes at most 35")
-    assert findings["WECHAT_TEMPLATE", "fields.first"]["level"] == "warning"
 
 
 def test_what_push_would_refuse(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = preview(capsys, "-s", "order.shipped", "-p", "order_id=O-1")
     assert code == 1
     assert "error  params: Push would refuse the request: scenario 'order.shipped' needs carrier, tracking_no" in out
-    assert "fields.keyword2  (empty)" in out  # rendered all the same
+    assert re.search(r"^  fields\.thing2 +\(empty\)$", out, flags=re.M)  # rendered all the same
 
     code, out, _ = preview(capsys, "-s", "order.shipped", *SHIPPED, "--body", "hello")
     assert code == 1 and "content: Push would refuse the request: scenario 'order.shipped' takes no free text" in out
@@ -104,14 +106,14 @@ def test_guard_words_a_template_brings_into_a_basic_message(capsys: pytest.Captu
         capsys, "-s", "order.paid", "-p", "order_id=O-1", "-p", "amount=99", "--channel", "WECHAT_TEMPLATE",
         policies=policies,
     )  # fmt: skip
-    assert code == 0 and [f["where"] for f in shown["channels"][0]["findings"]] == ["fields.first", "fields.remark"]
-    path.write_text(path.read_text().replace('keyword2: "¥{amount}"', 'keyword2: "¥{amount} 优惠"'))
+    assert code == 0 and shown["channels"][0]["findings"] == []
+    path.write_text(path.read_text().replace('amount2: "¥{amount}"', 'amount2: "¥{amount} 优惠"'))
     code, shown = as_json(
         capsys, "-s", "order.paid", "-p", "order_id=O-1", "-p", "amount=99", "--channel", "WECHAT_TEMPLATE",
         policies=policies,
     )  # fmt: skip
     assert code == 0  # Push takes it: the warning is for the policy's author
-    found = [f for f in shown["channels"][0]["findings"] if f["where"] == "fields.keyword2"]
+    found = [f for f in shown["channels"][0]["findings"] if f["where"] == "fields.amount2"]
     assert found[0]["level"] == "warning" and found[0]["text"].startswith("reads as marketing ('优惠')")
     assert "WeChat blocks the template interface" in found[0]["text"]
 

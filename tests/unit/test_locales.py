@@ -43,6 +43,6 @@ def test_render_in_the_users_locale_with_the_default_block_where_the_locale_has_
     assert render(POLICY, "order.shipped", Channel.SMS, SHIPPED, None, "en")["template_code"] == "SMS_100012"
     # No English WeChat template: the default one, whole.
     template = render(POLICY, "order.shipped", Channel.WECHAT_TEMPLATE, SHIPPED, None, "en-GB")
-    assert template["template_id"] == "TPL_ORDER_SHIPPED_01" and template["fields"]["keyword1"] == "O-1"
+    assert template["template_id"] == "TPL_ORDER_SHIPPED_01" and template["fields"]["character_string1"] == "O-1"
     assert content_locale(POLICY, "order.shipped", "en-AU") == "en"
     assert content_locale(POLICY, "order.paid", "en-AU") is None  # a scenario without locales
