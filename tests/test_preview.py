@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from channels.checks import content_findings
 from gateway.cli.main import main
 from gateway.values.domain import Channel
-from tests.conftest import POLICIES
+from tests.conftest import POLICIES, ROOT
 
 SHIPPED = ["-p", "order_id=O-1", "-p", "carrier=SF", "-p", "tracking_no=SF1"]
 
@@ -163,3 +164,16 @@ def test_push_size() -> None:
     assert content_findings(Channel.APP_PUSH, {"title": "t", "body": "x" * 3990}) == []
     found = content_findings(Channel.APP_PUSH, {"title": "t", "body": "好" * 1400})  # 4,200 bytes
     assert [(f.level, f.where) for f in found] == [("error", "body")]
+
+
+def test_the_readme_shows_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's preview example and the output printed under it agree (but the
+    policy version, which any change of the sample changes)."""
+    readme = (ROOT / "README.md").read_text()
+    command, printed = re.search(
+        r"```sh\n\.venv/bin/herald preview (.*?)\n```\n.*?```\n(order\.shipped .*?)```", readme, flags=re.S
+    ).groups()  # type: ignore[union-attr]
+    code, out, _ = preview(capsys, *shlex.split(command))
+    assert code == 0
+    version = re.compile(r"policy [0-9a-f]{12}")
+    assert version.sub("policy V", out) == version.sub("policy V", printed)
