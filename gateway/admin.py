@@ -1,7 +1,8 @@
 """The admin HTTP API for kill switches (on the admin listener, loopback by default).
 
-Every call needs ``Authorization: Bearer <HERALD_ADMIN_TOKEN>``; with no token set the
-API is off and says so. A switch needs a scope, a reason and an actor; every change is
+Every call needs ``Authorization: Bearer <HERALD_ADMIN_TOKEN>``. ``herald serve`` started
+without one makes a local token (``gateway/admin_token.py``); a gateway built with no
+token at all (in code) has the API off and says so. A switch needs a scope, a reason and an actor; every change is
 in the audit list. Bad input is answered 400 with what is wrong, and records nothing:
 text fields are plain text (no control characters, line breaks or bidirectional
 controls), unknown fields are refused rather than ignored (a misspelt ``expires_in``

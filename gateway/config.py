@@ -86,7 +86,9 @@ class Settings(BaseSettings):
         description="key that signs unsubscribe links (32+ characters); empty: one kept in the shared store",
     )
     admin_token: SecretStr = Field(
-        SecretStr(""), description="token the admin API (kill switches) requires; empty: the API is off"
+        SecretStr(""),
+        description="token the admin API (kill switches) requires; empty: `herald serve` makes one, kept in "
+        "<data dir>/admin-token (mode 0600), which `herald kill` on this machine reads",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["json", "console"] = Field(

@@ -90,9 +90,15 @@ class Report:
     outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     per_user: Counter[str] = field(default_factory=Counter)
     users: set[str] = field(default_factory=set)
+    # (business unit, request_id) of each sent message -> (category, how long after its
+    # request it was delivered): what a change of quiet hours, send windows or caps moves.
+    sent: dict[tuple[str, str], tuple[str, timedelta]] = field(default_factory=dict)
 
     def histogram(self) -> Counter[int]:
         return Counter(self.per_user[u] for u in self.users)
+
+    def delays(self, category: str) -> list[timedelta]:
+        return sorted(delay for cat, delay in self.sent.values() if cat == category)
 
 
 async def simulate(policy_dir: Path, events: list[Event], horizon: timedelta = timedelta(days=3)) -> Report:
@@ -144,6 +150,11 @@ async def simulate(policy_dir: Path, events: list[Event], horizon: timedelta = t
         if record.status == "delivered":
             label = "sent"
             report.per_user[record.user_id] += 1
+            delivered = next((e.at for e in reversed(record.timeline) if e.kind == "delivered"), record.created_at)
+            report.sent[record.business_unit, record.request_id] = (
+                str(record.category),
+                delivered - record.created_at,
+            )
         elif record.status in ("scheduled", "queued"):
             label = "still scheduled"
         else:
@@ -158,26 +169,160 @@ def _rows(reports: list[Report]) -> Iterator[tuple[tuple[str, str, str], list[in
         yield key, [r.outcomes.get(key, 0) for r in reports]
 
 
+def table(header: list[str], rows: list[list[str]], left: int) -> list[str]:
+    """Columns as wide as their widest cell, header included (nothing cut): the first
+    ``left`` columns aligned left (names), the others right (figures)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
+
+
+# How long after its request a sent message went out.
+DELAY_BUCKETS: tuple[tuple[str, timedelta], ...] = (
+    ("at once (<1m)", timedelta(minutes=1)),
+    ("1m-1h", timedelta(hours=1)),
+    ("1h-4h", timedelta(hours=4)),
+    ("4h-12h", timedelta(hours=12)),
+    ("12h-24h", timedelta(hours=24)),
+    (">=24h", timedelta.max),
+)
+SAME_TIME = timedelta(minutes=1)  # moved by less than this: not moved
+
+
+def span(delta: timedelta, sign: bool = False) -> str:
+    """A duration short enough for a table: ``40s``, ``25m``, ``2h05m``, ``1d3h``."""
+    seconds = int(abs(delta).total_seconds())
+    prefix = ("-" if delta < timedelta(0) else "+") if sign else ""
+    if seconds < 60:
+        text = f"{seconds}s"
+    elif seconds < 3600:
+        text = f"{seconds // 60}m"
+    elif seconds < 86400:
+        hours, minutes = divmod(seconds // 60, 60)
+        text = f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+    else:
+        days, hours = divmod(seconds // 3600, 24)
+        text = f"{days}d{hours}h" if hours else f"{days}d"
+    return prefix + text
+
+
+def _median(values: list[timedelta]) -> timedelta:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def _bucket(delay: timedelta) -> str:
+    return next(name for name, below in DELAY_BUCKETS if delay < below)
+
+
+def _delay_rows(reports: list[Report]) -> list[list[str]]:
+    """Per category, how many sent messages went out how long after their request, and
+    the median and the longest delay."""
+    rows = []
+    categories = sorted({cat for r in reports for cat, _ in r.sent.values()})
+    for category in categories:
+        delays = [r.delays(category) for r in reports]
+        for name, _ in DELAY_BUCKETS:
+            counts = [sum(1 for d in ds if _bucket(d) == name) for ds in delays]
+            if any(counts):
+                row = [category, name, *(f"{c:,}" for c in counts)]
+                if len(counts) == 2:
+                    row.append(f"{counts[1] - counts[0]:+,}")
+                rows.append(row)
+        for name, pick in (("median", _median), ("longest", max)):
+            values = [pick(ds) if ds else None for ds in delays]
+            row = [category, name, *("-" if v is None else span(v) for v in values)]
+            if len(values) == 2:
+                first, second = values
+                row.append("-" if first is None or second is None else span(second - first, sign=True))
+            rows.append(row)
+    return rows
+
+
+def _shift_rows(before: Report, after: Report) -> list[list[str]]:
+    """Per category, the messages sent under both policies (matched by business unit and
+    request_id): how many went out at the same time, later or earlier under the second,
+    and by how much; and how many only one of them sent."""
+    rows = []
+    categories = sorted({cat for r in (before, after) for cat, _ in r.sent.values()})
+    for category in categories:
+        first = {key: delay for key, (cat, delay) in before.sent.items() if cat == category}
+        second = {key: delay for key, (cat, delay) in after.sent.items() if cat == category}
+        both = first.keys() & second.keys()
+        moves = [second[key] - first[key] for key in both]
+        later = [m for m in moves if m >= SAME_TIME]
+        earlier = [m for m in moves if m <= -SAME_TIME]
+        rows.append(
+            [
+                category,
+                f"{len(both):,}",
+                f"{len(both) - len(later) - len(earlier):,}",
+                f"{len(later):,}",
+                span(_median(later), sign=True) if later else "-",
+                span(max(later), sign=True) if later else "-",
+                f"{len(earlier):,}",
+                span(_median(earlier), sign=True) if earlier else "-",
+                span(min(earlier), sign=True) if earlier else "-",
+                f"{len(first.keys() - second.keys()):,}",
+                f"{len(second.keys() - first.keys()):,}",
+            ]
+        )
+    return rows
+
+
+SHIFT_HEADER = [
+    "category",
+    "sent by both",
+    "same time",
+    "later",
+    "median later",
+    "most later",
+    "earlier",
+    "median earlier",
+    "most earlier",
+    "no longer sent",
+    "newly sent",
+]
+
+
 def format_reports(reports: list[Report], names: Iterable[str]) -> str:
     names = list(names)
     out = []
     for report, name in zip(reports, names, strict=True):
         out.append(f"policy {report.version} ({name}): {report.requests} requests, {len(report.users)} users")
-    header = f"{'business unit':<14}{'category':<11}{'outcome':<32}" + "".join(f"{n[:12]:>14}" for n in names)
-    if len(reports) == 2:
-        header += f"{'difference':>12}"
-    out.append(header)
+    compare = ["difference"] if len(reports) == 2 else []
+    rows = []
     for (bu, category, label), counts in _rows(reports):
-        line = f"{bu:<14}{category:<11}{label:<32}" + "".join(f"{c:>14,}" for c in counts)
+        row = [bu, category, label, *(f"{c:,}" for c in counts)]
         if len(counts) == 2:
-            line += f"{counts[1] - counts[0]:>+12,}"
-        out.append(line)
+            row.append(f"{counts[1] - counts[0]:+,}")
+        rows.append(row)
+    out.extend(table(["business unit", "category", "outcome", *names, *compare], rows, left=3))
+    out.append("")
+    out.append("when the sent messages went out, after their request:")
+    out.extend(table(["category", "delay", *names, *compare], _delay_rows(reports), left=2))
+    if len(reports) == 2:
+        out.append("")
+        out.append(
+            f"time shifts, {names[0]} -> {names[1]} (the messages both sent, matched by business unit and "
+            f"request_id; moved less than {span(SAME_TIME)}: same time):"
+        )
+        out.extend(table(SHIFT_HEADER, _shift_rows(reports[0], reports[1]), left=1))
+    out.append("")
     out.append("messages received per user:")
     histograms = [r.histogram() for r in reports]
+    rows = []
     for bucket in sorted(set().union(*histograms)):
         counts = [h.get(bucket, 0) for h in histograms]
-        line = f"  {bucket:>3} message(s): " + "  ".join(f"{c:>8,} users" for c in counts)
+        row = [f"{bucket} message(s)", *(f"{c:,}" for c in counts)]
         if len(counts) == 2:
-            line += f"  ({counts[1] - counts[0]:+,})"
-        out.append(line)
+            row.append(f"{counts[1] - counts[0]:+,}")
+        rows.append(row)
+    out.extend(table(["received", *(f"users ({n})" for n in names), *compare], rows, left=1))
     return "\n".join(out)

@@ -95,7 +95,7 @@ def test_kill_list_without_json_prints_lines(
     admin: tuple[str, list[tuple[str, str]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, _ = admin
-    assert main(["kill", "list", "--admin-url", url]) == 0
+    assert main(["kill", "list", "--admin-url", url, "--admin-token", "t0k"]) == 0
     assert capsys.readouterr().out.startswith("ks_1  campaign=d11  by sre-li")
 
 

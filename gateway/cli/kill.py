@@ -1,5 +1,11 @@
 """``herald kill``: set, clear, list kill switches and print their history, through a
-gateway's admin API."""
+gateway's admin API.
+
+The token is ``--admin-token`` or ``HERALD_ADMIN_TOKEN``; without either, the local
+gateway's own, from ``<data dir>/admin-token`` (``--data-dir`` or ``HERALD_DATA_DIR``,
+default ``var``: the gateway's default), which a gateway started without a token makes
+(``gateway/admin_token.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+
+from gateway.admin_token import DEFAULT_DATA_DIR, TokenFileError, read_token, token_file
 
 DEFAULT_ADMIN = "http://127.0.0.1:9464"
 
@@ -30,7 +39,15 @@ def _add_options(parser: argparse.ArgumentParser, on_action: bool) -> None:
     parser.add_argument(
         "--admin-token",
         default=default(os.environ.get("HERALD_ADMIN_TOKEN", "")),
-        help="the gateway's admin token (env HERALD_ADMIN_TOKEN; prefer the variable: flags show in ps)",
+        help="the gateway's admin token (env HERALD_ADMIN_TOKEN; prefer the variable: flags show in ps); "
+        "neither: the local gateway's, from <data dir>/admin-token",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default(Path(os.environ.get("HERALD_DATA_DIR") or DEFAULT_DATA_DIR)),
+        help="where a local gateway started without a token keeps it, as admin-token "
+        f"(env HERALD_DATA_DIR; default {DEFAULT_DATA_DIR}, the gateway's default)",
     )
     parser.add_argument("--json", action="store_true", default=default(False), help="print the answer as JSON")
 
@@ -60,12 +77,29 @@ def add_parser(commands: Any) -> None:
         _add_options(action, on_action=True)
 
 
+def _token(args: argparse.Namespace) -> str:
+    """The token given, or else the local gateway's (its file is named, never its content)."""
+    if args.admin_token:
+        return str(args.admin_token)
+    path = token_file(args.data_dir)
+    try:
+        return read_token(path)
+    except FileNotFoundError:
+        raise SystemExit(
+            f"herald: no admin token: set HERALD_ADMIN_TOKEN to the gateway's token, or, for a gateway on this "
+            f"machine started without one, point --data-dir (HERALD_DATA_DIR) at its data folder ({path} does not "
+            "exist)"
+        ) from None
+    except (OSError, UnicodeDecodeError, TokenFileError) as exc:
+        raise SystemExit(f"herald: cannot read the local admin token: {exc}") from None
+
+
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     request = urllib.request.Request(
         args.admin_url.rstrip("/") + path,
         data=None if body is None else json.dumps(body).encode(),
         method=method,
-        headers={"Authorization": f"Bearer {args.admin_token}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {_token(args)}", "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.cli import campaign, kill
+from gateway.cli import campaign, kill, preview
 from gateway.cli import users as users_cli
 from gateway.config import API_ONLY, ENV, from_env, shown_default
 
@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         description='Replay a JSON Lines file of timestamped requests ({"at", "bu", "request"}) and '
         'profiles ({"at", "user"}) against a policy set with the in-memory store and a simulated '
         "clock; print per business unit, category and outcome how many would be sent, still scheduled and "
-        "suppressed, and how many users received how many messages. With two --policies, the difference.",
+        "suppressed, how long after their request the sent ones went out, and how many users received how "
+        "many messages. With two --policies, side by side with the difference, and the time shifts: of the "
+        "messages both sent, how many the second policy sends later or earlier, and by how much.",
     )
     simulate.add_argument("--policies", type=Path, action="append", required=True, help="policy folder (once or twice)")
     simulate.add_argument("--traffic", type=Path, required=True, help="JSON Lines traffic file")
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--label", help="the entry's label (default: created by herald keys new on <date>)")
     kill.add_parser(commands)
     campaign.add_parser(commands, _add_client_options)
+    preview.add_parser(commands)
     return parser
 
 
@@ -305,6 +308,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return campaign.run(args)
     if args.command == "kill":
         return kill.run(args)
+    if args.command == "preview":
+        return preview.run(args)
     raise AssertionError(args.command)
 
 

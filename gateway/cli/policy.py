@@ -49,6 +49,14 @@ def run_simulation(policy_dirs: list[Path], traffic: Path) -> int:
     if len(policy_dirs) > 2:
         print("herald: give --policies once, or twice to compare", file=sys.stderr)
         return 2
+    for directory in policy_dirs:
+        if not directory.is_dir():
+            print(
+                f"herald: no policy folder '{directory}'; to try a change, copy the serving set and edit the copy "
+                f"first: cp -r {policy_dirs[0] if directory != policy_dirs[0] else 'policies'} {directory}",
+                file=sys.stderr,
+            )
+            return 2
     configure("ERROR")
     try:
         events = read_traffic(traffic)

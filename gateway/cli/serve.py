@@ -7,6 +7,7 @@ import gc
 import signal
 import sys
 
+from gateway.admin_token import TokenFileError, local_token
 from gateway.app import Gateway
 from gateway.cli import processes
 from gateway.config import Settings
@@ -58,6 +59,23 @@ def run(settings: Settings, api: bool = True, argv: list[str] | None = None) -> 
     """Run the gateway (or a worker, ``api`` False) in this process, or with
     ``settings.processes`` over 1, that many children of this one running ``argv``."""
     configure(settings.log_level, json=settings.log_format == "json")
+    if not settings.admin_token.get_secret_value():
+        # The local run: a token made once in the data folder (before a child's own
+        # folder is chosen: every process of `--processes N` takes the same one).
+        try:
+            token, path, made = local_token(settings.data_dir)
+        except (OSError, UnicodeDecodeError, TokenFileError) as exc:
+            print(f"herald: cannot start: the local admin token: {exc}", file=sys.stderr)
+            return 2
+        settings = settings.replace(admin_token=token)
+        if processes.child_index() is None:  # said once, by the process the person started
+            log.info(
+                "admin_token_file",
+                path=str(path),
+                made=made,
+                detail="no HERALD_ADMIN_TOKEN: the admin API (kill switches) takes the token kept in this file "
+                "(mode 0600); `herald kill` on this machine reads it",
+            )
     place = processes.child_index()
     if place is not None:  # one of the processes of `serve --processes N` (the same flags)
         data_dir = settings.data_dir / f"process-{place[0]}"  # its own spool and outbox

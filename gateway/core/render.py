@@ -1,4 +1,5 @@
-"""Fill a scenario's per-channel content with the claim's params (pure).
+"""Fill a scenario's per-channel content with the claim's params (pure), in the user's
+locale when the scenario has content for it.
 
 A content block is compiled once per policy version (``template``): each text split
 at its placeholders, so filling it for a delivery is a join, not a regex pass.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.core.locales import pick
 from gateway.policy.model import PLACEHOLDER_RE, Policy
 from gateway.values.claims import Content
 from gateway.values.domain import Channel
@@ -60,21 +62,40 @@ def _values(params: Mapping[str, str], content: Content | None) -> dict[str, str
     return values
 
 
-def template(policy: Policy, scenario: str, channel: Channel) -> Compiled:
-    """A scenario's content block for a channel, compiled once per policy."""
+def content_locale(policy: Policy, scenario: str, locale: str) -> str | None:
+    """The key of the scenario's ``content.locales`` that a user's ``locale`` picks (the
+    tag as the policy writes it), or None: the default content."""
+    if not locale:
+        return None
+    written: dict[str, str] = policy.derived(
+        ("locales", scenario), lambda: {tag.lower(): tag for tag in policy.scenarios[scenario].content.locales}
+    )
+    return pick(written, locale) if written else None
+
+
+def template(policy: Policy, scenario: str, channel: Channel, locale: str | None = None) -> Compiled:
+    """A scenario's content block for a channel, in one of its ``locales`` (a key, as
+    ``content_locale`` gives it) or the default, compiled once per policy."""
 
     def build() -> Compiled:
-        block = policy.scenarios[scenario].content.for_channel(channel)
+        block = policy.scenarios[scenario].content.block(channel, locale)
         if block is None:
             raise KeyError(f"scenario {scenario} has no content for {channel}")
         return _compile(block.model_dump(exclude_none=True))
 
-    return policy.derived(("template", scenario, channel), build)
+    return policy.derived(("template", scenario, channel, locale), build)
 
 
 def render(
-    policy: Policy, scenario: str, channel: Channel, params: Mapping[str, str], content: Content | None
+    policy: Policy,
+    scenario: str,
+    channel: Channel,
+    params: Mapping[str, str],
+    content: Content | None,
+    locale: str = "",
 ) -> dict[str, Any]:
-    """The channel's content block with every ``{placeholder}`` filled."""
-    filled: dict[str, Any] = _fill(template(policy, scenario, channel), _values(params, content))
+    """The channel's content block with every ``{placeholder}`` filled: the block of the
+    content the user's ``locale`` picks, or the default."""
+    chosen = content_locale(policy, scenario, locale)
+    filled: dict[str, Any] = _fill(template(policy, scenario, channel, chosen), _values(params, content))
     return filled

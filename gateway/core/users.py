@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from gateway.clock import Clock
+from gateway.core.locales import LOCALE_RE
 from gateway.core.profile_rules import CsWindowState, cs_window, interaction_retention
 from gateway.core.validate import USER_ID_RE, check_id
 from gateway.errors import InvalidArgument, NotFound, Unavailable
@@ -39,7 +40,6 @@ log = get_logger(__name__)
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 OPENID_RE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
-LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_VALUE = 256
 MAX_DEVICE_TOKENS = 10

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from gateway.errors import InvalidArgument, PermissionDenied
 from gateway.policy.model import Policy
+from gateway.policy.schema import Scenario
 from gateway.values.claims import DEFAULT_PRIORITY, Claim, Content, PushInput
 from gateway.values.domain import Category
 
@@ -77,8 +78,7 @@ def validate_push(bu: str, request: PushInput, policy: Policy, now: datetime) ->
             f"business unit '{bu}' may not send scenario '{request.scenario}'; "
             f"ask the policy owners to add it to business_units.{bu}.scenarios"
         )
-    _check_params(request, scenario.params, scenario.optional_params)
-    content = _check_content(request, scenario.free_text, scenario.category, policy)
+    content = check_message(request, scenario, policy)
     _check_campaign(request, scenario.category)
     if request.dedup_key:
         check_text("dedup_key", request.dedup_key, MAX_DEDUP_KEY)
@@ -103,6 +103,15 @@ def validate_push(bu: str, request: PushInput, policy: Policy, now: datetime) ->
         priority=priority,
         variant=request.variant,
     )
+
+
+def check_message(request: PushInput, scenario: Scenario, policy: Policy) -> Content | None:
+    """What a request carries into the message, checked against its scenario: the params
+    (all required, none unknown, none too long) and the free text (allowed, within its
+    limits, free of the content guard's words in basic and reminder scenarios). Shared by
+    Push and ``herald preview``."""
+    _check_params(request, scenario.params, scenario.optional_params)
+    return _check_content(request, scenario.free_text, scenario.category, policy)
 
 
 def _check_params(request: PushInput, required: tuple[str, ...], optional: tuple[str, ...]) -> None:

@@ -193,17 +193,19 @@ class Walk:
     def crashed(self, lease: Lease) -> Settlement:
         return self._end(lease, [], "failed", "the delivery crashed; the gateway logged the details")
 
-    def _payload(self, job: Job, channel: Channel) -> dict[str, Any]:
+    def _payload(self, job: Job, channel: Channel, locale: str) -> dict[str, Any]:
+        """What the channel sends, in the user's ``locale`` when the scenario has content
+        for it."""
         claim = job.claim
         link_for = self.link_for
         if not claim.campaign_id or link_for is None:
-            return render(self._policies.current, claim.scenario, channel, claim.params, claim.content)
+            return render(self._policies.current, claim.scenario, channel, claim.params, claim.content, locale)
         # A campaign's links are tracked: the free-text URL wherever the template puts
         # it (text and HTML too), and the template's own link fields.
         content = claim.content
         if content is not None and is_web_link(content.url):
             content = msgspec.structs.replace(content, url=link_for(job, content.url))
-        payload = render(self._policies.current, claim.scenario, channel, claim.params, content)
+        payload = render(self._policies.current, claim.scenario, channel, claim.params, content, locale)
         return tracked(payload, lambda url: link_for(job, url))
 
     # --- the walk ------------------------------------------------------------------------
@@ -277,7 +279,7 @@ class Walk:
                 variant=claim.variant,
                 device=device,
                 recipient=recipient_for(channel, profile),
-                payload=self._payload(job, channel),
+                payload=self._payload(job, channel, profile.locale),
             )
             move, judged, result, profile = await self._on_channel(
                 job, adapter, provider, delivery, profile, events, lend, has_next, down_waits

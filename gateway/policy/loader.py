@@ -440,6 +440,16 @@ def _check_scenario(sections: _Sections, name: str, scenario: Scenario, file: st
                 [*base, "content", channel.content_key],
                 f"content for {channel}, which is not in channels; add it there or remove the block",
             )
+    for tag, blocks in scenario.content.locales.items():
+        for channel in Channel:
+            if blocks.for_channel(channel) is not None and channel not in scenario.channels:
+                yield (
+                    file,
+                    [*base, "content", "locales", tag, channel.content_key],
+                    f"content for {channel} in locale '{tag}', which is not in channels; add it there or remove "
+                    "the block",
+                )
+    # Every placeholder of the default content and of each locale's.
     declared = set(scenario.params) | set(scenario.optional_params)
     if scenario.free_text:
         declared |= CONTENT_PLACEHOLDERS

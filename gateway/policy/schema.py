@@ -29,6 +29,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from gateway.core.audience import parse_syntax
+from gateway.core.locales import LOCALE_RE
 from gateway.durations import parse_duration
 from gateway.policy.providers import Provider
 from gateway.policy.wechat_events import WechatEvents
@@ -233,7 +234,9 @@ class AppPushContent(Strict):
     url: str | None = None
 
 
-class ScenarioContent(Strict):
+class ChannelContents(Strict):
+    """One content block per channel."""
+
     wechat_template: WechatTemplateContent | None = None
     wechat_cs: WechatCsContent | None = None
     wechat_mass: WechatMassContent | None = None
@@ -244,6 +247,44 @@ class ScenarioContent(Strict):
     def for_channel(self, channel: Channel) -> Strict | None:
         block: Strict | None = getattr(self, channel.content_key)
         return block
+
+
+def _locale_tag(tag: str) -> str:
+    if not LOCALE_RE.match(tag):
+        raise ValueError(f"'{tag[:64]}' is not a locale tag; write one such as en, en-GB or zh-Hant-TW")
+    return tag
+
+
+LocaleTag = Annotated[str, AfterValidator(_locale_tag)]
+
+
+class ScenarioContent(ChannelContents):
+    """The default content, and content per locale: a user whose profile's ``locale``
+    picks one (``gateway/core/locales.py``) gets its block for the channel, or the
+    default block when that locale has none for it."""
+
+    locales: dict[LocaleTag, ChannelContents] = {}
+
+    @field_validator("locales")
+    @classmethod
+    def _distinct(cls, value: dict[str, ChannelContents]) -> dict[str, ChannelContents]:
+        seen: dict[str, str] = {}
+        for tag, blocks in value.items():
+            if tag.lower() in seen:
+                raise ValueError(f"locale '{tag}' is also written '{seen[tag.lower()]}': tags ignore case")
+            seen[tag.lower()] = tag
+            if not any(blocks.for_channel(channel) is not None for channel in Channel):
+                raise ValueError(f"locale '{tag}' gives no content block; give one for a channel of the scenario")
+        return value
+
+    def block(self, channel: Channel, locale: str | None) -> Strict | None:
+        """The block for ``channel`` of the locale named exactly so (a key of
+        ``locales``), else the default one."""
+        if locale:
+            written = self.locales[locale].for_channel(channel)
+            if written is not None:
+                return written
+        return self.for_channel(channel)
 
 
 class Scenario(Strict):

@@ -78,3 +78,19 @@ async def test_jpush_devices_go_to_jpush(api: Api, fake: Fakes) -> None:
     assert sent["audience"] == {"registration_id": ["1a0018970a1b2c3d"]}
     assert sent["notification"]["android"]["title"] == "订单已发货"
     assert fake.fcm.sends == []
+
+
+async def test_the_users_locale_picks_the_content(api: Api, fake: Fakes) -> None:
+    """order.shipped has English content (`locales: {en: ...}`): en-GB picks it through
+    `en`; a user without a locale, or with one the scenario does not write, gets the
+    default."""
+    await api.add_user("u-en", device_tokens=[device("fcm-en")], locale="en-GB")
+    await api.add_user("u-none", device_tokens=[device("fcm-none")])
+    await api.add_user("u-fr", device_tokens=[device("fcm-fr")], locale="fr-FR")
+    for n, user in enumerate(("u-en", "u-none", "u-fr")):
+        answer = await api.push.Push(shipped(f"r-{n}", user, params=order(n)), metadata=auth("order"))
+        assert (await settled(api, answer.message_id)).status == "delivered"
+    sent = {send["token"]: send["notification"] for send in fake.fcm.sends}
+    assert sent["fcm-en"] == {"title": "Your order is on its way", "body": "SF T0"}
+    assert sent["fcm-none"] == {"title": "订单已发货", "body": "SF T1"}
+    assert sent["fcm-fr"] == {"title": "订单已发货", "body": "SF T2"}

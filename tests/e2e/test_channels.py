@@ -38,7 +38,7 @@ async def test_shipped_goes_out_as_a_template_message(api: Api, fake: Fakes) -> 
     assert sent["touser"] == OPENID
     assert sent["template_id"] == "TPL_ORDER_SHIPPED_01"
     assert sent["client_msg_id"] == f"{answer.message_id}.wechat_template"
-    assert sent["data"]["keyword1"] == {"value": "O-1001"}
+    assert sent["data"]["character_string1"] == {"value": "O-1001"}
     assert ("delivered", "WECHAT_TEMPLATE", "0") in kinds(message)
     assert fake.sms.sends == []
 

@@ -66,7 +66,7 @@ async def test_shipped_notice_is_accepted_and_written_to_the_sandbox(api: Api) -
     line = json.loads(outbox.read_text(encoding="utf-8").splitlines()[-1])
     assert line["message_id"] == response.message_id
     assert line["payload"]["template_id"] == "TPL_ORDER_SHIPPED_01"
-    assert line["payload"]["fields"]["keyword3"] == "SF123456"
+    assert line["payload"]["fields"]["character_string3"] == "SF123456"
     assert line["payload"]["url"] == "https://m.shop.example.com/orders/O-1001/tracking"
     assert OPENID not in outbox.read_text(encoding="utf-8")  # the recipient is masked
 

@@ -130,6 +130,36 @@ CASES = [
         "set free_text: true",
     ),
     (
+        "undeclared placeholder in a locale's content",
+        "scenarios/basic.yaml",
+        'app_push: {title: Your order is on its way, body: "{carrier} {tracking_no}"',
+        'app_push: {title: Your order is on its way, body: "{carrier} {tracking}"',
+        "scenarios/basic.yaml: scenarios['order.shipped'].content.locales.en.app_push.body: "
+        "placeholder '{tracking}' is not declared; declare it in params or optional_params",
+    ),
+    (
+        "a locale's block for a channel the scenario does not list",
+        "scenarios/basic.yaml",
+        "          app_push: {title: Account security notice",
+        "          wechat_cs: {text: hello}\n          app_push: {title: Account security notice",
+        "scenarios/basic.yaml: scenarios['account.security'].content.locales.en.wechat_cs: "
+        "content for WECHAT_CS in locale 'en', which is not in channels",
+    ),
+    (
+        "not a locale tag",
+        "scenarios/basic.yaml",
+        "      locales:\n        en:\n          app_push: {title: Your order",
+        "      locales:\n        english_uk:\n          app_push: {title: Your order",
+        "'english_uk' is not a locale tag; write one such as en, en-GB or zh-Hant-TW",
+    ),
+    (
+        "a locale written twice",
+        "scenarios/basic.yaml",
+        "      locales:\n        en:\n          app_push: {title: Your order",
+        "      locales:\n        EN: {sms: {template_code: SMS_1}}\n        en:\n          app_push: {title: Your order",
+        "locale 'en' is also written 'EN': tags ignore case",
+    ),
+    (
         "missing content block",
         "scenarios/reminder.yaml",
         "    channels: [APP_PUSH]\n",
@@ -297,6 +327,21 @@ def test_policy_check_command(policy_dir: Path) -> None:
     assert bad.returncode == 1
     assert "categories.marketing.caps[1].window: unknown unit 'dya'" in bad.stderr
     assert "the gateway would refuse this set" in bad.stderr
+
+
+def test_policy_check_refuses_an_unknown_placeholder_in_a_locales_content(policy_dir: Path) -> None:
+    edit(
+        policy_dir / "scenarios" / "basic.yaml",
+        'body: "{event} ({device})"}\n          email',
+        'body: "{event} ({where})"}\n          email',
+    )
+    herald = [sys.executable, "-m", "gateway.cli.main", "policy", "check", str(policy_dir)]
+    bad = subprocess.run(herald, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[0] == (
+        f"{policy_dir}/scenarios/basic.yaml: scenarios['account.security'].content.locales.en.app_push.body: "
+        "placeholder '{where}' is not declared; declare it in params or optional_params"
+    )
 
 
 def test_policy_check_names_a_bad_audience(policy_dir: Path) -> None:
