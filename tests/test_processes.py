@@ -86,6 +86,9 @@ async def test_processes_share_ports_state_and_metrics_and_replace_the_dead(clea
             "HERALD_DATA_DIR": str(tmp_path / "var"),
             "HERALD_LOG_LEVEL": "INFO",
             "HERALD_PROCESSES": "2",
+            # The killed process's deliveries in flight are taken over after this (the
+            # default, 60 s, is longer than the test waits for them).
+            "HERALD_RECLAIM_SECONDS": "3",
         }
         log = tmp_path / "serve.log"
         with log.open("wb") as out:
