@@ -4,11 +4,12 @@ A clone from the repository host is all a reader has, so every tracked file
 (``git ls-files``) is checked for:
 
 - paths of the machine it was written on: ``/work/...``, home folders (``/home``,
-  ``/root``, ``/Users``), ``/mnt``, ``/media``, ``/srv``, ``/opt``, and ``../shared``.
+  ``/root``, ``/Users``), ``/mnt``, ``/media``, ``/srv``, ``/opt``.
   Paths every Linux machine has are allowed (``/proc``, ``/dev/null``, ``/usr/bin/env``,
   ``/tmp``...): examples may use them;
 - relative paths that climb out of their folder (``../x``): they must land on a file
-  or folder of the repository (``.ci/run`` runs ``../scripts/test``);
+  or folder of the repository (``.ci/run`` runs ``../scripts/test``), so a folder beside
+  the checkout is never named;
 - names of repository files (``docs/design.md``, ``gateway/store/keys.py``, in prose,
   comments and docstrings), which must exist; a named section after them
   (``docs/design.md, "Channel routing"``, ``README "Credentials"``) must be one of that
@@ -17,7 +18,7 @@ A clone from the repository host is all a reader has, so every tracked file
   must be a file or folder of the repository, and an ``#anchor`` one of the target's
   headings (GitHub's slugs). URLs (``scheme:``) are not fetched.
 
-A bare Markdown name (``channels.md``, ``DESIGN.md``) must be the name of one of the
+A bare Markdown name (``channels.md``, ``NOTES.md``) must be the name of one of the
 repository's Markdown files. Placeholders (``<...>``, ``*``, ``{...}``) in a name make it
 a pattern, not a file, and are skipped.
 """
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Written but not merged yet: linked already, checked once they exist.
 PENDING: frozenset[str] = frozenset()
 
-MACHINE_PATH = re.compile(r"(?<![\w.~/-])(?:/(?:work|home|root|Users|mnt|media|srv|opt)/|\.\./shared\b)")
+MACHINE_PATH = re.compile(r"(?<![\w.~/-])/(?:work|home|root|Users|mnt|media|srv|opt)/")
 CLIMB = re.compile(r"(?<![\w./-])((?:\.\./)+[\w][\w./-]*)")
 TOP = ("docs", "ops", "gateway", "channels", "tests", "bench", "scripts", "policies", "config", "examples", "protos")
 FILE_NAME = re.compile(
@@ -234,7 +235,6 @@ def sections(text: str) -> list[tuple[str, ...]]:
 
 def test_the_checks_catch_what_they_should() -> None:
     """The patterns above, on lines that must and must not be flagged."""
-    assert MACHINE_PATH.search("see ../shared/DESIGN.md")
     assert MACHINE_PATH.search("$ /work/main/.venv/bin/python bench/compare.py")
     assert MACHINE_PATH.search("open('/home/li/herald/x')")
     assert not MACHINE_PATH.search("https://example.com/work/x and /proc/stat and /tmp/x and /dev/null")
@@ -245,7 +245,7 @@ def test_the_checks_catch_what_they_should() -> None:
     ]
     assert not FILE_NAME.search("https://github.com/x/docs/design.md")
     assert not FILE_NAME.search("<data dir>/spool/spool.log tests/store/<name>.py docs/*.md")
-    assert [m.group(1) for m in BARE_MARKDOWN.finditer('See DESIGN.md "Vocabulary"; docs/x.md, *.md')] == ["DESIGN.md"]
+    assert [m.group(1) for m in BARE_MARKDOWN.finditer('See NOTES.md "Vocabulary"; docs/x.md, *.md')] == ["NOTES.md"]
     assert sections('docs/design.md, "Channel routing"') == [("docs/design.md", "Channel routing")]
     assert sections('see README "Credentials"') == [("README", "Credentials")]
     assert sections('(docs/design.md\n"Arbitration")') == [("docs/design.md", "Arbitration")]
@@ -253,4 +253,5 @@ def test_the_checks_catch_what_they_should() -> None:
     assert slug("The API (`protos/herald/v1/`)") == "the-api-protosheraldv1"
     assert slug("Campaigns, audiences and the funnel") == "campaigns-audiences-and-the-funnel"
     assert normalized(PurePosixPath(".ci/../scripts/test")) == "scripts/test"
-    assert normalized(PurePosixPath("channels/../../shared/x")) is None
+    assert normalized(PurePosixPath("channels/../../beside/x")) is None  # out of the checkout
+    assert [m.group(1) for m in CLIMB.finditer("see ../../beside/notes.md")] == ["../../beside/notes.md"]
