@@ -40,12 +40,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import re
 import resource
-import shlex
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +62,7 @@ for _path in (ROOT, ROOT / "bench"):
 from common import (  # noqa: E402
     child_env,
     machine_busy_seconds,
+    machine_lines,
     redis_command_calls,
     redis_server,
 )
@@ -384,7 +381,7 @@ async def ceiling(url: str, shards: int, audience: str, in_flight: int) -> Ceili
                     await connection.run("write", writes)
                 read += len(ids)
                 decided += len(chosen)
-                if codec.text(cursor) == "0":
+                if cursor == 0:  # the client reads the cursor as a number
                     break
 
     try:
@@ -398,44 +395,15 @@ async def ceiling(url: str, shards: int, audience: str, in_flight: int) -> Ceili
 
 
 # --- the report ----------------------------------------------------------------------
-def _run_text(*command: str) -> str:
-    try:
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return ""
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def header(args: argparse.Namespace, shards: int) -> str:
-    cores = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    binary = shutil.which("redis-server")
-    redis_version = _run_text(binary, "--version").split(" sha=")[0] if binary else "redis-server not installed"
-    commit = _run_text("git", "rev-parse", "--short", "HEAD") or "unknown"
-    if _run_text("git", "status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
     audience = AUDIENCES[args.audience]
     return "\n".join(
         [
-            f"$ {shlex.join([sys.executable, *sys.argv])}",
-            f"machine: {cores} cores ({usable} usable by this process), {_cpu_model()}; "
-            f"load average {loadavg()} at start",
-            f"software: Python {platform.python_version()}, grpcio {grpc.__version__}, {redis_version}; "
-            f"herald at {commit}",
+            *machine_lines(),
             "redis: a redis-server of the bench's own on a free port, --save '' --appendonly no "
             "(nothing written to disk: a bench, not a deployment)",
             f"workload: {args.users:,} users (60% tagged {TAG}, half in {PROVINCE}, every 7th vip; tier champion, "

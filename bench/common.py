@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -192,3 +194,40 @@ def redis_command_calls(url: str) -> dict[str, int]:
 
 def redis_flush(url: str) -> None:
     redis.Redis.from_url(url).flushall()
+
+
+def run_text(*command: str) -> str:
+    """A command's output, stripped; "" when it cannot run."""
+    try:
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_lines() -> list[str]:
+    """The first lines of every bench's report: the command, the machine and its load,
+    the software and the commit measured."""
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    redis_bin = shutil.which("redis-server")
+    redis_version = run_text(redis_bin, "--version").split(" sha=")[0] if redis_bin else "redis-server not installed"
+    commit = run_text("git", "rev-parse", "--short", "HEAD") or "unknown"
+    if run_text("git", "status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return [
+        f"$ {shlex.join([sys.executable, *sys.argv])}",
+        f"machine: {cores} cores ({usable} usable by this process), {cpu_model()}; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start",
+        f"software: Python {platform.python_version()}, grpcio {grpc.__version__}, {redis_version}; herald at {commit}",
+    ]

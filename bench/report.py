@@ -5,55 +5,20 @@ table and the fixed-rate block."""
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import grpc
-from common import ROOT, TICK
+from common import TICK, machine_lines
 
 if TYPE_CHECKING:
     from backends import ClusterRedis
     from compare import Outcome, Phase, Snapshot
 
 
-def _run(*command: str) -> str:
-    try:
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return ""
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def header(args: argparse.Namespace, multi: bool, herald: bool) -> str:
-    cores = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    redis_bin = shutil.which("redis-server")
-    redis_version = _run(redis_bin, "--version").split(" sha=")[0] if redis_bin else "redis-server not installed"
-    commit = _run("git", "rev-parse", "--short", "HEAD") or "unknown"
-    if _run("git", "status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
     lines = [
-        f"$ {shlex.join([sys.executable, *sys.argv])}",
-        f"machine: {cores} cores ({usable} usable by this process), {_cpu_model()}; load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start",
-        f"software: Python {platform.python_version()}, grpcio {grpc.__version__}, {redis_version}; herald at {commit}",
+        *machine_lines(),
         f"workload: order.shipped, a fresh request_id and dedup key a call, {args.users:,} user ids; "
         f"{args.warmup} decisions of warm-up before each measured phase; closed loop {args.requests:,} decisions, "
         f"{args.concurrency} unary calls or {args.batches_in_flight} batches of {args.batch} in flight; "

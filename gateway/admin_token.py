@@ -16,8 +16,10 @@ import os
 import secrets
 from pathlib import Path
 
+from gateway.config import Settings
+
 FILE_NAME = "admin-token"
-DEFAULT_DATA_DIR = Path("var")
+DEFAULT_DATA_DIR: Path = Settings.model_fields["data_dir"].default  # the gateway's own default
 
 
 class TokenFileError(Exception):

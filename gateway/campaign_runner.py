@@ -97,6 +97,8 @@ class CampaignRunner:
         self._backlog = backlog
         self._max_backlog = max_backlog
         self._backlog_poll = backlog_poll
+        self._backlog_read: tuple[float, int] = (-backlog_poll, 0)  # (monotonic time, depth)
+        self._read: dict[str, tuple[float, Campaign | None]] = {}  # campaign id: (monotonic time, as read)
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{random.getrandbits(32):08x}"
         self._busy: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -113,7 +115,10 @@ class CampaignRunner:
 
     async def _tick(self) -> None:
         now = self._clock.now()
-        for campaign in await self._store.running_campaigns():
+        running = await self._store.running_campaigns()
+        # Readings of campaigns no longer running go: their scans read them afresh.
+        self._read = {c: r for c, r in self._read.items() if any(c == k.campaign_id for k in running)}
+        for campaign in running:
             if campaign.start_at is not None and campaign.start_at > now:
                 continue
             if campaign.phase == "waiting":
@@ -191,13 +196,12 @@ class CampaignRunner:
         except HeraldError as exc:
             log.error("campaign_audience_invalid", campaign_id=cid, error=exc.message)
             return False
-        plan = audience.index_tags()
-        steps: Sequence[str | None] = plan if plan else (None,)
+        steps = audience.scan_steps()
         failures = 0
         renewed = time.monotonic()  # the lease was taken or saved (every chunk saves it)
         while not progress.done and not self._stopping.is_set():
             try:
-                [current] = await self._store.get_campaigns([cid])
+                current = await self._current(cid)
                 if current is None or current.state is not CampaignState.RUNNING or current.scan_id != scan:
                     log.info("campaign_scan_stopped", campaign_id=cid, shard=progress.shard)
                     return False
@@ -212,6 +216,9 @@ class CampaignRunner:
                 progress = await self._chunk(current, audience, steps, progress)
                 renewed = time.monotonic()
                 failures = 0
+                # Let the rest of the process run between chunks even when the store
+                # answers without waiting (in memory): a Push must not wait for a scan.
+                await asyncio.sleep(0)
             except _LeaseLost:
                 log.warning("campaign_lease_lost", campaign_id=cid, shard=progress.shard)
                 return False
@@ -228,9 +235,25 @@ class CampaignRunner:
                     continue
         return progress.done
 
+    async def _current(self, campaign_id: str) -> Campaign | None:
+        """The campaign as stored, read at most every ``backlog_poll`` seconds for all of
+        this process's scans of it (a pause or cancel is seen that soon)."""
+        now = time.monotonic()
+        read = self._read.get(campaign_id)
+        if read is None or now - read[0] >= self._backlog_poll:
+            [found] = await self._store.get_campaigns([campaign_id])
+            read = self._read[campaign_id] = (now, found)
+        return read[1]
+
     async def _backed_up(self) -> bool:
-        """More marketing deliveries wait than the next chunk should join."""
-        return self._backlog is not None and await self._backlog() > self._max_backlog
+        """More marketing deliveries wait than the next chunk should join. One reading
+        (a query over every shard) serves all scans for ``backlog_poll`` seconds."""
+        if self._backlog is None:
+            return False
+        now = time.monotonic()
+        if now - self._backlog_read[0] >= self._backlog_poll:
+            self._backlog_read = (now, await self._backlog())
+        return self._backlog_read[1] > self._max_backlog
 
     async def _renew(self, campaign_id: str, progress: ShardProgress) -> bool:
         return await self._store.save_campaign_shard(campaign_id, self.owner, progress, LEASE, self._clock.now())
@@ -247,10 +270,7 @@ class CampaignRunner:
         stale: list[str] = []
 
         def admit(user_id: str, profile: UserProfile | None) -> bool:
-            if profile is None:
-                stale.append(user_id)
-                return False
-            if label is not None and label not in profile.tags:
+            if profile is None or not audience.indexed(profile, label):
                 stale.append(user_id)
                 return False
             if earlier and not earlier.isdisjoint(profile.tags):

@@ -19,11 +19,11 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.masking import redacted_url
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES
 
@@ -166,11 +166,11 @@ class Settings(BaseSettings):
     # The Redis URL may carry a password: repr and dumps show it without.
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, (_redacted(value) if name == "redis_url" and value else value)
+            yield name, (redacted_url(value) if name == "redis_url" and value else value)
 
     @field_serializer("redis_url")
     def _redis_url_shown(self, value: str) -> str:
-        return _redacted(value) if value else value
+        return redacted_url(value) if value else value
 
     @classmethod
     def settings_customise_sources(
@@ -200,15 +200,6 @@ class _Environment(EnvSettingsSource):
             for name, value in environ.items()
             if name in known and not (self.env_ignore_empty and value == "")
         }
-
-
-def _redacted(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<redis url>"
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 SECRETS = frozenset(name for name, field in Settings.model_fields.items() if field.annotation is SecretStr)

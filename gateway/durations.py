@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DURATION_UNITS = tuple(_UNITS)  # what a duration's unit may be (the policy's JSON Schema too)
 # ASCII only: ``\d`` would take other scripts' digits and ``\s`` exotic spaces.
 _PATTERN = re.compile(r"^\s*(\d+)\s*([a-z]+)\s*$", re.ASCII)
 # Longer is a typo, and far enough out ``timedelta`` and dates overflow.

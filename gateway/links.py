@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
+from gateway.core.validate import is_web_link
 from gateway.signing import BadToken, Signer
 from gateway.values.jobs import Job
 
@@ -46,11 +46,6 @@ class ClickTokens:
         if not is_web_link(click.url):
             raise BadToken("this link is not valid")
         return click
-
-
-def is_web_link(value: str) -> bool:
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def tracked(payload: dict[str, Any], link: Callable[[str], str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from urllib.parse import urlsplit
 
 PHONE_RE = re.compile(r"(?<![\w+])(\+?\d{1,3}[- ]?)?(1\d{2})\d{4}(\d{4})(?!\w)")
 EMAIL_RE = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
@@ -61,3 +62,14 @@ def mask_text(text: str) -> str:
     if _DIGITS_RE.search(text):
         text = PHONE_RE.sub(lambda m: f"{m.group(1) or ''}{m.group(2)}****{m.group(3)}", text)
     return text
+
+
+def redacted_url(url: str) -> str:
+    """A store URL without its user and password, for logs, errors and settings dumps
+    (a URL that does not parse is not shown at all)."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<redis url>"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"

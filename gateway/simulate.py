@@ -30,6 +30,7 @@ from gateway.metrics import fresh_metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.scheduler import Scheduler
 from gateway.store.memory import MemoryQueue, MemoryStore
+from gateway.tables import table
 from herald.v1 import profile_pb2, push_pb2
 
 
@@ -167,20 +168,6 @@ def _rows(reports: list[Report]) -> Iterator[tuple[tuple[str, str, str], list[in
     keys = sorted(set().union(*(r.outcomes for r in reports)))
     for key in keys:
         yield key, [r.outcomes.get(key, 0) for r in reports]
-
-
-def table(header: list[str], rows: list[list[str]], left: int) -> list[str]:
-    """Columns as wide as their widest cell, header included (nothing cut): the first
-    ``left`` columns aligned left (names), the others right (figures)."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            cell.ljust(width) if i < left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return [line(header), *(line(row) for row in rows)]
 
 
 # How long after its request a sent message went out.

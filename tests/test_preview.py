@@ -177,3 +177,19 @@ def test_the_readme_shows_what_the_command_prints(capsys: pytest.CaptureFixture[
     assert code == 0
     version = re.compile(r"policy [0-9a-f]{12}")
     assert version.sub("policy V", out) == version.sub("policy V", printed)
+
+
+def test_preview_opens_no_connection_and_writes_no_outbox(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is sent: no socket is opened (no gateway, no provider, no store), and the
+    data folder (where the sandbox writes) stays empty."""
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("preview opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HERALD_DATA_DIR", str(tmp_path))
+    code, out, _ = preview(capsys, "-s", "double11.presale", "-p", "deposit=50", "-p", "discount=100")
+    assert code == 0 and "nothing sent" in out and list(tmp_path.iterdir()) == []

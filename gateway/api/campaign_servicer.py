@@ -9,7 +9,7 @@ from datetime import datetime
 import grpc
 
 from gateway.api.auth import Credentials
-from gateway.api.convert import dt_to_ts, ts_to_dt
+from gateway.api.convert import content_of, dt_to_ts, ts_to_dt
 from gateway.api.servicers import _answer, _Base
 from gateway.core import funnel
 from gateway.core.campaigns import Campaigns, CampaignSpec, CampaignView
@@ -20,25 +20,13 @@ from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store.base import Store
 from gateway.values.campaigns import Campaign, TestPlan, Variant
-from gateway.values.claims import Content
 from herald.v1 import campaign_pb2, campaign_pb2_grpc
-
-STATES = {
-    "DRAFT": campaign_pb2.CAMPAIGN_STATE_DRAFT,
-    "RUNNING": campaign_pb2.CAMPAIGN_STATE_RUNNING,
-    "PAUSED": campaign_pb2.CAMPAIGN_STATE_PAUSED,
-    "COMPLETED": campaign_pb2.CAMPAIGN_STATE_COMPLETED,
-    "CANCELLED": campaign_pb2.CAMPAIGN_STATE_CANCELLED,
-}
 
 
 def spec_of(message: campaign_pb2.CampaignSpec) -> CampaignSpec:
     variants = []
     for item in message.variants:
-        content = None
-        if item.HasField("content"):
-            content = Content(item.content.title, item.content.body, item.content.url)
-        variants.append(Variant(item.name, item.weight, dict(item.params), content))
+        variants.append(Variant(item.name, item.weight, dict(item.params), content_of(item)))
     test = None
     if message.HasField("test"):
         wait = message.test.wait
@@ -112,7 +100,10 @@ def _row(row: funnel.Row) -> campaign_pb2.FunnelRow:
 
 def campaign_message(campaign: Campaign, view: CampaignView | None = None) -> campaign_pb2.Campaign:
     out = campaign_pb2.Campaign(
-        spec=_spec(campaign), state=STATES[campaign.state.value], phase=campaign.phase, winner=campaign.winner
+        spec=_spec(campaign),
+        state=campaign_pb2.CampaignState.Value(f"CAMPAIGN_STATE_{campaign.state.value}"),
+        phase=campaign.phase,
+        winner=campaign.winner,
     )
     out.created_at.CopyFrom(dt_to_ts(campaign.created_at))
     times = (

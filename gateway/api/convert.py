@@ -96,10 +96,15 @@ def dt_to_ts(value: datetime) -> Timestamp:
 # --- push ----------------------------------------------------------------------------
 
 
+def content_of(message: Any) -> Content | None:
+    """The ``content`` field of a request (a push, a campaign's variant), if set."""
+    if not message.HasField("content"):
+        return None
+    return Content(message.content.title, message.content.body, message.content.url)
+
+
 def push_input(request: push_pb2.PushRequest) -> PushInput:
-    content = None
-    if request.HasField("content"):
-        content = Content(request.content.title, request.content.body, request.content.url)
+    content = content_of(request)
     return PushInput(
         request_id=request.request_id,
         user_id=request.user_id,

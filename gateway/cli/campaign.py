@@ -16,7 +16,9 @@ import yaml
 from google.protobuf import json_format
 
 from gateway.cli.client import ClientError, channel, explain_rpc_error, metadata, parse_time
+from gateway.cli.progress import ProgressLine
 from gateway.durations import format_duration, parse_duration
+from gateway.tables import table
 from herald.v1 import campaign_pb2, campaign_pb2_grpc
 
 SPEC_KEYS = {
@@ -189,15 +191,8 @@ def print_report(campaign: campaign_pb2.Campaign, out: IO[str]) -> None:
             + [_pct(float(row[k])) for k in ("reach_rate", "click_rate", "conversion_rate")]  # type: ignore[arg-type]
             + [f"{float(row['push_effect']):.4f}"]  # type: ignore[arg-type]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        out.write(
-            "  ".join(
-                cell.rjust(width) if i else cell.ljust(width)
-                for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-            )
-            + "\n"
-        )
+    for line in table(header, lines[1:], left=1):
+        out.write(line + "\n")
     total = campaign.funnel[0] if campaign.funnel else None
     if total is not None and total.suppressed:
         reasons = ", ".join(f"{name} {count:,}" for name, count in sorted(total.suppressed.items()))
@@ -233,30 +228,19 @@ class Bar:
 
     def __init__(self, estimate: int, out: IO[str] = sys.stderr) -> None:
         self.estimate = max(estimate, 1)
-        self.out = out
-        self.tty = out.isatty()
-        self.started = time.monotonic()
-        self.last = 0.0
+        self.line = ProgressLine(out, first_at_once=True)
 
     def show(self, campaign: campaign_pb2.Campaign, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < (0.2 if self.tty else 5.0):
+        if not self.line.due(final):
             return
-        self.last = now
         p = campaign.progress
         share = 1.0 if final else min(p.matched / self.estimate, 0.99)
-        rate = p.matched / max(now - self.started, 1e-6)
+        rate = p.matched / self.line.elapsed()
         text = (
             f"{share:6.1%} {p.matched:,} of ~{self.estimate:,} users decided  {p.scanned:,} scanned  "
             f"shards {p.shards_done}/{p.shards}  {rate:,.0f} users/s"
         )
-        if self.tty:
-            self.out.write(f"\r[{'#' * int(share * 30):<30}] {text}")
-            if final:
-                self.out.write("\n")
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
+        self.line.show(share, text, final)
 
 
 # --- the commands ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -44,11 +44,20 @@ class RpcFailed(Exception):
     """A call the gateway refused or could not take; the message says why."""
 
 
-def call(target: str, api_key: str, method: str, request: Message) -> Any:
-    """One PushService call, its failure turned into a sentence for a person."""
+def call(
+    target: str,
+    api_key: str,
+    method: str,
+    request: Message,
+    *,
+    stub: Callable[[grpc.Channel], Any] = push_pb2_grpc.PushServiceStub,
+    timeout: float = 10,
+) -> Any:
+    """One call (PushService unless ``stub`` says another), its failure turned into a
+    sentence for a person."""
     with channel(target) as chan:
         try:
-            return getattr(push_pb2_grpc.PushServiceStub(chan), method)(request, metadata=metadata(api_key), timeout=10)
+            return getattr(stub(chan), method)(request, metadata=metadata(api_key), timeout=timeout)
         except grpc.RpcError as exc:
             raise RpcFailed(explain_rpc_error(exc, target)) from None
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.admin_token import DEFAULT_DATA_DIR, TokenFileError, read_token, token_file
+from gateway.config import ENV
 
 DEFAULT_ADMIN = "http://127.0.0.1:9464"
 
@@ -45,7 +46,7 @@ def _add_options(parser: argparse.ArgumentParser, on_action: bool) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=default(Path(os.environ.get("HERALD_DATA_DIR") or DEFAULT_DATA_DIR)),
+        default=default(Path(os.environ.get(ENV["data_dir"][0]) or DEFAULT_DATA_DIR)),
         help="where a local gateway started without a token keeps it, as admin-token "
         f"(env HERALD_DATA_DIR; default {DEFAULT_DATA_DIR}, the gateway's default)",
     )

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from channels.checks import Finding
 from gateway.core.locales import LOCALE_RE
+from gateway.core.message_preview import strings
 from gateway.errors import PolicyError
 from gateway.values.claims import Content
 from gateway.values.domain import Channel
@@ -56,19 +56,6 @@ def add_parser(commands: Any) -> None:
         help="the policy folder (env HERALD_POLICY_DIR; default policies)",
     )
     preview.add_argument("--json", action="store_true", help="print the preview as JSON")
-
-
-def _finding(finding: Finding) -> dict[str, str]:
-    return {"level": finding.level, "where": finding.where, "text": finding.text}
-
-
-def _flat(value: Any, path: str = "") -> list[tuple[str, str]]:
-    if isinstance(value, dict):
-        out = []
-        for key, item in value.items():
-            out.extend(_flat(item, f"{path}.{key}" if path else str(key)))
-        return out
-    return [(path, str(value))]
 
 
 def _lines(key: str, value: str, width: int) -> list[str]:
@@ -124,14 +111,14 @@ def run(args: argparse.Namespace) -> int:
                     "policy_version": shown.policy_version,
                     "locale": shown.locale,
                     "content_locale": shown.content_locale,
-                    "request": [_finding(f) for f in shown.request],
+                    "request": [f._asdict() for f in shown.request],
                     "channels": [
                         {
                             "channel": str(c.channel),
                             "provider": c.provider,
                             "content_locale": c.content_locale,
                             "payload": c.payload,
-                            "findings": [_finding(f) for f in c.findings],
+                            "findings": [f._asdict() for f in c.findings],
                         }
                         for c in shown.channels
                     ],
@@ -154,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     for channel in shown.channels:
         which = f"locales.{channel.content_locale}" if channel.content_locale else "default"
         print(f"\n{channel.channel}  via {channel.provider or '?'}  ({which} content)")
-        rows = _flat(channel.payload)
+        rows = list(strings(channel.payload))
         width = max((len(key) for key, _ in rows), default=0)
         for key, value in rows:
             print("\n".join(_lines(key, value, width)))

@@ -20,15 +20,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.cli.client import ClientError, RpcFailed, channel, enum_name, explain_rpc_error, metadata, parse_time
+from gateway.cli.client import ClientError, RpcFailed, call, enum_name, parse_time
 from gateway.durations import parse_duration
 from gateway.masking import mask_email, mask_phone, mask_token, user_ref
 from gateway.values.domain import Category, Channel
-from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc, types_pb2
+from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, types_pb2
 
 OUTCOMES = ("accepted", "scheduled", "suppressed")
 CATEGORIES = tuple(c.value for c in Category)
@@ -111,14 +110,6 @@ def _when(text: str | None, flag: str, now: datetime) -> datetime | None:
         raise ClientError(f"{flag} '{text}' is neither a duration (24h, 7d) nor an ISO-8601 time") from None
 
 
-def _rpc(target: str, api_key: str, stub: Callable[[grpc.Channel], Any], method: str, request: Any) -> Any:
-    with channel(target) as chan:
-        try:
-            return getattr(stub(chan), method)(request, metadata=metadata(api_key), timeout=30)
-        except grpc.RpcError as exc:
-            raise RpcFailed(explain_rpc_error(exc, target)) from None
-
-
 def history(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ClientError("--limit must be 1 or more")
@@ -135,7 +126,7 @@ def history(args: argparse.Namespace) -> int:
     more = False
     while len(messages) < args.limit:
         request.page_size = min(PAGE, args.limit - len(messages))
-        page = _rpc(args.target, args.api_key, push_pb2_grpc.PushServiceStub, "ListMessages", request)
+        page = call(args.target, args.api_key, "ListMessages", request, timeout=30)
         messages += page.messages
         request.page_token = page.next_page_token
         if not page.next_page_token:
@@ -167,7 +158,7 @@ def history(args: argparse.Namespace) -> int:
 
 
 def _profiles(args: argparse.Namespace, method: str, request: Any) -> Any:
-    return _rpc(args.target, args.api_key, profile_pb2_grpc.ProfileServiceStub, method, request)
+    return call(args.target, args.api_key, method, request, stub=profile_pb2_grpc.ProfileServiceStub, timeout=30)
 
 
 def _as_json(message: Any) -> str:

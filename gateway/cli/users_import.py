@@ -13,7 +13,6 @@ import io
 import json
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from google.protobuf import json_format
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from gateway.api.convert import dt_to_ts
+from gateway.cli.progress import ProgressLine
 from herald.v1 import profile_pb2, profile_pb2_grpc
 
 CSV_COLUMNS = (
@@ -199,35 +199,22 @@ def jsonl_rows(stream: IO[str]) -> Iterator[Row]:
 
 
 class Progress:
-    """One line on stderr: a bar when it is a terminal, a plain line every few seconds
-    otherwise (CI logs)."""
+    """The import's progress line: the share of the file read, rows and their rate."""
 
     def __init__(self, total_bytes: int, out: IO[str] = sys.stderr) -> None:
         self.total = max(total_bytes, 1)
-        self.out = out
-        self.tty = out.isatty()
-        self.started = time.monotonic()
-        self.last = self.started
+        self.line = ProgressLine(out)
 
     def update(self, done_bytes: int, summary: Summary, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < (0.2 if self.tty else 5.0):
+        if not self.line.due(final):
             return
-        self.last = now
         share = min(done_bytes / self.total, 1.0)
-        rate = summary.rows / max(now - self.started, 1e-6)
+        rate = summary.rows / self.line.elapsed()
         text = (
             f"{share:6.1%} {summary.rows:,} rows  {summary.imported:,} imported  "
             f"{summary.rejected_count:,} rejected  {rate:,.0f} rows/s"
         )
-        if self.tty:
-            bar = "#" * int(share * 30)
-            self.out.write(f"\r[{bar:<30}] {text}")
-            if final:
-                self.out.write("\n")
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
+        self.line.show(share, text, final)
 
 
 async def _batches(rows: Iterator[Row], size: int) -> AsyncIterator[list[Row]]:

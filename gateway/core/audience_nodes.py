@@ -126,6 +126,22 @@ class FollowsWechat(Node):
         return "follows wechat"
 
 
+def has_contact(profile: UserProfile, channel: Channel) -> bool:
+    """A contact point for ``channel`` is on the profile (whether the channel is
+    configured, opted out of or within its window is the router's concern)."""
+    if channel is Channel.SMS:
+        return bool(profile.phone)
+    if channel is Channel.EMAIL:
+        return bool(profile.email)
+    if channel is Channel.APP_PUSH:
+        return bool(profile.device_tokens)
+    wechat = profile.wechat
+    if wechat is None or not wechat.openid:
+        return False
+    # Customer-service messages go to an openid; template and mass messages reach followers only.
+    return channel is Channel.WECHAT_CS or wechat.following
+
+
 @dataclass(frozen=True, slots=True)
 class HasChannel(Node):
     """A contact point for the channel is on the profile (whether the channel is
@@ -134,18 +150,7 @@ class HasChannel(Node):
     channel: Channel
 
     def holds(self, subject: Subject) -> bool:
-        profile = subject.profile
-        if self.channel is Channel.SMS:
-            return bool(profile.phone)
-        if self.channel is Channel.EMAIL:
-            return bool(profile.email)
-        if self.channel is Channel.APP_PUSH:
-            return bool(profile.device_tokens)
-        wechat = profile.wechat
-        if wechat is None or not wechat.openid:
-            return False
-        # Customer-service messages go to an openid; template and mass messages reach followers only.
-        return self.channel is Channel.WECHAT_CS or wechat.following
+        return has_contact(subject.profile, self.channel)
 
     def render(self) -> str:
         return f"has channel {self.channel.value}"
@@ -255,6 +260,18 @@ class Audience:
         """Tags one of which every matching user carries, so only their members need
         reading; None: any user may match, scan them all."""
         return self.root.plan(False)
+
+    def scan_steps(self) -> tuple[str | None, ...]:
+        """The indexes a scan reads, one after the other: each planned tag's, or every
+        user's (None)."""
+        return self.index_tags() or (None,)
+
+    @staticmethod
+    def indexed(profile: UserProfile | None, label: str | None) -> bool:
+        """Whether a user read from the index of ``label`` (a scan step) still belongs
+        there: the index is a superset, keeping users gone or untagged since until a
+        scan drops them."""
+        return profile is not None and (label is None or label in profile.tags)
 
 
 # -- printing ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import msgspec
 from gateway.clock import Clock
 from gateway.core import funnel
 from gateway.core.audience import Audience, AudienceError, parse
-from gateway.core.validate import CAMPAIGN_ID_RE, check_id, validate_push
+from gateway.core.validate import check_campaign_id, validate_push
 from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
@@ -30,7 +30,7 @@ from gateway.values.campaigns import (
     Variant,
     request_id_of,
 )
-from gateway.values.claims import Content, PushInput
+from gateway.values.claims import PushInput
 from gateway.values.domain import Category
 
 VARIANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -82,12 +82,7 @@ def _merged(campaign_params: Mapping[str, str], variant: Variant) -> dict[str, s
 
 def build(bu: str, spec: CampaignSpec, policy: Policy, now: datetime) -> Campaign:
     """The campaign ``spec`` describes, or the first rule it breaks."""
-    check_id(
-        "campaign.campaign_id",
-        spec.campaign_id,
-        CAMPAIGN_ID_RE,
-        "must be 1-64 characters of letters, digits and . _ : -",
-    )
+    check_campaign_id("campaign.campaign_id", spec.campaign_id)
     scenario = policy.scenarios.get(spec.scenario)
     if scenario is None or not policy.granted(bu, spec.scenario):
         granted = ", ".join(s for s in sorted(policy.business_units[bu].scenarios) if _is_marketing(policy, s))
@@ -299,9 +294,9 @@ class Campaigns:
         by_name = {row.variant: row for row in rows}
         metric = campaign.test.metric
         # Best metric first; on a tie, the variant listed first.
-        best = max(campaign.variants, key=lambda v: getattr(by_name.get(v.name, funnel.Row(v.name)), metric))
+        best = max(campaign.variants, key=lambda v: getattr(by_name[v.name], metric))
         moved = msgspec.structs.replace(campaign, winner=best.name, updated_at=now)
         return await self._store.put_campaign(moved, campaign.version)
 
 
-__all__ = ["CampaignSpec", "CampaignView", "Campaigns", "Content", "audience_of", "build"]
+__all__ = ["CampaignSpec", "CampaignView", "Campaigns", "audience_of", "build"]

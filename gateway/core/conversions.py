@@ -15,7 +15,8 @@ from datetime import datetime
 
 from gateway.clock import Clock
 from gateway.core.campaigns import claim_input
-from gateway.core.validate import CAMPAIGN_ID_RE, REQUEST_ID_RE, USER_ID_RE, check_id
+from gateway.core.users import validate_user_id
+from gateway.core.validate import REQUEST_ID_RE, check_campaign_id, check_id
 from gateway.durations import format_duration
 from gateway.errors import InvalidArgument, NotFound
 from gateway.policy.holder import PolicyHolder
@@ -55,7 +56,7 @@ class Conversions:
         self._clock = clock
 
     async def record(self, bu: str, conversion: Conversion) -> Attribution:
-        check_id("user_id", conversion.user_id, USER_ID_RE, "must be 1-128 characters of letters, digits and . _ : @ -")
+        validate_user_id(conversion.user_id)
         check_id(
             "conversion_id", conversion.conversion_id, REQUEST_ID_RE, "must be 1-128 characters of [A-Za-z0-9._:-]"
         )
@@ -105,7 +106,7 @@ class Conversions:
             if not record.campaign_id:
                 raise InvalidArgument("message_id", "is not a campaign's message")
             return record
-        check_id("campaign_id", conversion.campaign_id, CAMPAIGN_ID_RE, "must be 1-64 characters of [A-Za-z0-9._:-]")
+        check_campaign_id("campaign_id", conversion.campaign_id)
         [campaign] = await self._store.get_campaigns([conversion.campaign_id])
         if campaign is None or campaign.bu != bu:
             raise NotFound(f"campaign '{conversion.campaign_id}' not found")

@@ -15,7 +15,7 @@ count twice. A field is ``<variant>|<step>``:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from gateway.values.campaigns import HOLDOUT, funnel_field
 from gateway.values.decisions import Decision
@@ -55,10 +55,8 @@ class Row:
     conversion_value: int = 0
 
     def add(self, other: Row) -> None:
-        for name in ("targeted", "scheduled", "accepted", "sent", "delivered", "failed", "clicked", "converted"):
+        for name in COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.unsubscribed += other.unsubscribed
-        self.conversion_value += other.conversion_value
         for reason, count in other.suppressed.items():
             self.suppressed[reason] = self.suppressed.get(reason, 0) + count
 
@@ -78,6 +76,10 @@ class Row:
     def push_effect(self) -> float:
         """targeted × reach × click × conversion, over targeted: conversions a user."""
         return _rate(self.converted, self.targeted)
+
+
+# The counters of a row (the others: its variant and suppressed by reason).
+COUNTS = tuple(f.name for f in fields(Row) if f.type == "int")
 
 
 def _rate(part: int, whole: int) -> float:

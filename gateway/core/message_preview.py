@@ -52,12 +52,13 @@ class Preview:
         )
 
 
-def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every text of a rendered payload, with its dotted path."""
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _strings(item, f"{path}.{key}" if path else str(key))
+            yield from strings(item, f"{path}.{key}" if path else str(key))
 
 
 def _guard(
@@ -75,7 +76,7 @@ def _guard(
     why = f"{category} messages may not carry promotions"
     if channel is Channel.WECHAT_TEMPLATE:
         why += " (WeChat blocks the template interface of accounts whose templates carry them)"
-    for where, text in _strings(payload):
+    for where, text in strings(payload):
         found = [word for word in policy.content_guard.find(text) if word not in said]
         if found:
             words = ", ".join(f"'{word}'" for word in found)

@@ -181,12 +181,17 @@ class PushPipeline:
         return await self._push_many(bu, requests, admit)
 
     async def _push_many(
-        self, bu: str, requests: Sequence[PushInput], admit: Admit | None
+        self, bu: str, requests: Sequence[PushInput], campaign: Admit | None
     ) -> list[PushAnswer | HeraldError | None]:
+        """``campaign``: a campaign's audience, for a campaign's claims (None: a caller's
+        requests). A campaign is not held to the unit's request rate (its runner paces
+        itself), records no request ids in the unit-wide index (its ids name their user)
+        and keeps its answers as long as a conversion may be attributed; only users its
+        audience admits, on the profile the decision reads, are decided."""
         policy = self._policies.current
         limit = policy.business_units[bu].rate_limit
         if (
-            admit is None
+            campaign is None
             and limit is not None
             and not self._limiter.allow(bu, limit.requests, limit.per.total_seconds(), cost=len(requests))
         ):
@@ -218,13 +223,13 @@ class PushPipeline:
             items.append(_Item(index, claim, IdemKey(bu, request.request_id, fingerprint), message_id))
         if items:
             async with self._users.hold_many({i.claim.user_id for i in items}):
-                await self._decide_arrivals(items, results, admit)
+                await self._decide_arrivals(items, results, campaign)
         for index, earlier in repeats:
             results[index] = results[earlier]
         return results
 
     async def _decide_arrivals(
-        self, items: list[_Item], results: list[PushAnswer | HeraldError | None], admit: Admit | None = None
+        self, items: list[_Item], results: list[PushAnswer | HeraldError | None], campaign: Admit | None = None
     ) -> None:
         policy = self._policies.current
         began = time.monotonic()
@@ -232,7 +237,7 @@ class PushPipeline:
         attempt = 0
         while todo:
             try:
-                retry = await self._decide_round(todo, results, policy, admit)
+                retry = await self._decide_round(todo, results, policy, campaign)
             except StoreUnavailable as exc:
                 self._metrics.store_errors.labels("push").inc()
                 await self._fail_open(todo, results, exc)
@@ -257,11 +262,12 @@ class PushPipeline:
         todo: list[_Item],
         results: list[PushAnswer | HeraldError | None],
         policy: Policy,
-        admit: Admit | None = None,
+        campaign: Admit | None = None,
     ) -> list[_Item]:
         """Read, decide and commit ``todo``; the items whose user changed meanwhile."""
         views = await self._store.read_users(
-            [UserRead(i.claim.user_id, i.idem, index=admit is None) for i in todo], policy.defaults.idempotency_window
+            [UserRead(i.claim.user_id, i.idem, index=campaign is None) for i in todo],
+            policy.defaults.idempotency_window,
         )
         # One log line a decision for a single push; one for a whole batch (a batch of
         # 1000, a campaign's million, must not write a million lines).
@@ -277,7 +283,7 @@ class PushPipeline:
                 results[item.index] = view.answer
             elif view.idem is IdemState.CONFLICT:
                 results[item.index] = _reused(item.claim.request_id)
-            elif admit is None or admit(item.claim.user_id, view.profile):
+            elif campaign is None or campaign(item.claim.user_id, view.profile):
                 groups[item.claim.user_id].append((item, view))
         changes: list[Change] = []
         decided: list[list[tuple[_Item, Decision, PushAnswer]]] = []
@@ -314,7 +320,7 @@ class PushPipeline:
             )
             decided.append(mine)
         retry: list[_Item] = []
-        outcomes = await self._store.commit(changes, lifetimes(policy, admit is not None)) if changes else []
+        outcomes = await self._store.commit(changes, lifetimes(policy, campaign is not None)) if changes else []
         for outcome, mine in zip(outcomes, decided, strict=True):
             if outcome is not Committed.OK:
                 retry += [item for item, _, _ in mine]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from gateway.core.audience_nodes import has_contact
 from gateway.core.campaigns import audience_of
 from gateway.core.profile_rules import compute_tier
 from gateway.policy.model import Policy
@@ -38,24 +39,12 @@ class Preview:
 
 def contact_channels(profile: UserProfile) -> tuple[str, ...]:
     """The channels the profile has a contact point for (opt-outs aside)."""
-    found = []
-    if profile.wechat is not None and profile.wechat.openid:
-        found.append(Channel.WECHAT_CS)
-        if profile.wechat.following:
-            found += [Channel.WECHAT_TEMPLATE, Channel.WECHAT_MASS]
-    if profile.phone:
-        found.append(Channel.SMS)
-    if profile.email:
-        found.append(Channel.EMAIL)
-    if profile.device_tokens:
-        found.append(Channel.APP_PUSH)
-    return tuple(sorted(c.value for c in found))
+    return tuple(sorted(c.value for c in Channel if has_contact(profile, c)))
 
 
 async def preview(store: Store, policy: Policy, text: str, sample: int, now: datetime) -> Preview:
     audience = audience_of(text, policy)
-    plan = audience.index_tags()
-    labels: list[str | None] = list(plan) if plan else [None]
+    labels = audience.scan_steps()
     out = Preview(audience.text)
     seen: set[str] = set()
     complete = True
@@ -73,7 +62,7 @@ async def preview(store: Store, policy: Policy, text: str, sample: int, now: dat
                 for view in views:
                     profile = view.profile
                     out.read += 1
-                    if profile is None or (label is not None and label not in profile.tags):
+                    if profile is None or not audience.indexed(profile, label):
                         continue
                     tier = compute_tier(profile.rfm, policy.tiers, now)
                     if audience.matches(profile, tier, now):

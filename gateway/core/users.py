@@ -24,6 +24,7 @@ from gateway.values.domain import Category, Channel, InteractionKind, UserFact
 from gateway.values.profiles import (
     ATTRIBUTE_KEY_RE,
     MAX_TAGS,
+    NOT_A_TAG,
     PROFILE_SECTIONS,
     Interaction,
     OptOut,
@@ -107,7 +108,7 @@ def validate_labels(tags: Collection[str], attributes: Mapping[str, str], prefix
         if not is_tag(tag):
             raise InvalidArgument(
                 f"{prefix}.tags",
-                f"'{tag[:64]}' is not a tag: 1-64 letters (any script), digits and _ - . : @ / (no spaces)",
+                f"'{tag[:64]}' is not a tag: {NOT_A_TAG}",
             )
     if len(attributes) > MAX_ATTRIBUTES:
         raise InvalidArgument(f"{prefix}.attributes", f"has {len(attributes)}; at most {MAX_ATTRIBUTES}")

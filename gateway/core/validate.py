@@ -38,6 +38,10 @@ def check_id(field: str, value: str, pattern: re.Pattern[str], rule: str) -> Non
         raise InvalidArgument(field, rule)
 
 
+def check_campaign_id(field: str, value: str) -> None:
+    check_id(field, value, CAMPAIGN_ID_RE, "must be 1-64 characters of letters, digits and . _ : -")
+
+
 def check_text(field: str, value: str, limit: int) -> None:
     if len(value) > limit:
         raise InvalidArgument(field, f"is {len(value)} characters; at most {limit} are allowed")
@@ -45,10 +49,15 @@ def check_text(field: str, value: str, limit: int) -> None:
         raise InvalidArgument(field, "contains control characters")
 
 
+def is_web_link(value: str) -> bool:
+    """An absolute http(s) URL."""
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def check_url(field: str, value: str) -> None:
     check_text(field, value, MAX_URL)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not is_web_link(value):
         raise InvalidArgument(field, "must be an absolute http(s) URL")
 
 
@@ -159,12 +168,7 @@ def _check_content(request: PushInput, free_text: bool, category: Category, poli
 
 def _check_campaign(request: PushInput, category: Category) -> None:
     if category is Category.MARKETING:
-        check_id(
-            "campaign_id",
-            request.campaign_id,
-            CAMPAIGN_ID_RE,
-            "must be 1-64 characters of letters, digits and . _ : -",
-        )
+        check_campaign_id("campaign_id", request.campaign_id)
     elif request.campaign_id:
         raise InvalidArgument(
             "campaign_id", f"only marketing scenarios carry a campaign; '{request.scenario}' is {category}"

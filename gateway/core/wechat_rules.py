@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from gateway.policy.wechat_events import SCENE, WechatEvents, normalize
 from gateway.values.domain import Channel
@@ -70,17 +71,26 @@ def actions_for(rules: WechatEvents, event: Mapping[str, str]) -> Actions:
 
 
 def _text(rules: WechatEvents, text: str) -> Actions:
-    if not text:
-        return NOTHING
-    if text in {normalize(w) for w in rules.opt_out_words}:
-        return Actions(opt_out=True, reply=rules.opt_out_reply, rules=("opt_out_words",))
-    if text in {normalize(w) for w in rules.opt_in_words}:
-        return Actions(opt_out=False, reply=rules.opt_in_reply, rules=("opt_in_words",))
+    return _words(rules).get(text, NOTHING) if text else NOTHING
+
+
+@lru_cache(maxsize=8)
+def _words(rules: WechatEvents) -> dict[str, Actions]:
+    """What each (normalized) text message does, worked out once per policy: opt-out
+    words first, then opt-in words, then the keyword rules in order (the first wins;
+    the loader refuses a word with two meanings anyway)."""
+    words: dict[str, Actions] = {}
+    for word in rules.opt_out_words:
+        words.setdefault(normalize(word), Actions(opt_out=True, reply=rules.opt_out_reply, rules=("opt_out_words",)))
+    for word in rules.opt_in_words:
+        words.setdefault(normalize(word), Actions(opt_out=False, reply=rules.opt_in_reply, rules=("opt_in_words",)))
     for index, rule in enumerate(rules.tags_from_keyword):
-        if text in {normalize(k) for k in rule.keywords}:
-            found = _tagged([(f"tags_from_keyword[{index}]", rule.tags or ())])
-            return Actions(found.tags, found.bad_tags, reply=rule.reply, rules=found.rules)
-    return NOTHING
+        found = _tagged([(f"tags_from_keyword[{index}]", rule.tags or ())])
+        for keyword in rule.keywords:
+            words.setdefault(
+                normalize(keyword), Actions(found.tags, found.bad_tags, reply=rule.reply, rules=found.rules)
+            )
+    return words
 
 
 def _tagged(matched: list[tuple[str, tuple[str, ...]]]) -> Actions:

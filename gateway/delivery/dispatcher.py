@@ -29,7 +29,7 @@ from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
 from gateway.links import LinkMaker
 from gateway.logs import get_logger
-from gateway.loops import StepFailures
+from gateway.loops import every
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store.base import Lease, Queue, Settlement, Store, Then, UserRead, UserView
@@ -277,17 +277,13 @@ class Dispatcher:
         ``interval``."""
         seen = self._switches.generation
         last_full = time.monotonic()
-        failures = StepFailures("aside")
-        while not stopping.is_set():
+
+        async def step() -> None:
+            nonlocal seen, last_full
             everything = self._switches.generation != seen or time.monotonic() - last_full > full_every
-            try:
-                await self.wake()
-                await self.sweep_parked(everything)
-                if everything:
-                    seen, last_full = self._switches.generation, time.monotonic()
-            except HeraldError as exc:
-                failures.failed(exc.message)
-            else:
-                failures.succeeded()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), interval)
+            await self.wake()
+            await self.sweep_parked(everything)
+            if everything:
+                seen, last_full = self._switches.generation, time.monotonic()
+
+        await every(interval, step, stopping, "aside")

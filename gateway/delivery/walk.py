@@ -28,12 +28,13 @@ from gateway.core.killswitch import blocking_switch, killed_channels
 from gateway.core.render import render
 from gateway.core.route import reachable
 from gateway.core.users import Users
+from gateway.core.validate import is_web_link
 from gateway.delivery.plan import INLINE_WAIT, Act, Judged, Move, Verdict, end_of_plan, judge, next_move
 from gateway.delivery.providers import Providers, ProviderState, lease_size
 from gateway.delivery.retry import backoff
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
-from gateway.links import LinkMaker, is_web_link, tracked
+from gateway.links import LinkMaker, tracked
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder

@@ -30,7 +30,7 @@ from pydantic_core import CoreSchema
 
 from gateway.core.audience import parse_syntax
 from gateway.core.locales import LOCALE_RE
-from gateway.durations import parse_duration
+from gateway.durations import DURATION_UNITS, parse_duration
 from gateway.policy.providers import Provider
 from gateway.policy.wechat_events import WechatEvents
 from gateway.values.domain import Category, Channel, InteractionKind
@@ -64,7 +64,7 @@ def _time_of_day(value: Any) -> time:
 
 # What the files write, for the JSON Schema editors check them with (``json_schema``):
 # the validators above take these strings, not the ISO forms pydantic would describe.
-DURATION_PATTERN = r"^\s*[0-9]+\s*[smhdw]\s*$"
+DURATION_PATTERN = r"^\s*[0-9]+\s*[" + "".join(DURATION_UNITS) + r"]\s*$"
 TIME_PATTERN = r"^[0-9]{2}:[0-9]{2}$"
 _DURATION_SCHEMA: JsonSchemaValue = {
     "type": "string",

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
-from gateway.values.profiles import MAX_TAGS, is_tag
+from gateway.values.profiles import MAX_TAGS, NOT_A_TAG, is_tag
 
 SCENE = "{scene}"
 MAX_SCENE = 64  # WeChat's scene_str is 1-64 characters (a scene_id: a number)
@@ -37,7 +37,6 @@ DEFAULT_OPT_OUT_WORDS = ("TD", "退订")
 DEFAULT_OPT_OUT_REPLY = "您已退订营销消息。回复 订阅 可重新订阅。"
 DEFAULT_OPT_IN_WORDS = ("订阅",)
 DEFAULT_OPT_IN_REPLY = "您已重新订阅营销消息。回复 TD 可退订。"
-NOT_A_TAG = "1-64 letters (any script), digits and _ - . : @ / (no spaces)"
 
 
 def normalize(text: str) -> str:

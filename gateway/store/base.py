@@ -28,7 +28,7 @@ import msgspec
 
 from gateway.store import keys
 from gateway.store.codec import DeadLetter, Parked
-from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, ShardProgress, funnel_field
+from gateway.values.campaigns import Campaign, ShardProgress, funnel_field
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category, Channel
 from gateway.values.jobs import Job
@@ -170,7 +170,6 @@ class Lifetimes(msgspec.Struct, frozen=True, gc=False):
 
     idempotency: timedelta
     messages: timedelta
-    campaigns: timedelta = CAMPAIGN_RETENTION
 
 
 class Store(Protocol):

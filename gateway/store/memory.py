@@ -189,6 +189,7 @@ class MemoryStore:
         # Campaigns (kept encoded, as on Redis: a caller never shares a stored value).
         self._campaigns: _Expiring[bytes] = _Expiring(self._clock)
         self._campaign_order: dict[str, list[tuple[datetime, str]]] = {}
+        self._running: set[str] = set()  # as Redis's herald:{cmp}:run
         self._leases: dict[str, tuple[str, datetime, bytes | None]] = {}
         self._funnels: dict[str, dict[str, int]] = {}
         self._funnel_once: dict[str, set[str]] = {}
@@ -433,6 +434,10 @@ class MemoryStore:
         self._campaigns.set(campaign.campaign_id, codec.CAMPAIGN.encode(stored), CAMPAIGN_RETENTION)
         if expect is None:
             self._campaign_order.setdefault(campaign.bu, []).append((campaign.created_at, campaign.campaign_id))
+        if stored.state is CampaignState.RUNNING:
+            self._running.add(campaign.campaign_id)
+        else:
+            self._running.discard(campaign.campaign_id)
         return stored
 
     async def get_campaigns(self, campaign_ids: Sequence[str]) -> list[Campaign | None]:
@@ -445,7 +450,7 @@ class MemoryStore:
         return [c for c in found if c is not None][:limit]
 
     async def running_campaigns(self) -> list[Campaign]:
-        found = await self.get_campaigns([c for order in self._campaign_order.values() for _, c in order])
+        found = await self.get_campaigns(sorted(self._running))
         return [c for c in found if c is not None and c.state is CampaignState.RUNNING]
 
     async def lease_campaign_shard(

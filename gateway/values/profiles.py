@@ -22,6 +22,10 @@ TAG_RE = re.compile(r"[\w.:@/-]{1,64}")
 MAX_TAGS = 200
 
 
+# What a tag may be, in words (for errors).
+NOT_A_TAG = "1-64 letters (any script), digits and _ - . : @ / (no spaces)"
+
+
 def is_tag(text: str) -> bool:
     return TAG_RE.fullmatch(text) is not None
 

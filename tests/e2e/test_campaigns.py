@@ -467,3 +467,52 @@ async def test_a_user_the_campaign_cannot_claim_is_skipped_not_a_stalled_run(cam
     await campaigns.action("start", "d11-skip")
     done = await campaigns.finish("d11-skip")
     assert done.progress.matched == 5 and row(done, "").targeted == 5
+
+
+def test_the_split_is_the_same_in_every_process() -> None:
+    """A hash salted per process (Python's hash()) would split users differently on each
+    replica and after each restart: the split is pinned to what it was written with."""
+    now = local(10)
+    campaign = Campaign("c", "marketing", "s", "x", (Variant("A", 1), Variant("B", 1)), now, now, holdout=0.1)
+    assert [campaign.share_of(f"u-{n}") for n in range(8)] == ["B", "B", "A", "B", "B", "A", "B", "A"]
+
+
+async def test_a_pause_stops_a_scan_under_way(campaigns: Campaigns) -> None:
+    runner = campaigns.gateway.campaign_runner
+    runner._chunk_size = 1  # a chunk a user: the pause lands between two of them
+    runner._backlog_poll = 0  # every chunk reads the campaign afresh
+    await add_users(campaigns.api, 5000)  # 1,000 vip
+    await campaigns.create("d11-midway", "tags any [vip]")
+    await campaigns.action("start", "d11-midway")
+    await runner.tick()
+    for _ in range(10_000):  # until the scan is under way
+        if (await campaigns.get("d11-midway")).progress.scanned:
+            break
+    await campaigns.action("pause", "d11-midway")
+    await runner.drain()
+    paused = (await campaigns.get("d11-midway")).progress.scanned
+    assert 0 < paused < 1000
+    await runner.tick()
+    await runner.drain()
+    assert (await campaigns.get("d11-midway")).progress.scanned == paused  # paused stays paused
+    await campaigns.action("resume", "d11-midway")
+    done = await campaigns.finish("d11-midway")
+    assert done.progress.matched == 1000 and row(done, "").targeted == 1000
+
+
+async def test_a_user_the_campaign_cannot_claim_is_counted_as_skipped(campaigns: Campaigns) -> None:
+    from gateway.values.campaigns import request_id_of
+
+    await add_users(campaigns.api, 30)
+    taken = push_pb2.PushRequest(
+        request_id=request_id_of("d11-skipped", "u-10"),
+        user_id="u-10",
+        scenario="double11.presale",
+        params=PARAMS,
+        campaign_id="other",
+    )
+    await campaigns.api.push.Push(taken, metadata=auth("marketing"))
+    await campaigns.create("d11-skipped", "tags any [vip]")
+    await campaigns.action("start", "d11-skipped")
+    done = await campaigns.finish("d11-skipped")
+    assert done.progress.skipped == 1 and done.progress.matched == 5

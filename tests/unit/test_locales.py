@@ -46,3 +46,10 @@ def test_render_in_the_users_locale_with_the_default_block_where_the_locale_has_
     assert template["template_id"] == "TPL_ORDER_SHIPPED_01" and template["fields"]["character_string1"] == "O-1"
     assert content_locale(POLICY, "order.shipped", "en-AU") == "en"
     assert content_locale(POLICY, "order.paid", "en-AU") is None  # a scenario without locales
+
+
+def test_templates_are_compiled_once_per_policy() -> None:
+    """Deliveries render on the hot path: what depends on the policy alone is kept."""
+    from gateway.core.render import template
+
+    assert template(POLICY, "order.shipped", Channel.APP_PUSH) is template(POLICY, "order.shipped", Channel.APP_PUSH)

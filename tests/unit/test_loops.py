@@ -103,3 +103,15 @@ async def test_every_with_a_real_clock_logs_once_in_a_short_outage() -> None:
     stopping.set()
     await asyncio.wait_for(task, 5)
     assert [event for _, event, _ in log.lines] == ["loop_step_failed"]
+
+
+def test_without_a_period_the_default_one_applies() -> None:
+    clock, log = Clock(), Recorder()
+    failures = StepFailures("gauges", clock=clock, logger=log)
+    failures.failed("down")
+    clock.now = REPEAT_EVERY - 0.1
+    failures.failed("down")
+    assert len(log.lines) == 1  # within the period: not logged
+    clock.now = REPEAT_EVERY
+    failures.failed("down")
+    assert len(log.lines) == 2 and log.lines[-1][2]["unlogged"] == 1

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -33,6 +32,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.errors import StoreUnavailable
+from gateway.masking import redacted_url
 from gateway.store.redis.resp import RespPool
 
 Command = tuple[Any, ...]
@@ -45,12 +45,7 @@ MAX_BATCH = 2000
 DOWN_HOLD = 1.0
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+redacted = redacted_url  # the URL without its password, for logs and errors
 
 
 @dataclass(frozen=True)

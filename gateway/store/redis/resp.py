@@ -61,6 +61,7 @@ PARSED: dict[str, Callable[[Any], Any]] = {
     "XAUTOCLAIM": _autoclaim,
     "XREADGROUP": _streams,
     "XPENDING": _pending,
+    "SSCAN": lambda raw: [int(raw[0]), raw[1]],  # the cursor as a number, as redis-py gives it
 }
 
 

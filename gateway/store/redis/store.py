@@ -189,7 +189,7 @@ class RedisStore:
                 b"" if update.job is None else codec.JOB.encode(update.job),
             ]
         if change.funnel:
-            args.append(ms(lifetimes.campaigns))
+            args.append(ms(CAMPAIGN_RETENTION))
             for campaign_id, field in change.funnel:
                 command_keys.append(keys.funnel(tag, campaign_id))
                 args.append(field)
@@ -375,8 +375,7 @@ class RedisStore:
         [(after, found)] = await self._run(
             "scan_users", [("SSCAN", self._index_key(shard, label), cursor, "COUNT", count)]
         )
-        # redis-py's cluster client parses the cursor to an int; the lean one leaves bytes.
-        return str(after) if isinstance(after, int) else codec.text(after), [codec.text(u) for u in found]
+        return str(after), [codec.text(u) for u in found]
 
     async def forget_users(self, shard: int, user_ids: Sequence[str], label: str | None = None) -> None:
         if user_ids:
