@@ -87,8 +87,6 @@ AUDIENCES = {
     "tagged": f"tags any [{TAG}] and province = {PROVINCE}",  # read from the d11 index only
     "untagged": f"province = {PROVINCE}",  # every user is read
 }
-# The runner's shard scans in flight in one process (CampaignRunner's default).
-RUNNER_SCANS = 2
 LOAD_BATCH = 2000  # users a pipeline while loading
 LOAD_IN_FLIGHT = 3
 
@@ -341,6 +339,7 @@ class Ceiling:
     read: int
     seconds: float
     commands: dict[str, int]
+    in_flight: int
 
 
 CEILING_WRITE = Script("bench_ceiling", "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1")
@@ -389,7 +388,7 @@ async def ceiling(url: str, shards: int, audience: str, in_flight: int) -> Ceili
         began = time.perf_counter()
         await asyncio.gather(*(scan() for _ in range(in_flight)))
         seconds = time.perf_counter() - began
-        return Ceiling(decided, read, seconds, command_delta(before, redis_command_calls(url)))
+        return Ceiling(decided, read, seconds, command_delta(before, redis_command_calls(url)), in_flight)
     finally:
         await connection.close()
 
@@ -410,7 +409,8 @@ def header(args: argparse.Namespace, shards: int) -> str:
             f"an app-push token each); audience `{audience}`; double11.presale, one variant",
             f"herald: `herald serve --processes {args.processes}`, HERALD_DELIVER=false (deciding, not delivering), "
             f"HERALD_LOG_LEVEL={args.herald_log_level}; sample policies, rate limits lifted, marketing quiet hours "
-            f"exempt; {shards} shards, the runner's {RUNNER_SCANS} shard scans a process, {CHUNK} users a chunk",
+            f"exempt; {shards} shards, HERALD_CAMPAIGN_SCANS={args.scans} (shard scans a process), "
+            f"{CHUNK} users a chunk",
             "",
         ]
     )
@@ -493,7 +493,7 @@ def report(args: argparse.Namespace, run: Run, cap: Ceiling, audience: int, load
             "ceiling, decided per second",
             f"{cap_rate:,.0f}",
             f"{cap.decided:,} in {cap.seconds:.1f} s: SSCAN {CHUNK} + HGETALL a user read + EVALSHA (SET) a user "
-            f"decided, {RUNNER_SCANS * args.processes} shards in flight, one process; "
+            f"decided, {cap.in_flight} shards in flight, one process; "
             f"{cap_calls / max(1, cap.decided):.2f} commands per decided",
         ),
         ("herald of ceiling", f"{rate / cap_rate:.0%}", ""),
@@ -516,6 +516,7 @@ async def measure(args: argparse.Namespace, url: str, redis_pid: int, workdir: P
         processes=args.processes,
         log_level=args.herald_log_level,
         policies=policies_for_bench(workdir / "policies"),
+        extra_env={"HERALD_CAMPAIGN_SCANS": str(args.scans)},
     ) as server:
         await asyncio.sleep(1.0)  # the processes' first ticks (kill switches, gauges) settle
         run.rss_before_kib = sum(status_kib(pid, "VmRSS") for pid in tree_pids(server.pid))
@@ -538,6 +539,13 @@ def parse_args() -> argparse.Namespace:
         default="tagged",
         help=f"tagged: `{AUDIENCES['tagged']}` (the d11 index is read); untagged: `{AUDIENCES['untagged']}` "
         "(every user is read)",
+    )
+    parser.add_argument(
+        "--scans",
+        type=int,
+        default=8,
+        help="HERALD_CAMPAIGN_SCANS: shard scans a process runs at once (8: as docs/deployment.md advises for "
+        "a process that only runs campaigns)",
     )
     parser.add_argument("--herald-log-level", default="INFO", help="HERALD_LOG_LEVEL (INFO is Herald's default)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds the campaign may take")
@@ -565,7 +573,7 @@ def main() -> None:
         progress(f"  loaded in {load_s:.1f} s; starting herald serve --processes {args.processes} …")
         asyncio.run(measure(args, server.url, server.pid, Path(tmp), run))
         progress("the ceiling …")
-        cap = asyncio.run(ceiling(server.url, shards, args.audience, RUNNER_SCANS * args.processes))
+        cap = asyncio.run(ceiling(server.url, shards, args.audience, min(shards, args.scans * args.processes)))
     print(report(args, run, cap, audience, load_s), flush=True)
 
 

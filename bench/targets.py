@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +81,12 @@ def herald_server(
     log_level: str,
     cluster: bool = False,
     policies: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
     """`herald serve` on the sample policies (rate limits lifted), its log in workdir.
     `processes`: passed as --processes when not None. `cluster`: `redis_url` is one node
-    of a Redis Cluster. `policies`: a policy folder of the caller's instead."""
+    of a Redis Cluster. `policies`: a policy folder of the caller's instead. `extra_env`:
+    more HERALD_* settings."""
     port, admin = free_port(), free_port()
     env = child_env(
         HERALD_LISTEN=f"127.0.0.1:{port}",
@@ -95,6 +97,7 @@ def herald_server(
         HERALD_REDIS_CLUSTER="true" if cluster else "false",
         HERALD_DELIVER="true" if deliver else "false",
         HERALD_LOG_LEVEL=log_level,
+        **(extra_env or {}),
     )
     command = [*HERALD, "--processes", str(processes)] if processes is not None else HERALD
     with _process(command, env, workdir / "herald.log", [port, admin]) as pid:

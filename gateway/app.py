@@ -153,6 +153,7 @@ class Gateway:
             self.clock,
             self.metrics,
             backlog=self._marketing_backlog,
+            concurrency=settings.campaign_scans,
         )
         self.admission = Admission(settings.max_in_flight, self.metrics)
         self.health = health.aio.HealthServicer()

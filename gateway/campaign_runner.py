@@ -35,7 +35,7 @@ import msgspec
 
 from gateway.clock import Clock
 from gateway.core.audience import Audience
-from gateway.core.campaigns import Campaigns, audience_of, claim_input
+from gateway.core.campaigns import CampaignClaims, Campaigns, audience_of
 from gateway.core.pipeline import PushPipeline
 from gateway.core.profile_rules import compute_tier
 from gateway.errors import HeraldError, StoreUnavailable, Unavailable
@@ -80,7 +80,7 @@ class CampaignRunner:
         *,
         interval: float = 0.5,
         chunk: int = CHUNK,
-        concurrency: int = 2,
+        concurrency: int = 4,
         backlog: Callable[[], Awaitable[int]] | None = None,
         max_backlog: int = MAX_BACKLOG,
         backlog_poll: float = BACKLOG_POLL,
@@ -279,8 +279,9 @@ class CampaignRunner:
 
         # A test's two scans each take their own users (known from the id alone).
         mine = [u for u in dict.fromkeys(users) if _in_scan(campaign, u)]
-        requests = [claim_input(campaign, user_id) for user_id in mine]
-        results = await self._pipeline.push_audience(campaign.bu, requests, admit) if requests else []
+        maker = CampaignClaims(campaign, policy, now)
+        claims = [maker.claim(user_id) for user_id in mine]
+        results = await self._pipeline.push_audience(campaign.bu, claims, admit) if claims else []
         failed = [r for r in results if isinstance(r, HeraldError)]
         transient = [r for r in failed if isinstance(r, StoreUnavailable | Unavailable)]
         if transient:
@@ -294,8 +295,11 @@ class CampaignRunner:
         matched = [r for r in results if r is not None and not isinstance(r, HeraldError)]
         holdout = sum(
             1
-            for q, r in zip(requests, results, strict=True)
-            if r is not None and not isinstance(r, HeraldError) and q.variant == HOLDOUT
+            for c, r in zip(claims, results, strict=True)
+            if r is not None
+            and not isinstance(r, HeraldError)
+            and not isinstance(c, HeraldError)
+            and c[0].variant == HOLDOUT
         )
         if stale:
             await self._store.forget_users(progress.shard, stale, label)

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         "marketing on workers of their own, so a campaign's sends never share a process with order notices",
     )
     campaigns: bool = Field(True, description="scan running campaigns in this process (gateways and workers)")
+    campaign_scans: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="campaign shard scans this process runs at once: more keeps the cores busy while scans wait "
+        "on Redis (8 on a process that only runs campaigns), fewer keeps a gateway's Push from waiting on them",
+    )
     reclaim_seconds: float = Field(
         60.0, description="Redis: a delivery a worker has held this long without finishing is taken over by another"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import lru_cache
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DURATION_UNITS = tuple(_UNITS)  # what a duration's unit may be (the policy's JSON Schema too)
@@ -36,6 +37,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds * _UNITS[unit])
 
 
+@lru_cache(maxsize=256)  # a policy's few durations, in every decision's trace
 def format_duration(delta: timedelta) -> str:
     """The duration as policy files write it, in its largest whole unit (``90s``, ``5m``,
     ``7d``, ``2w``), except that one day is ``24h`` as people write it. For messages

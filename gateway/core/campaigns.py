@@ -14,8 +14,16 @@ import msgspec
 from gateway.clock import Clock
 from gateway.core import funnel
 from gateway.core.audience import Audience, AudienceError, parse
-from gateway.core.validate import check_campaign_id, validate_push
-from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from gateway.core.validate import check_campaign_id, check_user_id, validate_push
+from gateway.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    HeraldError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from gateway.policy.holder import PolicyHolder
 from gateway.policy.model import Policy
 from gateway.store.base import Store
@@ -30,7 +38,7 @@ from gateway.values.campaigns import (
     Variant,
     request_id_of,
 )
-from gateway.values.claims import PushInput
+from gateway.values.claims import Claim, PushInput, fingerprint_of
 from gateway.values.domain import Category
 
 VARIANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -181,7 +189,10 @@ def _same_definition(a: Campaign, b: Campaign) -> bool:
 def claim_input(campaign: Campaign, user_id: str) -> PushInput:
     """A user's claim of the campaign, the same every time it is made (its request id
     and body are what make a resumed run, or a conversion, find the same message)."""
-    share = campaign.share_for(user_id) or campaign.share_of(user_id)
+    return _share_input(campaign, campaign.share_for(user_id) or campaign.share_of(user_id), user_id)
+
+
+def _share_input(campaign: Campaign, share: str, user_id: str) -> PushInput:
     variant = campaign.variant(share) or campaign.variants[0]
     return PushInput(
         request_id=request_id_of(campaign.campaign_id, user_id),
@@ -195,6 +206,39 @@ def claim_input(campaign: Campaign, user_id: str) -> PushInput:
         priority=campaign.priority,
         variant=share,
     )
+
+
+class CampaignClaims:
+    """A campaign's claims under one policy, made many at a time: each share (variant or
+    holdout) is validated once, and a user's claim is its share's claim with the user's
+    ids put in. The claim and fingerprint are those ``validate_push(claim_input(...))``
+    gives (a test holds them equal), at a fraction of the cost."""
+
+    def __init__(self, campaign: Campaign, policy: Policy, now: datetime) -> None:
+        self._campaign = campaign
+        self._shares: dict[str, tuple[Claim, bytes] | HeraldError] = {}
+        for share in (*(v.name for v in campaign.variants), HOLDOUT):
+            request = _share_input(campaign, share, "u")
+            try:
+                self._shares[share] = (validate_push(campaign.bu, request, policy, now), request.body_but_user())
+            except HeraldError as exc:
+                self._shares[share] = exc
+
+    def claim(self, user_id: str) -> tuple[Claim, str] | HeraldError:
+        """The user's claim and its fingerprint, or why the user's share cannot be sent
+        (a policy changed since the campaign was made, its deadline passed)."""
+        try:
+            check_user_id(user_id)
+        except InvalidArgument as exc:
+            return exc
+        campaign = self._campaign
+        share = self._shares[campaign.share_for(user_id) or campaign.share_of(user_id)]
+        if isinstance(share, HeraldError):
+            return share
+        template, body = share
+        request_id = request_id_of(campaign.campaign_id, user_id)
+        claim = msgspec.structs.replace(template, request_id=request_id, user_id=user_id)
+        return claim, fingerprint_of(user_id, body)
 
 
 class Campaigns:
@@ -299,4 +343,4 @@ class Campaigns:
         return await self._store.put_campaign(moved, campaign.version)
 
 
-__all__ = ["CampaignSpec", "CampaignView", "Campaigns", "audience_of", "build"]
+__all__ = ["CampaignClaims", "CampaignSpec", "CampaignView", "Campaigns", "audience_of", "build"]

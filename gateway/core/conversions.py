@@ -15,8 +15,7 @@ from datetime import datetime
 
 from gateway.clock import Clock
 from gateway.core.campaigns import claim_input
-from gateway.core.users import validate_user_id
-from gateway.core.validate import REQUEST_ID_RE, check_campaign_id, check_id
+from gateway.core.validate import REQUEST_ID_RE, check_campaign_id, check_id, check_user_id
 from gateway.durations import format_duration
 from gateway.errors import InvalidArgument, NotFound
 from gateway.policy.holder import PolicyHolder
@@ -56,7 +55,7 @@ class Conversions:
         self._clock = clock
 
     async def record(self, bu: str, conversion: Conversion) -> Attribution:
-        validate_user_id(conversion.user_id)
+        check_user_id(conversion.user_id)
         check_id(
             "conversion_id", conversion.conversion_id, REQUEST_ID_RE, "must be 1-128 characters of [A-Za-z0-9._:-]"
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -104,7 +104,14 @@ class _Trace:
 
 
 def _local(moment: datetime, tz: ZoneInfo) -> str:
-    return f"{moment.astimezone(tz):%Y-%m-%d %H:%M} {tz.key}"
+    """The time as the user's clock shows it, to the minute (for details)."""
+    return _local_minute(int(moment.timestamp()) // 60, tz)
+
+
+@lru_cache(maxsize=4096)
+def _local_minute(minute: int, tz: ZoneInfo) -> str:
+    # A campaign's users are held to a handful of minutes: each formatted once.
+    return f"{datetime.fromtimestamp(minute * 60, tz):%Y-%m-%d %H:%M} {tz.key}"
 
 
 def score(claim: Claim, policy: Policy, tier: str) -> tuple[float, tuple[object, ...]]:

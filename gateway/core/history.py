@@ -17,7 +17,7 @@ from datetime import datetime
 
 import msgspec
 
-from gateway.core.users import validate_user_id
+from gateway.core.validate import check_user_id
 from gateway.errors import InvalidArgument
 from gateway.store import keys
 from gateway.store.base import IndexCursor, Store
@@ -100,7 +100,7 @@ def _start(query: HistoryQuery) -> IndexCursor:
 async def list_messages(store: Store, bu: str, query: HistoryQuery) -> tuple[list[MessageRecord], str]:
     """One page of the user's messages of business unit ``bu``, newest first, and the
     token of the next page ("" when there is none)."""
-    validate_user_id(query.user_id)
+    check_user_id(query.user_id)
     size = query.page_size or DEFAULT_PAGE
     if not 1 <= size <= MAX_PAGE:
         raise InvalidArgument("page_size", f"must be 1-{MAX_PAGE} (0: {DEFAULT_PAGE})")

@@ -128,7 +128,9 @@ class _Item:
     index: int
     claim: Claim
     idem: IdemKey
-    message_id: str
+    # Given when the claim is first decided (not for a repeat, nor a user the campaign's
+    # audience refuses), and kept through the rounds contention may take.
+    message_id: str = ""
 
 
 def _due(mutations: Sequence[Mutation]) -> datetime | None:
@@ -167,33 +169,37 @@ class PushPipeline:
 
     async def push_many(self, bu: str, requests: Sequence[PushInput]) -> list[PushAnswer | HeraldError]:
         """Decide each request on its own; an answer or an error per request, in order."""
-        results = await self._push_many(bu, requests, None)
+        results = await self._push_many(bu, requests)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
     async def push_audience(
-        self, bu: str, requests: Sequence[PushInput], admit: Admit
+        self, bu: str, claims: Sequence[tuple[Claim, str] | HeraldError], admit: Admit
     ) -> list[PushAnswer | HeraldError | None]:
-        """A campaign's claims: as ``push_many``, but ``admit`` (the audience) sees each
-        new request's user profile as read for the decision, and a request it refuses
-        is not decided (None). Not held to the unit's request rate: a campaign's runner
-        paces itself."""
-        return await self._push_many(bu, requests, admit)
+        """A campaign's claims (each validated, with its fingerprint; or why it cannot
+        be made): as ``push_many``, but ``admit`` (the audience) sees each new claim's
+        user profile as read for the decision, and a claim it refuses is not decided
+        (None). Not held to the unit's request rate (the runner paces itself), no
+        request ids in the unit-wide index (a campaign's ids name their user), and the
+        answers kept as long as a conversion may be attributed."""
+        results: list[PushAnswer | HeraldError | None] = [None] * len(claims)
+        items: list[_Item] = []
+        for index, made in enumerate(claims):
+            if isinstance(made, HeraldError):
+                results[index] = made
+                continue
+            claim, fingerprint = made
+            items.append(_Item(index, claim, IdemKey(bu, claim.request_id, fingerprint)))
+        if items:
+            async with self._users.hold_many({i.claim.user_id for i in items}):
+                await self._decide_arrivals(items, results, admit)
+        return results
 
-    async def _push_many(
-        self, bu: str, requests: Sequence[PushInput], campaign: Admit | None
-    ) -> list[PushAnswer | HeraldError | None]:
-        """``campaign``: a campaign's audience, for a campaign's claims (None: a caller's
-        requests). A campaign is not held to the unit's request rate (its runner paces
-        itself), records no request ids in the unit-wide index (its ids name their user)
-        and keeps its answers as long as a conversion may be attributed; only users its
-        audience admits, on the profile the decision reads, are decided."""
+    async def _push_many(self, bu: str, requests: Sequence[PushInput]) -> list[PushAnswer | HeraldError | None]:
         policy = self._policies.current
         limit = policy.business_units[bu].rate_limit
-        if (
-            campaign is None
-            and limit is not None
-            and not self._limiter.allow(bu, limit.requests, limit.per.total_seconds(), cost=len(requests))
+        if limit is not None and not self._limiter.allow(
+            bu, limit.requests, limit.per.total_seconds(), cost=len(requests)
         ):
             raise ResourceExhausted(
                 f"business unit '{bu}' is over its rate limit of {limit.requests} requests per "
@@ -219,11 +225,10 @@ class PushPipeline:
                     repeats.append((index, earlier))
                 continue
             first[request.request_id] = (index, fingerprint)
-            message_id = new_message_id(shard_of(claim.user_id, self._store.shards))
-            items.append(_Item(index, claim, IdemKey(bu, request.request_id, fingerprint), message_id))
+            items.append(_Item(index, claim, IdemKey(bu, request.request_id, fingerprint)))
         if items:
             async with self._users.hold_many({i.claim.user_id for i in items}):
-                await self._decide_arrivals(items, results, campaign)
+                await self._decide_arrivals(items, results)
         for index, earlier in repeats:
             results[index] = results[earlier]
         return results
@@ -295,6 +300,7 @@ class PushPipeline:
             due: datetime | None = None
             funnel: list[tuple[str, str]] = []
             for item, _ in members:
+                self._name(item)
                 ctx = Context(policy, view.profile, state, switches, now, down)
                 decision = decide_arrival(item.claim, item.message_id, ctx)
                 if decision.mutations:
@@ -338,6 +344,12 @@ class PushPipeline:
                     tally[name] = tally.get(name, 0) + 1
             log.info("decisions", count=sum(tally.values()), outcomes=tally)
         return retry
+
+    def _name(self, item: _Item) -> None:
+        """The claim's message id, made when it is first decided (its shard is its
+        user's: the message's keys live beside the user's)."""
+        if not item.message_id:
+            item.message_id = new_message_id(shard_of(item.claim.user_id, self._store.shards))
 
     def _answer(self, item: _Item, decision: Decision, policy: Policy) -> PushAnswer:
         return PushAnswer(
@@ -423,6 +435,7 @@ class PushPipeline:
                 )
                 continue
             ctx = Context(policy, profile, UserState(), self._switches.current(), now, self._down())
+            self._name(item)
             decision = decide_arrival(claim, item.message_id, ctx)
             if decision.outcome is Outcome.SCHEDULED:
                 results[item.index] = StoreUnavailable(

@@ -13,7 +13,7 @@ import msgspec
 from gateway.clock import Clock
 from gateway.core.locales import LOCALE_RE
 from gateway.core.profile_rules import CsWindowState, cs_window, interaction_retention
-from gateway.core.validate import USER_ID_RE, check_id
+from gateway.core.validate import check_user_id
 from gateway.errors import InvalidArgument, NotFound, Unavailable
 from gateway.logs import get_logger
 from gateway.masking import user_ref
@@ -49,10 +49,6 @@ INTERACTIONS_KEPT = 20
 # of the same user's tags in between).
 TAG_WRITE_TRIES = 5
 CLOCK_SKEW = timedelta(minutes=5)
-
-
-def validate_user_id(user_id: str, field: str = "user_id") -> None:
-    check_id(field, user_id, USER_ID_RE, "must be 1-128 characters of letters, digits and . _ : @ -")
 
 
 def validate_patch(patch: Mapping[str, Any], now: datetime, prefix: str = "user") -> None:
@@ -140,7 +136,7 @@ class Users:
         self._clock = clock
 
     async def upsert(self, user_id: str, patch: Mapping[str, Any]) -> UserProfile:
-        validate_user_id(user_id, "user.user_id")
+        check_user_id(user_id, "user.user_id")
         now = self._clock.now()
         validate_patch(patch, now)
         retention = self._policies.current.defaults.profile_retention
@@ -188,7 +184,7 @@ class Users:
         raise Unavailable("the user's tags kept changing while tags were added; try again")
 
     async def get(self, user_id: str) -> UserProfile:
-        validate_user_id(user_id)
+        check_user_id(user_id)
         profile = await self._store.get_user(user_id)
         if profile is None:
             raise NotFound(f"no user '{user_id}'; create it with UpsertUser")
@@ -197,7 +193,7 @@ class Users:
     async def record_interaction(
         self, user_id: str, kind: InteractionKind, at: datetime | None
     ) -> CsWindowState | None:
-        validate_user_id(user_id)
+        check_user_id(user_id)
         now = self._clock.now()
         when = at or now
         if when > now + CLOCK_SKEW:
@@ -214,7 +210,7 @@ class Users:
     async def set_opt_out(
         self, user_id: str, category: Category | None, channel: Channel | None, opted_out: bool, source: str
     ) -> UserProfile:
-        validate_user_id(user_id)
+        check_user_id(user_id)
         if category is None and channel is None:
             raise InvalidArgument("category", "give a category, a channel, or both")
         if category is Category.BASIC and channel is None and opted_out:
@@ -255,7 +251,7 @@ class Users:
     async def export(self, user_id: str) -> UserExport:
         """The profile, the arbitration state, and the messages still kept (found
         through the user's message index and the state), of every business unit."""
-        validate_user_id(user_id)
+        check_user_id(user_id)
         [view] = await self._store.read_users([UserRead(user_id)], self._policies.current.defaults.idempotency_window)
         indexed = await self._store.user_messages(user_id, IndexCursor(), None, keys.USER_MESSAGES_KEEP)
         ids = erasable_messages([message_id for message_id, _ in indexed], view.state)
@@ -269,7 +265,7 @@ class Users:
     async def delete(self, user_id: str) -> Erasure:
         """Erase the user from the store (a privacy erasure request); what was removed.
         Logged with the user's log id and the counts, never the user id."""
-        validate_user_id(user_id)
+        check_user_id(user_id)
         erased = await self._store.delete_user(user_id)
         log.info("user_deleted", user_ref=user_ref(user_id), removed=msgspec.structs.asdict(erased))
         return erased

@@ -38,6 +38,10 @@ def check_id(field: str, value: str, pattern: re.Pattern[str], rule: str) -> Non
         raise InvalidArgument(field, rule)
 
 
+def check_user_id(value: str, field: str = "user_id") -> None:
+    check_id(field, value, USER_ID_RE, "must be 1-128 characters of letters, digits and . _ : @ -")
+
+
 def check_campaign_id(field: str, value: str) -> None:
     check_id(field, value, CAMPAIGN_ID_RE, "must be 1-64 characters of letters, digits and . _ : -")
 
@@ -68,12 +72,7 @@ def validate_push(bu: str, request: PushInput, policy: Policy, now: datetime) ->
         REQUEST_ID_RE,
         "must be 1-128 characters of letters, digits and . _ : -",
     )
-    check_id(
-        "user_id",
-        request.user_id,
-        USER_ID_RE,
-        "must be 1-128 characters of letters, digits and . _ : @ -",
-    )
+    check_user_id(request.user_id)
     if not request.scenario:
         raise InvalidArgument("scenario", "is required")
     scenario = policy.scenarios.get(request.scenario)

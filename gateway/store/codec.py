@@ -158,7 +158,6 @@ _SECTION_CODECS: dict[str, Codec[Any]] = {
     "tags": CODECS["tags"],
     "attributes": CODECS["attributes"],
 }
-_STATE_FIELDS = frozenset({"v", "st"})
 
 
 def text(value: str | bytes) -> str:
@@ -180,20 +179,29 @@ def encode_opt_out(entry: OptOut) -> tuple[bytes, bytes]:
     return opt_out_field(entry.key).encode(), CODECS["opt_out"].encode(StoredOptOut(entry.at, entry.source))
 
 
+# A profile's fields hold JSON, under the name of the profile's field they fill: spliced
+# into one JSON object they decode in one call, not one call a field (a campaign reads
+# a million profiles). Opt-outs, one field each, are decoded apart.
+_SPLICED = {name.encode(): b'"' + name.encode() + b'":' for name in (*_SECTION_CODECS, UPDATED_AT)}
+_SPLICED[b"ix"] = b'"interactions":'
+_PROFILE = msgspec.json.Decoder(UserProfile)
+_OPT_OUT_PREFIX = OPT_OUT_PREFIX.encode()
+
+
 def decode_profile(user_id: str, fields: Mapping[bytes, bytes]) -> UserProfile | None:
     """The profile in a user's hash; None when the hash holds no profile (never written,
     or only arbitration state left behind)."""
-    values: dict[str, Any] = {}
+    if b"updated_at" not in fields:
+        return None
+    parts = [b'{"user_id":' + msgspec.json.encode(user_id)]
     opt_outs = []
-    interactions: tuple[Interaction, ...] = ()
-    updated_at = None
-    for raw_name, raw_value in fields.items():
-        name = raw_name.decode()
-        if name in _STATE_FIELDS:
-            continue
-        if name.startswith(OPT_OUT_PREFIX):
-            category, channel = name[len(OPT_OUT_PREFIX) :].split(":")
-            stored = CODECS["opt_out"].decode(raw_value)
+    for name, value in fields.items():
+        spliced = _SPLICED.get(name)
+        if spliced is not None:
+            parts.append(spliced + value)
+        elif name.startswith(_OPT_OUT_PREFIX):
+            category, channel = name[len(_OPT_OUT_PREFIX) :].decode().split(":")
+            stored = CODECS["opt_out"].decode(value)
             opt_outs.append(
                 OptOut(
                     category=None if category == "*" else Category(category),
@@ -202,21 +210,13 @@ def decode_profile(user_id: str, fields: Mapping[bytes, bytes]) -> UserProfile |
                     source=stored.source,
                 )
             )
-        elif name == UPDATED_AT:
-            updated_at = CODECS["time"].decode(raw_value)
-        elif name == "ix":
-            interactions = INTERACTIONS.decode(raw_value)
-        elif name in _SECTION_CODECS:
-            values[name] = _SECTION_CODECS[name].decode(raw_value)
-    if updated_at is None:
-        return None
-    return UserProfile(
-        user_id=user_id,
-        opt_outs=tuple(sorted(opt_outs, key=lambda o: o.key)),
-        interactions=interactions,
-        updated_at=updated_at,
-        **values,
-    )
+    try:
+        profile = _PROFILE.decode(b",".join(parts) + b"}")
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Undecodable(f"not a stored UserProfile: {exc}") from exc
+    if opt_outs:
+        profile = msgspec.structs.replace(profile, opt_outs=tuple(sorted(opt_outs, key=lambda o: o.key)))
+    return profile
 
 
 def decode_state(version: bytes | str | None, stored: bytes | str | None) -> UserState:

@@ -39,8 +39,12 @@ class PushInput(msgspec.Struct, frozen=True, gc=False):
 
     def fingerprint(self) -> str:
         """A hash of the whole body: the same request_id must come with the same one."""
+        return fingerprint_of(self.user_id, self.body_but_user())
+
+    def body_but_user(self) -> bytes:
+        """The body the fingerprint hashes, all but the user: one campaign variant's
+        claims differ only in their user, so it is made once for all of them."""
         body: tuple[object, ...] = (
-            self.user_id,
             self.scenario,
             sorted(self.params.items()),
             None if self.content is None else (self.content.title, self.content.body, self.content.url),
@@ -52,7 +56,15 @@ class PushInput(msgspec.Struct, frozen=True, gc=False):
         )
         if self.variant:
             body = (*body, self.variant)
-        return hashlib.blake2b(orjson.dumps(body), digest_size=16).hexdigest()
+        return orjson.dumps(body)
+
+
+def fingerprint_of(user_id: str, body_but_user: bytes) -> str:
+    """The fingerprint of the body ``[user_id, *body_but_user]`` (as JSON, the user
+    spliced in front of the rest's items: the bytes are those of the whole body's JSON,
+    so fingerprints stay what stored answers were written with)."""
+    whole = b"[" + orjson.dumps(user_id) + b"," + body_but_user[1:]
+    return hashlib.blake2b(whole, digest_size=16).hexdigest()
 
 
 class Claim(msgspec.Struct, frozen=True, gc=False, array_like=True):

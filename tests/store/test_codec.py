@@ -16,9 +16,9 @@ from gateway.values.claims import Claim, Content
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category, Channel, InteractionKind, Outcome, Platform, PushProvider, Reason
 from gateway.values.jobs import Job
-from gateway.values.profiles import DeviceToken, Interaction, Rfm, WeChat
+from gateway.values.profiles import DeviceToken, Interaction, OptOut, Rfm, UserProfile, WeChat
 from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, ScopeKind, Step, TimelineEntry
-from gateway.values.state import DedupMark, Held, SentEntry
+from gateway.values.state import DedupMark, Held, SentEntry, UserState
 
 NOW = datetime(2026, 11, 11, 2, 3, 4, 567890, tzinfo=UTC)
 CLAIM = Claim(
@@ -105,3 +105,43 @@ def test_every_lua_script_is_loaded_with_the_store() -> None:
 
     defined = {name for name, value in vars(scripts).items() if isinstance(value, Script)}
     assert {name for name, value in vars(scripts).items() if value in scripts.ALL} == defined
+
+
+def test_a_profile_hash_decodes_to_the_profile_it_was_written_from() -> None:
+    """Every section, opt-outs, interactions, the state fields and a field of no use to
+    a profile, as a user's hash holds them: one profile back, each part in its place."""
+    sections = {name: EXAMPLES[kind] for name, kind in PROFILE_KINDS.items()}
+    fields = codec.encode_patch(sections, NOW)
+    fields[b"ix"] = codec.INTERACTIONS.encode(EXAMPLES["interactions"])
+    late, early = OptOut(Category.MARKETING, None, NOW, "td"), OptOut(None, Channel.SMS, NOW, "sms-stop")
+    fields.update(dict([codec.encode_opt_out(late), codec.encode_opt_out(early)]))
+    fields[b"v"], fields[b"st"], fields[b"later"] = b"3", codec.encode_state(UserState()), b"{not ours"
+    profile = codec.decode_profile("u-1", fields)
+    assert profile == UserProfile(
+        "u-1",
+        **sections,
+        opt_outs=tuple(sorted((late, early), key=lambda o: o.key)),
+        interactions=EXAMPLES["interactions"],
+        updated_at=NOW,
+    )
+    assert codec.decode_profile("u-1", {b"v": b"3", b"st": b""}) is None  # state only: no profile
+
+
+def test_a_damaged_profile_field_is_refused_with_a_reason() -> None:
+    fields = codec.encode_patch({"phone": "+8613900000000"}, NOW)
+    fields[b"rfm"] = b'{"orders_in_period": "many"}'
+    with pytest.raises(codec.Undecodable, match="not a stored UserProfile"):
+        codec.decode_profile("u-1", fields)
+
+
+PROFILE_KINDS = {
+    "wechat": "wechat",
+    "phone": "text",
+    "email": "text",
+    "device_tokens": "device_tokens",
+    "timezone": "text",
+    "locale": "text",
+    "rfm": "rfm",
+    "tags": "tags",
+    "attributes": "attributes",
+}
