@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -57,17 +57,26 @@ class Context:
     down: frozenset[Channel] = frozenset()
     # Campaigns cancelled: their held claims end when released.
     cancelled: frozenset[str] = frozenset()
+    # Worked out when first read (by hand: functools.cached_property takes a lock on
+    # every read before Python 3.12, and a campaign makes a million contexts).
+    _tz: ZoneInfo | None = field(default=None, init=False, repr=False, compare=False)
+    _tier: str | None = field(default=None, init=False, repr=False, compare=False)
 
-    @cached_property
+    @property
     def tz(self) -> ZoneInfo:
-        name = self.profile.timezone if self.profile and self.profile.timezone else self.policy.defaults.timezone
-        return zone(name)
+        if self._tz is None:
+            profile = self.profile
+            self._tz = zone(profile.timezone if profile and profile.timezone else self.policy.defaults.timezone)
+        return self._tz
 
-    @cached_property
+    @property
     def tier(self) -> str:
-        if self.profile is None:
-            return self.policy.tiers.default
-        return compute_tier(self.profile.rfm, self.policy.tiers, self.now)
+        if self._tier is None:
+            profile = self.profile
+            self._tier = (
+                self.policy.tiers.default if profile is None else compute_tier(profile.rfm, self.policy.tiers, self.now)
+            )
+        return self._tier
 
     def at(self, now: datetime, state: UserState | None = None) -> Context:
         """The same user and policy at another time (explain's predictions)."""

@@ -294,7 +294,9 @@ class PushPipeline:
         decided: list[list[tuple[_Item, Decision, PushAnswer]]] = []
         for user_id, members in groups.items():
             view = members[0][1]
-            if view.profile is not None:
+            if view.profile is not None and campaign is None:
+                # Kept for deciding a caller's push fail-open; a campaign's million
+                # profiles would only push those out.
                 self._recent.put(user_id, view.profile)
             state, changed, new, mine = view.state, False, [], []
             due: datetime | None = None

@@ -35,12 +35,15 @@ class Route:
         return ", ".join(f"{channel} {why}" for channel, why in self.skipped)
 
 
+_WECHAT = frozenset({Channel.WECHAT_TEMPLATE, Channel.WECHAT_CS, Channel.WECHAT_MASS})
+
+
 def reachable(
     channel: Channel, profile: UserProfile, policy: Policy, now: datetime, sent: Sequence[SentEntry] = ()
 ) -> Skip | None:
     """Why ``channel`` cannot reach the user now (None: it can). ``sent``: the user's
     reservations, which count against the customer-service window's quota."""
-    if channel in (Channel.WECHAT_TEMPLATE, Channel.WECHAT_CS, Channel.WECHAT_MASS):
+    if channel in _WECHAT:
         if profile.wechat is None or not profile.wechat.openid:
             return Skip.NO_CONTACT
         if not profile.wechat.following:

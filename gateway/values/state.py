@@ -14,6 +14,7 @@ import hashlib
 from bisect import insort
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 import msgspec
 
@@ -48,6 +49,7 @@ class DedupMark(msgspec.Struct, frozen=True, gc=False, array_like=True):
     until: datetime
 
 
+@lru_cache(maxsize=4096)  # a campaign's million claims share one key
 def dedup_hash(bu: str, key: str) -> str:
     """A short stable name for (business unit, dedup_key); 64 bits, collisions are moot."""
     return hashlib.blake2b(f"{bu}\0{key}".encode(), digest_size=8).hexdigest()
