@@ -257,8 +257,10 @@ def test_import_tags_and_attributes(served: Served, tmp_path: Path) -> None:
             return stub.GetUser(profile_pb2.GetUserRequest(user_id=user_id), metadata=metadata, timeout=10)
 
         first = get("u-1001")
-        assert list(first.tags) == ["mom_baby", "vip"] and dict(first.attributes) == {"city": "杭州", "gender": "f"}
-        assert list(get("u-1003").tags) == [] and dict(get("u-1003").attributes) == {"city": "乌鲁木齐", "gender": "m"}
+        assert list(first.tags) == ["mom_baby", "vip"]
+        assert dict(first.attributes) == {"city": "杭州", "gender": "f", "province": "浙江"}
+        assert list(get("u-1003").tags) == []
+        assert dict(get("u-1003").attributes) == {"city": "乌鲁木齐", "gender": "m", "province": "新疆"}
         assert (
             list(get("u-2001").tags) == ["double11", "qr:store_hz01"] and get("u-2001").attributes["language"] == "zh"
         )
