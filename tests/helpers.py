@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
+HERALD = (sys.executable, "-m", "gateway.cli.main")
 
 
 def free_port() -> int:
@@ -74,6 +76,34 @@ def redis_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def herald_serve(
+    env: dict[str, str],
+    log: Path,
+    *,
+    cwd: Path = ROOT_DIR,
+    command: Sequence[str] = HERALD,
+    stop: int = signal.SIGTERM,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`herald serve` as its own process, stderr to ``log``, yielded once it listens on
+    the gRPC port of ``env["HERALD_LISTEN"]``; stopped with ``stop`` on exit (SIGKILL
+    when it has not stopped 30 s later)."""
+    port = int(env["HERALD_LISTEN"].rsplit(":", 1)[1])
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*command, "serve"], env=env, cwd=cwd, stderr=out)
+    try:
+        wait_for_port(port, timeout=30)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(stop)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 class RedisProcess:

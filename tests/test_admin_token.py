@@ -8,7 +8,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +15,7 @@ import pytest
 
 from gateway.admin_token import TokenFileError, local_token, read_token
 from tests.conftest import ROOT
-from tests.helpers import free_port, wait_for_port
-
-HERALD = [sys.executable, "-m", "gateway.cli.main"]
+from tests.helpers import HERALD, free_port, herald_serve
 
 
 def test_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
@@ -53,22 +50,11 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def _serve(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*HERALD, "serve"], env=env, cwd=ROOT, stderr=out)
-    try:
-        wait_for_port(int(env["HERALD_LISTEN"].rsplit(":", 1)[1]), timeout=30)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 @pytest.fixture
 def local_gateway(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     env = _env(tmp_path)
     log = tmp_path / "serve.log"
-    for _ in _serve(env, log):
+    with herald_serve(env, log):
         yield env, log
 
 
@@ -108,7 +94,7 @@ def test_kill_works_against_a_gateway_started_without_a_token(local_gateway: tup
 def test_with_a_token_set_no_file_is_made(tmp_path: Path) -> None:
     env = _env(tmp_path, HERALD_ADMIN_TOKEN="adm-production-0123456789")
     log = tmp_path / "serve.log"
-    for _ in _serve(env, log):
+    with herald_serve(env, log):
         listed = kill(env, "list")
         assert listed.returncode == 0, listed.stderr
     assert not (tmp_path / "var" / "admin-token").exists()

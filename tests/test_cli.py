@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,9 +16,7 @@ import pytest
 
 from tests.conftest import POLICIES, ROOT
 from tests.e2e.conftest import KEYS
-from tests.helpers import free_port, wait_for_port
-
-HERALD = [sys.executable, "-m", "gateway.cli.main"]
+from tests.helpers import HERALD, free_port, herald_serve
 
 
 @dataclass
@@ -53,15 +50,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     }
     env.pop("HERALD_REDIS_URL", None)
     log = tmp_path / "serve.log"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen([*HERALD, "serve"], env=env, cwd=ROOT, stderr=log_file)
-    try:
-        wait_for_port(port, timeout=20)
+    with herald_serve(env, log, stop=signal.SIGKILL) as proc:
         yield Served(proc, env, log, tmp_path / "var", policy_dir)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def test_import_send_status_on_the_embedded_defaults(served: Served) -> None:
@@ -267,8 +257,10 @@ def test_import_tags_and_attributes(served: Served, tmp_path: Path) -> None:
             return stub.GetUser(profile_pb2.GetUserRequest(user_id=user_id), metadata=metadata, timeout=10)
 
         first = get("u-1001")
-        assert list(first.tags) == ["mom_baby", "vip"] and dict(first.attributes) == {"city": "杭州", "gender": "f"}
-        assert list(get("u-1003").tags) == [] and dict(get("u-1003").attributes) == {"city": "乌鲁木齐", "gender": "m"}
+        assert list(first.tags) == ["mom_baby", "vip"]
+        assert dict(first.attributes) == {"city": "杭州", "gender": "f", "province": "浙江"}
+        assert list(get("u-1003").tags) == []
+        assert dict(get("u-1003").attributes) == {"city": "乌鲁木齐", "gender": "m", "province": "新疆"}
         assert (
             list(get("u-2001").tags) == ["double11", "qr:store_hz01"] and get("u-2001").attributes["language"] == "zh"
         )
