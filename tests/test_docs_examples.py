@@ -88,7 +88,9 @@ SKIP: dict[Key, str] = {
     ("docs/deployment.md", "HERALD_DELIVER_LANES=basic,reminder HERALD_CAMPAIGNS=false herald serve ..."): (
         "a production sketch: `...` stands for the deployment's settings; serves until stopped"
     ),
-    ("docs/deployment.md", "HERALD_DELIVER_LANES=marketing herald worker ..."): "a production sketch, as above",
+    ("docs/deployment.md", "HERALD_DELIVER_LANES=marketing HERALD_CAMPAIGN_SCANS=8 herald worker ..."): (
+        "a production sketch, as above"
+    ),
     ("docs/users-import.md", "herald users import FILE [--format csv|jsonl] [--batch 500] [--concurrency 4]"): (
         "the synopsis of the options, not a command"
     ),
