@@ -125,3 +125,19 @@ def test_keys_new_prints_a_complete_entry_the_gateway_accepts(
     credentials = Credentials.load(file)
     assert credentials.authenticate(f"Bearer {key}") == "growth"
     assert "label: " + json.dumps('CRM: "spring" rotation') in out
+
+
+def test_output_cut_short_by_its_reader_ends_quietly() -> None:
+    """`herald preview ... | head -1`: the reader closes the pipe before the output is
+    all written; the rest is not wanted, which is no error and no traceback. (`true`
+    reads nothing and is gone before the command has started, so every write fails.)"""
+    import subprocess
+    import sys
+
+    command = (
+        f"{sys.executable} -m gateway.cli.main preview -s order.shipped -p order_id=O-1 -p carrier=SF "
+        f"-p tracking_no=SF1 --policy-dir {POLICIES} | true"
+    )
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr

@@ -285,7 +285,7 @@ def _run(args: argparse.Namespace, stub: Any, meta: Any) -> int:
             print(json_format.MessageToJson(found))
             return 0
         kind = "exactly" if found.exact else f"about (from {found.read:,} users read)"
-        print(f"{found.canonical}\n  {kind} {found.estimate:,} users")
+        print(f"{found.canonical}\n  {kind} {found.estimate:,} user{'' if found.estimate == 1 else 's'}")
         for user in found.users:
             tags, channels = ",".join(user.tags) or "-", ",".join(user.channels) or "-"
             print(f"  {user.user_id:<24} {user.tier:<12} tags: {tags}  channels: {channels}")
