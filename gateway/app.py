@@ -400,7 +400,9 @@ class Gateway:
 
     def _public_routes(self, app: web.Application) -> None:
         assert self.tokens is not None
-        Unsubscribes(self.tokens, self.users, self.clock, self.metrics, self.auto_stop).add_routes(app)
+        Unsubscribes(
+            self.tokens, self.users, self.store, self.policies, self.clock, self.metrics, self.auto_stop
+        ).add_routes(app)
         assert self.clicks is not None
         Clicks(self.clicks, self.store, self.policies, self.clock).add_routes(app)
         Webhooks(

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.autostop import AutoStop
 from gateway.clock import Clock
+from gateway.core.unsubscribes import campaign_message, count_unsubscribe
 from gateway.core.users import Users
 from gateway.errors import HeraldError, NotFound
 from gateway.links import ClickTokens
@@ -48,11 +49,20 @@ def _page(title: str, text: str, status: int = 200, form: str = "") -> web.Respo
 
 class Unsubscribes:
     def __init__(
-        self, tokens: UnsubscribeTokens, users: Users, clock: Clock, metrics: Metrics, auto_stop: AutoStop
+        self,
+        tokens: UnsubscribeTokens,
+        users: Users,
+        store: Store,
+        policies: PolicyHolder,
+        clock: Clock,
+        metrics: Metrics,
+        auto_stop: AutoStop,
     ) -> None:
         self._auto_stop = auto_stop
         self._tokens = tokens
         self._users = users
+        self._store = store
+        self._policies = policies
         self._clock = clock
         self._metrics = metrics
 
@@ -84,8 +94,24 @@ class Unsubscribes:
         self._metrics.unsubscribes.labels(str(what.category), str(what.channel)).inc()
         if what.scenario:
             await self._auto_stop.record_for(what.category, what.scenario, what.campaign_id, True)
+        if what.campaign_id:
+            await self._count_in_funnel(what.user_id, what.campaign_id)
         log.info("unsubscribed", user_id=what.user_id, category=str(what.category), channel=str(what.channel))
         return _page("Unsubscribed", "You will not receive these emails any more.")
+
+    async def _count_in_funnel(self, user_id: str, campaign_id: str) -> None:
+        """The unsubscribe in the funnel of the campaign whose email carried the link.
+        Best effort: the opt-out is recorded, and the user's page must say so."""
+        try:
+            [campaign] = await self._store.get_campaigns([campaign_id])
+            if campaign is None:
+                return
+            window = self._policies.current.defaults.idempotency_window
+            record = await campaign_message(self._store, campaign, user_id, window)
+            if record is not None:
+                await count_unsubscribe(self._store, record)
+        except HeraldError as exc:
+            log.warning("campaign_unsubscribe_not_counted", user_id=user_id, error=exc.message)
 
 
 class Clicks:

@@ -8,10 +8,15 @@ the scene or the openid, and the tags only by count.
 
 from __future__ import annotations
 
+from gateway.clock import Clock
+from gateway.core.unsubscribes import count_unsubscribe, last_delivered
 from gateway.core.users import Users
 from gateway.core.wechat_rules import OPT_OUT_CHANNELS, OPT_OUT_SOURCE, Actions
+from gateway.errors import HeraldError
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
+from gateway.policy.holder import PolicyHolder
+from gateway.store.base import Store
 from gateway.values.domain import Category
 from gateway.values.profiles import MAX_TAGS, UserProfile
 
@@ -19,8 +24,11 @@ log = get_logger(__name__)
 
 
 class WebhookRules:
-    def __init__(self, users: Users, metrics: Metrics) -> None:
+    def __init__(self, users: Users, store: Store, policies: PolicyHolder, clock: Clock, metrics: Metrics) -> None:
         self._users = users
+        self._store = store
+        self._policies = policies
+        self._clock = clock
         self._metrics = metrics
 
     async def apply(self, profile: UserProfile, actions: Actions) -> str | None:
@@ -46,4 +54,17 @@ class WebhookRules:
             action = "opted_out" if actions.opt_out else "opted_in"
             log.info(f"wechat_{action}", user_id=profile.user_id, category=str(Category.MARKETING))
             self._metrics.wechat_rules.labels(action).inc()
+            if actions.opt_out:
+                await self._count_in_funnel(profile.user_id)
         return actions.reply
+
+    async def _count_in_funnel(self, user_id: str) -> None:
+        """The opt-out, in the funnel of the campaign whose WeChat message the user most
+        likely answers. Best effort: the opt-out itself is what must not be lost."""
+        since = self._clock.now() - self._policies.current.defaults.attribution_window
+        try:
+            record = await last_delivered(self._store, user_id, OPT_OUT_CHANNELS, since)
+            if record is not None and await count_unsubscribe(self._store, record):
+                log.info("campaign_unsubscribed", user_id=user_id, campaign_id=record.campaign_id, via="wechat")
+        except HeraldError as exc:
+            log.warning("campaign_unsubscribe_not_counted", user_id=user_id, error=exc.message)

@@ -119,7 +119,7 @@ class Webhooks:
         self._metrics = metrics
         self._environ = environ
         self._configured: tuple[str, tuple[WechatCallbackConfig | None, str]] | None = None
-        self._rules = WebhookRules(users, metrics)
+        self._rules = WebhookRules(users, store, policies, clock, metrics)
 
     def _settings(self) -> tuple[WechatCallbackConfig | None, str]:
         """The callback settings of the serving policy (read again after a reload)."""

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.clock import Clock
-from gateway.core.campaigns import claim_input
+from gateway.core.unsubscribes import campaign_message
 from gateway.core.validate import REQUEST_ID_RE, check_campaign_id, check_id, check_user_id
 from gateway.durations import format_duration
 from gateway.errors import InvalidArgument, NotFound
 from gateway.policy.holder import PolicyHolder
 from gateway.store import keys
-from gateway.store.base import IdemKey, IdemState, Store, UserRead
+from gateway.store.base import Store
 from gateway.values.campaigns import HOLDOUT, funnel_field
 from gateway.values.domain import Reason
 from gateway.values.records import MessageRecord
@@ -109,15 +109,9 @@ class Conversions:
         [campaign] = await self._store.get_campaigns([conversion.campaign_id])
         if campaign is None or campaign.bu != bu:
             raise NotFound(f"campaign '{conversion.campaign_id}' not found")
-        request = claim_input(campaign, conversion.user_id)
-        idem = IdemKey(bu, request.request_id, request.fingerprint())
-        [view] = await self._store.read_users(
-            [UserRead(conversion.user_id, idem)], self._policies.current.defaults.idempotency_window
+        return await campaign_message(
+            self._store, campaign, conversion.user_id, self._policies.current.defaults.idempotency_window
         )
-        if view.idem is not IdemState.SAME or view.answer is None:
-            return None
-        [record] = await self._store.get_messages([view.answer.message_id])
-        return record
 
     async def _touch(self, record: MessageRecord) -> tuple[datetime | None, str]:
         """When the attribution window opens for this message, and through what."""

@@ -516,3 +516,87 @@ async def test_a_user_the_campaign_cannot_claim_is_counted_as_skipped(campaigns:
     await campaigns.action("start", "d11-skipped")
     done = await campaigns.finish("d11-skipped")
     assert done.progress.skipped == 1 and done.progress.matched == 5
+
+
+async def test_td_and_email_unsubscribes_count_in_the_campaign_they_answer(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A user who answers TD on WeChat after a campaign's message reached them there,
+    or unsubscribes through the campaign email's link, counts once as unsubscribed in
+    that campaign's funnel; an opt-out with no campaign message behind it counts in
+    none."""
+    import time
+
+    import aiohttp
+
+    from gateway.unsubscribe import Unsubscribe
+    from gateway.values.domain import Category, Channel
+    from tests.e2e.channels_setup import CALLBACK_TOKEN
+    from tests.e2e.test_webhooks import signed
+
+    redis_url = request.getfixturevalue("clean_redis")
+    clock = FixedClock(local(10))
+    settings = settings_for(tmp_path, redis_url)
+    gateway = Gateway(
+        settings, metrics=fresh_metrics(), clock=clock, environ={"HERALD_WECHAT_CALLBACK_TOKEN": CALLBACK_TOKEN}
+    )
+    gateway.campaign_runner._interval = 3600
+    await gateway.start()
+    api = await open_api(gateway)
+    try:
+        campaigns = Campaigns(api, campaign_pb2_grpc.CampaignServiceStub(api.channel), clock, gateway)
+        users = [
+            profile_pb2.User(
+                user_id=f"w-{n}",
+                timezone="Asia/Shanghai",
+                tags=["news"] if n < 2 else [],
+                wechat=profile_pb2.WeChatIdentity(openid=f"oTd{n:025d}", following=True),
+            )
+            for n in range(3)
+        ] + [profile_pb2.User(user_id="e-0", timezone="Asia/Shanghai", tags=["news"], email="e0@example.com")]
+        for user in users:
+            await api.profiles.UpsertUser(profile_pb2.UpsertUserRequest(user=user), metadata=auth("order"))
+        for user in users[:3]:  # each wrote to the account: WeChat's customer-service window is open
+            await api.profiles.RecordInteraction(
+                profile_pb2.RecordInteractionRequest(user_id=user.user_id, kind=profile_pb2.USER_MESSAGE),
+                metadata=auth("order"),
+            )
+        await campaigns.create("news-td", "tags any [news]", scenario="new.arrivals", params={"category_name": "女装"})
+        await campaigns.action("start", "news-td")
+        await campaigns.finish("news-td")
+        sent = await _released_and_sent(campaigns, "news-td", 3)
+        assert row(sent, "A").unsubscribed == 0
+
+        async def td(openid: str, msg_id: str) -> None:
+            xml = (
+                f"<xml><ToUserName><![CDATA[gh_shop]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
+                f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+                f"<Content><![CDATA[TD]]></Content><MsgId>{msg_id}</MsgId></xml>"
+            )
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"http://127.0.0.1:{gateway.public_port}/webhooks/wechat", params=signed(), data=xml.encode()
+                ) as answer,
+            ):
+                assert answer.status == 200, await answer.text()
+
+        await td("oTd0000000000000000000000000", "1")
+        await td("oTd0000000000000000000000000", "2")  # said twice: one user unsubscribed
+        await td("oTd0000000000000000000000002", "3")  # w-2 got no campaign message
+        after_td = await campaigns.get("news-td")
+        assert row(after_td, "A").unsubscribed == 1
+
+        assert gateway.tokens is not None
+        what = Unsubscribe("e-0", Category.MARKETING, Channel.EMAIL, "new.arrivals", "news-td")
+        token = gateway.tokens.issue(what, clock.now())
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{gateway.public_port}/unsubscribe/{token}") as answer,
+        ):
+            assert answer.status == 200
+        after_email = await campaigns.get("news-td")
+        assert row(after_email, "A").unsubscribed == 2 and row(after_email, "").unsubscribed == 2
+    finally:
+        await api.channel.close()
+        await gateway.stop(grace=1.0)
