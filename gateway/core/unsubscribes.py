@@ -31,7 +31,8 @@ async def campaign_message(
     (kept as long as the attribution window); None when the user got none."""
     request = claim_input(campaign, user_id)
     idem = IdemKey(campaign.bu, request.request_id, request.fingerprint())
-    [view] = await store.read_users([UserRead(user_id, idem)], idempotency_window)
+    # A campaign's request id names its user: not in the unit-wide index (as its claims).
+    [view] = await store.read_users([UserRead(user_id, idem, index=False)], idempotency_window)
     if view.idem is not IdemState.SAME or view.answer is None:
         return None
     [record] = await store.get_messages([view.answer.message_id])

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway.app import Gateway
+from gateway.metrics import fresh_metrics
 from gateway.values.records import ScopeKind
 from herald.v1 import profile_pb2, push_pb2, types_pb2
-from tests.e2e.conftest import KEYS, OPENID, Api, auth
+from tests.e2e.conftest import KEYS, OPENID, Api, auth, open_api, settings_for
 
 SHIPPED = {"order_id": "O-1001", "carrier": "SF", "tracking_no": "SF123456"}
 
@@ -76,6 +80,39 @@ async def test_same_request_id_and_body_returns_the_first_answer(api: Api) -> No
     first = await api.push.Push(shipped(), metadata=auth("order"))
     again = await api.push.Push(shipped(), metadata=auth("order"))
     assert again == first
+
+
+async def test_a_retry_finds_its_answer_when_the_request_index_forgot_it(clean_redis: str, tmp_path: Path) -> None:
+    """Redis: a first read learns from the unit's request-id index whether the id was
+    seen, and reads the stored answer only when it was. An answer can outlive its index
+    entry (written a moment later, or by the fail-open handover, which writes no index):
+    the retry must still get that answer, not a second message, nor contention. (Its
+    first round puts the id back in the index and decides anew; the commit finds the
+    answer written and refuses; the next round learns from the index that the id was
+    seen and reads the answer.)"""
+    import redis.asyncio as aioredis
+
+    from gateway.store import keys
+
+    gateway = Gateway(settings_for(tmp_path, clean_redis), metrics=fresh_metrics())
+    await gateway.start()
+    api = await open_api(gateway)
+    direct = aioredis.Redis.from_url(clean_redis)
+    try:
+        await api.add_follower()
+        first = await api.push.Push(shipped(), metadata=auth("order"))
+        assert await direct.delete(keys.request_index("order", "r-1")) == 1
+        began = time.monotonic()
+        again = await api.push.Push(shipped(), metadata=auth("order"))
+        assert again == first and time.monotonic() - began < 2
+        # The index has it again (the first round wrote it): a reuse with another body is refused.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await api.push.Push(shipped(params={**SHIPPED, "carrier": "JD"}), metadata=auth("order"))
+        assert info.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        await direct.aclose()
+        await api.channel.close()
+        await gateway.stop(grace=1.0)
 
 
 async def test_same_request_id_with_another_body_is_already_exists(api: Api) -> None:

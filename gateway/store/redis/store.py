@@ -26,6 +26,7 @@ from gateway.store.base import (
     Change,
     Committed,
     Erasure,
+    IdemKey,
     IdemState,
     IndexCursor,
     Lifetimes,
@@ -38,6 +39,7 @@ from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, Connection, Wait
 from gateway.store.shards import DEFAULT_SHARDS, message_shard, shard_of, tags
 from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, CampaignState, ShardProgress
+from gateway.values.decisions import PushAnswer
 from gateway.values.jobs import Job
 from gateway.values.profiles import Interaction, OptOut, UserProfile
 from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, TimelineEntry
@@ -48,6 +50,16 @@ log = get_logger(__name__)
 def _trim_turn(message_id: str) -> bool:
     """One commit in 16 cuts its user's message index to length (spread by message id)."""
     return zlib.crc32(message_id.encode()) % 16 == 0
+
+
+def _answered(stored: bytes | None, idem: IdemKey) -> tuple[IdemState, PushAnswer | None]:
+    """What a stored answer (or none) says of a request with ``idem``'s body."""
+    if stored is None:
+        return IdemState.NEW, None
+    kept = codec.ANSWER.decode(stored)
+    if kept.fingerprint != idem.fingerprint:
+        return IdemState.CONFLICT, None
+    return IdemState.SAME, kept.answer
 
 
 def ms(delta: timedelta) -> int:
@@ -115,34 +127,43 @@ class RedisStore:
 
     # --- decisions -----------------------------------------------------------------
     async def read_users(self, reads: Sequence[UserRead], idem_ttl: timedelta) -> list[UserView]:
+        """A read recording its request id in the unit-wide index learns from the index
+        whether the id was seen, and with what body: only when it was, with this body,
+        is the stored answer read (a second round trip, for retries alone). A read that
+        skips the index reads the answer at once."""
         commands: list[Command] = []
         for read in reads:
             tag = self.tag_of(read.user_id)
             commands.append(("HGETALL", keys.user(tag, read.user_id)))
             if read.idem is not None:
                 idem = read.idem
-                commands.append(("GET", keys.idempotency(tag, idem.bu, idem.request_id)))
                 if read.index:
                     index = keys.request_index(idem.bu, idem.request_id)
                     # {"get": True}: the reply is the old value (redis-py's parser needs telling).
                     commands.append(("SET", index, idem.fingerprint, "NX", "GET", "PX", ms(idem_ttl), {"get": True}))
+                else:
+                    commands.append(("GET", keys.idempotency(tag, idem.bu, idem.request_id)))
         replies = iter(await self._run("read_users", commands))
-        out = []
+        out: list[UserView] = []
+        seen: list[tuple[int, IdemKey, Command]] = []  # the index had the request id, with this body
         for read in reads:
-            fields = next(replies)
-            profile, state = codec.decode_user(read.user_id, fields or {})
+            profile, state = codec.decode_user(read.user_id, next(replies) or {})
             status, answer = IdemState.NEW, None
             if read.idem is not None:
-                stored, seen = next(replies), next(replies) if read.index else None
-                if stored is not None:
-                    kept = codec.ANSWER.decode(stored)
-                    if kept.fingerprint == read.idem.fingerprint:
-                        status, answer = IdemState.SAME, kept.answer
-                    else:
-                        status = IdemState.CONFLICT
-                elif seen is not None and codec.text(seen) != read.idem.fingerprint:
+                idem, got = read.idem, next(replies)
+                if not read.index:
+                    status, answer = _answered(got, idem)
+                elif got is not None and codec.text(got) != idem.fingerprint:
                     status = IdemState.CONFLICT
+                elif got is not None:
+                    where = keys.idempotency(self.tag_of(read.user_id), idem.bu, idem.request_id)
+                    seen.append((len(out), idem, ("GET", where)))
             out.append(UserView(read.user_id, profile, state, status, answer))
+        if seen:
+            stored = await self._run("read_users", [command for _, _, command in seen])
+            for (at, idem, _), got in zip(seen, stored, strict=True):
+                status, answer = _answered(got, idem)
+                out[at] = msgspec.structs.replace(out[at], idem=status, answer=answer)
         return out
 
     def _commit_command(self, change: Change, lifetimes: Lifetimes) -> Command:
