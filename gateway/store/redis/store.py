@@ -14,6 +14,7 @@ import contextlib
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -62,6 +63,7 @@ def _answered(stored: bytes | None, idem: IdemKey) -> tuple[IdemState, PushAnswe
     return IdemState.SAME, kept.answer
 
 
+@lru_cache(maxsize=256)  # a policy's few lifetimes, three times in each user's commit
 def ms(delta: timedelta) -> int:
     return max(1, int(delta.total_seconds() * 1000))
 
