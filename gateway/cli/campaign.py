@@ -56,7 +56,7 @@ def add_parser(commands: Any, add_client_options: Any) -> None:
         ("status", "where a campaign stands"),
         ("pause", "stop the scan where it is"),
         ("resume", "go on from where it stopped"),
-        ("cancel", "stop for good; held claims end CANCELLED"),
+        ("cancel", "stop for good; queued and held messages end CANCELLED"),
     ):
         actions.add_parser(name, help=what).add_argument("campaign_id", help=CAMPAIGN_ID_HELP)
     watch = actions.add_parser("watch", help="show a running campaign's progress until it ends")

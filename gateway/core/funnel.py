@@ -17,12 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 
-from gateway.values.campaigns import HOLDOUT, funnel_field
+from gateway.values.campaigns import DECIDED, HOLDOUT, RELEASED, funnel_field
 from gateway.values.decisions import Decision
 from gateway.values.domain import Outcome, Reason
-
-DECIDED = "d"
-RELEASED = "r"
 
 
 def step_of(decision: Decision) -> str:

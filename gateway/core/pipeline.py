@@ -24,7 +24,7 @@ from gateway.clock import Clock
 from gateway.core.caps import keep_for
 from gateway.core.decide import Context, HeldClaim, decide_arrival, decide_release
 from gateway.core.explain import explain_arrival
-from gateway.core.funnel import DECIDED, RELEASED, field_of
+from gateway.core.funnel import field_of
 from gateway.core.history import HistoryQuery, list_messages
 from gateway.core.keyed_lock import KeyedLock
 from gateway.core.ratelimit import RateLimiter
@@ -53,7 +53,7 @@ from gateway.store.base import (
 )
 from gateway.store.codec import Spooled
 from gateway.store.shards import shard_of
-from gateway.values.campaigns import CampaignState
+from gateway.values.campaigns import DECIDED, RELEASED, CampaignState
 from gateway.values.claims import Claim, Content, PushInput
 from gateway.values.decisions import Decision, PushAnswer
 from gateway.values.domain import Channel, Outcome, Reason

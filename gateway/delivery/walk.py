@@ -29,6 +29,7 @@ from gateway.core.render import render
 from gateway.core.route import reachable
 from gateway.core.users import Users
 from gateway.core.validate import is_web_link
+from gateway.delivery.cancelled import CancelledCampaigns
 from gateway.delivery.plan import INLINE_WAIT, Act, Judged, Move, Verdict, end_of_plan, judge, next_move
 from gateway.delivery.providers import Providers, ProviderState, lease_size
 from gateway.delivery.retry import backoff
@@ -121,6 +122,7 @@ class Walk:
         self._metrics = metrics
         self._providers = providers
         self._auto_stop = auto_stop
+        self._campaigns = CancelledCampaigns(store)
         # Campaign messages' links become tracked redirects once the gateway has a key.
         self.link_for: LinkMaker | None = None
 
@@ -138,12 +140,12 @@ class Walk:
     def _end(
         self, lease: Lease, events: list[TimelineEntry], status: str, detail: str, reason: Reason | None = None
     ) -> Settlement:
-        """Failed, expired or killed: the reservation given back; failures and expiries
-        of a delivery that went nowhere are dead-lettered with their reason."""
+        """Failed, expired, killed or cancelled: the reservation given back; failures and
+        expiries of a delivery that went nowhere are dead-lettered with their reason."""
         now = self._clock.now()
         events.append(TimelineEntry(now, status, detail=detail))
         outcome = Outcome.ACCEPTED if reason is None else Outcome.SUPPRESSED
-        then = Then.DONE if reason is Reason.KILL_SWITCH else Then.DEAD
+        then = Then.DONE if reason in (Reason.KILL_SWITCH, Reason.CANCELLED) else Then.DEAD
         if status == "expired" and not any(e.kind == "attempt" for e in events):
             then = Then.DONE  # the deadline passed before anything was tried
         return Settlement(
@@ -225,6 +227,9 @@ class Walk:
             stop = stopped(job, self._switches, self._clock)
             if stop is not None:
                 return self._stop(lease, events, stop)
+            cid = job.claim.campaign_id
+            if cid and await self._campaigns.cancelled(cid):
+                return self._end(lease, events, "suppressed", f"campaign '{cid}' was cancelled", Reason.CANCELLED)
             scenario = self._policies.current.scenarios.get(job.claim.scenario)
             profile = await self._profile(job, view)
             if scenario is None or profile is None:

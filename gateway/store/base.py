@@ -28,9 +28,9 @@ import msgspec
 
 from gateway.store import keys
 from gateway.store.codec import DeadLetter, Parked
-from gateway.values.campaigns import Campaign, ShardProgress, funnel_field
+from gateway.values.campaigns import RELEASED, Campaign, ShardProgress, funnel_field
 from gateway.values.decisions import PushAnswer
-from gateway.values.domain import Category, Channel
+from gateway.values.domain import Category, Channel, Reason
 from gateway.values.jobs import Job
 from gateway.values.profiles import Interaction, OptOut, UserProfile
 from gateway.values.records import AuditEntry, Current, KillSwitch, MessageRecord, TimelineEntry
@@ -406,11 +406,15 @@ class Settlement(msgspec.Struct, frozen=True, gc=False):
     def funnel_step(self) -> str:
         """The campaign funnel counter this ending adds to ("" when none): ``sent`` when
         a provider took the message, ``failed`` when it ended failed (or expired after
-        tries). Counted in the same step as the ending, once."""
+        tries), suppressed CANCELLED when its campaign was cancelled before it went out
+        (as a held claim released after the cancel). Counted in the same step as the
+        ending, once."""
         if not self.job.claim.campaign_id or self.then not in (Then.DONE, Then.DEAD):
             return ""
         if isinstance(self.settle, Commit):
             return funnel_field(self.job.claim.variant, "sent")
+        if self.current is not None and self.current.reason is Reason.CANCELLED:
+            return funnel_field(self.job.claim.variant, f"{RELEASED}:suppressed:{Reason.CANCELLED.value}")
         if self.current is not None and self.current.status in ("failed", "expired"):
             return funnel_field(self.job.claim.variant, "failed")
         return ""

@@ -150,6 +150,12 @@ class ShardProgress(msgspec.Struct, frozen=True, gc=False):
     errors: int = 0  # users whose decision failed and were retried
 
 
+# A funnel step's first part: when a claim was decided (its first decision, or a held
+# claim's release); see gateway.core.funnel for the steps.
+DECIDED = "d"
+RELEASED = "r"
+
+
 def funnel_field(variant: str, step: str) -> str:
     """A funnel counter's name: the variant ("holdout" for the holdout) and the step
     (see gateway.core.funnel)."""

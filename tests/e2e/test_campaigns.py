@@ -600,3 +600,51 @@ async def test_td_and_email_unsubscribes_count_in_the_campaign_they_answer(
     finally:
         await api.channel.close()
         await gateway.stop(grace=1.0)
+
+
+async def test_cancel_stops_the_campaigns_queued_sends(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Redis: messages a campaign's users were accepted for wait in the marketing lane
+    (here: no process delivers yet); the campaign is cancelled; a worker then takes the
+    lane. None of them goes out: each ends SUPPRESSED / CANCELLED, counted so in the
+    funnel, and nothing reaches the outbox."""
+    redis_url = request.getfixturevalue("clean_redis")
+    clock = FixedClock(local(10))
+    api_only = settings_for(tmp_path, redis_url).replace(deliver=False)
+    gateway = Gateway(api_only, metrics=fresh_metrics(), clock=clock)
+    gateway.campaign_runner._interval = 3600
+    await gateway.start()
+    api = await open_api(gateway)
+    try:
+        campaigns = Campaigns(api, campaign_pb2_grpc.CampaignServiceStub(api.channel), clock, gateway)
+        await add_users(api, 30)
+        await campaigns.create("stop-me", "tags any [mom_baby]")
+        await campaigns.action("start", "stop-me")
+        await campaigns.finish("stop-me")
+        got = await campaigns.get("stop-me")
+        for _ in range(40):  # the morning comes: the held claims are released and queued
+            if row(got, "").accepted >= 10:
+                break
+            clock.advance(300)
+            await gateway.scheduler.tick()
+            got = await campaigns.get("stop-me")
+        assert row(got, "A").accepted == 10 and row(got, "A").sent == 0
+        await campaigns.action("cancel", "stop-me")
+
+        worker = Gateway(settings_for(tmp_path, redis_url), metrics=fresh_metrics(), clock=clock, api=False)
+        await worker.start()
+        try:
+            for _ in range(200):
+                got = await campaigns.get("stop-me")
+                if row(got, "A").suppressed.get("CANCELLED", 0) >= 10:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await worker.stop(grace=1.0)
+        assert row(got, "A").suppressed.get("CANCELLED") == 10 and row(got, "A").sent == 0
+        assert not (tmp_path / "data" / "outbox" / "APP_PUSH.jsonl").exists()
+        listed = await api.push.ListMessages(push_pb2.ListMessagesRequest(user_id="u-0"), metadata=auth("marketing"))
+        [message] = listed.messages
+        assert message.status == "suppressed" and "cancelled" in message.detail
+    finally:
+        await api.channel.close()
+        await gateway.stop(grace=1.0)
