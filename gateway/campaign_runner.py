@@ -45,6 +45,7 @@ from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store.base import Store
 from gateway.values.campaigns import HOLDOUT, Campaign, CampaignState, ShardProgress
+from gateway.values.decisions import PushAnswer
 from gateway.values.profiles import UserProfile
 
 log = get_logger(__name__)
@@ -292,15 +293,9 @@ class CampaignRunner:
             log.warning(
                 "campaign_users_skipped", campaign_id=campaign.campaign_id, users=len(failed), error=failed[0].message
             )
-        matched = [r for r in results if r is not None and not isinstance(r, HeraldError)]
-        holdout = sum(
-            1
-            for c, r in zip(claims, results, strict=True)
-            if r is not None
-            and not isinstance(r, HeraldError)
-            and not isinstance(c, HeraldError)
-            and c[0].variant == HOLDOUT
-        )
+        # Decided users (an answer), and those of them the holdout took (a claim made).
+        decided = [c for c, r in zip(claims, results, strict=True) if isinstance(r, PushAnswer)]
+        holdout = sum(1 for c in decided if not isinstance(c, HeraldError) and c[0].variant == HOLDOUT)
         if stale:
             await self._store.forget_users(progress.shard, stale, label)
         if after == "0":
@@ -311,14 +306,14 @@ class CampaignRunner:
             cursor="0" if done else f"{step}:{after}",
             done=done,
             scanned=progress.scanned + len(users),
-            matched=progress.matched + len(matched),
+            matched=progress.matched + len(decided),
             holdout=progress.holdout + holdout,
             errors=progress.errors + len(failed),
         )
         if not await self._renew(campaign.scan_id, moved):
             raise _LeaseLost
         self._metrics.campaign_users.labels("scanned").inc(len(users))
-        self._metrics.campaign_users.labels("targeted").inc(len(matched))
+        self._metrics.campaign_users.labels("targeted").inc(len(decided))
         return moved
 
 
