@@ -262,6 +262,13 @@ class CampaignRunner:
     async def _chunk(
         self, campaign: Campaign, audience: Audience, steps: Sequence[str | None], progress: ShardProgress
     ) -> ShardProgress:
+        if campaign.deadline is not None and campaign.deadline <= self._clock.now():
+            # No claim made now could be sent in time: the rest of the shard is left unread.
+            log.info("campaign_deadline_passed", campaign_id=campaign.campaign_id, shard=progress.shard)
+            ended = msgspec.structs.replace(progress, cursor="0", done=True)
+            if not await self._renew(campaign.scan_id, ended):
+                raise _LeaseLost
+            return ended
         step, scan = _step(progress.cursor)
         label = steps[step]
         after, users = await self._store.scan_users(progress.shard, scan, self._chunk_size, label)

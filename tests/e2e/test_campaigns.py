@@ -648,3 +648,17 @@ async def test_cancel_stops_the_campaigns_queued_sends(request: pytest.FixtureRe
     finally:
         await api.channel.close()
         await gateway.stop(grace=1.0)
+
+
+async def test_a_scan_stops_at_the_campaigns_deadline(campaigns: Campaigns) -> None:
+    """Past its deadline no claim of the campaign could be sent: the scan reads no more
+    users (none is counted as an error) and the campaign completes with those decided."""
+    await add_users(campaigns.api, 30)
+    deadline = campaigns.clock.now() + timedelta(hours=1)
+    await campaigns.create("late", "tags any [mom_baby]", deadline=ts(deadline))
+    await campaigns.action("start", "late")
+    campaigns.clock.advance(2 * 3600)
+    done = await campaigns.finish("late")
+    assert row(done, "").targeted == 0
+    assert (done.progress.scanned, done.progress.skipped) == (0, 0)
+    assert done.progress.shards_done == done.progress.shards
