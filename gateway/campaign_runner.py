@@ -223,6 +223,8 @@ class CampaignRunner:
             except _LeaseLost:
                 log.warning("campaign_lease_lost", campaign_id=cid, shard=progress.shard)
                 return False
+            except _Paused:
+                return False
             except HeraldError as exc:
                 failures += 1
                 log.warning("campaign_chunk_failed", campaign_id=cid, shard=progress.shard, error=exc.message)
@@ -288,6 +290,15 @@ class CampaignRunner:
         # A test's two scans each take their own users (known from the id alone).
         mine = [u for u in dict.fromkeys(users) if _in_scan(campaign, u)]
         maker = CampaignClaims(campaign, policy, now)
+        unusable = maker.unusable()
+        if unusable is not None:
+            # Every user would be refused for the same reason (a policy change): paused,
+            # so that the audience is still there to decide once it is fixed.
+            why = f"its claims are refused under policy {policy.version}: {unusable.message}"
+            log.error("campaign_paused_by_policy", campaign_id=campaign.campaign_id, error=unusable.message)
+            await self._campaigns.pause_for(campaign, why[:500])
+            self._read.pop(campaign.campaign_id, None)
+            raise _Paused
         claims = [maker.claim(user_id) for user_id in mine]
         results = await self._pipeline.push_audience(campaign.bu, claims, admit) if claims else []
         failed = [r for r in results if isinstance(r, HeraldError)]
@@ -334,3 +345,7 @@ def _in_scan(campaign: Campaign, user_id: str) -> bool:
 
 class _LeaseLost(Exception):
     pass
+
+
+class _Paused(Exception):
+    """The campaign was paused because none of its claims can be made."""

@@ -104,6 +104,7 @@ def campaign_message(campaign: Campaign, view: CampaignView | None = None) -> ca
         state=campaign_pb2.CampaignState.Value(f"CAMPAIGN_STATE_{campaign.state.value}"),
         phase=campaign.phase,
         winner=campaign.winner,
+        paused_because=campaign.paused_because,
     )
     out.created_at.CopyFrom(dt_to_ts(campaign.created_at))
     times = (

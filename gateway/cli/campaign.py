@@ -210,6 +210,8 @@ def print_status(campaign: campaign_pb2.Campaign, out: IO[str]) -> None:
     out.write(
         f"{campaign.spec.campaign_id}  {state}  scenario {campaign.spec.scenario}  audience: {campaign.spec.audience}\n"
     )
+    if campaign.paused_because:
+        out.write(f"  paused by Herald: {campaign.paused_because}; fix it, then `herald campaign resume`\n")
     if progress.shards:
         skipped = f"  skipped {progress.skipped:,}" if progress.skipped else ""
         out.write(

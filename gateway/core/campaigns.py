@@ -224,6 +224,12 @@ class CampaignClaims:
             except HeraldError as exc:
                 self._shares[share] = exc
 
+    def unusable(self) -> HeraldError | None:
+        """Why no claim of this campaign can be made (every share refused), if so: a
+        matter of the campaign and the policy, not of its users."""
+        errors = [made for made in self._shares.values() if isinstance(made, HeraldError)]
+        return errors[0] if len(errors) == len(self._shares) else None
+
     def claim(self, user_id: str) -> tuple[Claim, str] | HeraldError:
         """The user's claim and its fingerprint, or why the user's share cannot be sent
         (a policy changed since the campaign was made, its deadline passed)."""
@@ -307,6 +313,7 @@ class Campaigns:
                 campaign,
                 state=target,
                 updated_at=now,
+                paused_because="",
                 started_at=campaign.started_at or (now if target is CampaignState.RUNNING else None),
                 finished_at=now if target is CampaignState.CANCELLED else campaign.finished_at,
             )
@@ -314,6 +321,15 @@ class Campaigns:
             if stored is not None:
                 return stored
         raise Unavailable(f"campaign '{campaign_id}' is being changed by others; try again")
+
+    async def pause_for(self, campaign: Campaign, why: str) -> Campaign | None:
+        """Pause a running campaign the runner cannot go on with, saying why; None when
+        someone else changed it first."""
+        if campaign.state is not CampaignState.RUNNING:
+            return None
+        now = self._clock.now()
+        paused = msgspec.structs.replace(campaign, state=CampaignState.PAUSED, updated_at=now, paused_because=why)
+        return await self._store.put_campaign(paused, campaign.version)
 
     async def scanned(self, campaign: Campaign) -> Campaign | None:
         """A running campaign's current scan is done: the test's part decided (now wait

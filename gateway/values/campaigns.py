@@ -82,6 +82,9 @@ class Campaign(msgspec.Struct, frozen=True, gc=False):
     test: TestPlan | None = None
     tested_at: datetime | None = None  # when the test's part of the audience was decided
     winner: str = ""  # the variant the rest of the audience gets
+    # Why the runner paused it (the policy no longer lets its claims be made); cleared
+    # on resume. Empty when an operator paused it.
+    paused_because: str = ""
 
     @property
     def phase(self) -> str:

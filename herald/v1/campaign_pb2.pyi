@@ -550,6 +550,7 @@ class Campaign(_message.Message):
     PHASE_FIELD_NUMBER: _builtins.int
     TESTED_AT_FIELD_NUMBER: _builtins.int
     WINNER_FIELD_NUMBER: _builtins.int
+    PAUSED_BECAUSE_FIELD_NUMBER: _builtins.int
     state: Global___CampaignState.ValueType
     holdout_conversion_rate: _builtins.float
     """The holdout's conversion rate and the treated users' minus it (lift)."""
@@ -558,6 +559,11 @@ class Campaign(_message.Message):
     """"test" (the test's part is being decided), "waiting" (for its results) or "all"."""
     winner: _builtins.str
     """The variant the rest of the audience gets, once chosen."""
+    paused_because: _builtins.str
+    """Why Herald paused the campaign: its claims can no longer be made under the
+    current policy (a scenario, grant or parameter changed). Fix the policy or the
+    campaign, then resume. Empty when an operator paused it.
+    """
     @_builtins.property
     def spec(self) -> Global___CampaignSpec: ...
     @_builtins.property
@@ -589,10 +595,11 @@ class Campaign(_message.Message):
         phase: _builtins.str = ...,
         tested_at: _timestamp_pb2.Timestamp | None = ...,
         winner: _builtins.str = ...,
+        paused_because: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "progress", b"progress", "spec", b"spec", "started_at", b"started_at", "tested_at", b"tested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "funnel", b"funnel", "holdout_conversion_rate", b"holdout_conversion_rate", "lift", b"lift", "phase", b"phase", "progress", b"progress", "spec", b"spec", "started_at", b"started_at", "state", b"state", "tested_at", b"tested_at", "winner", b"winner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "funnel", b"funnel", "holdout_conversion_rate", b"holdout_conversion_rate", "lift", b"lift", "paused_because", b"paused_because", "phase", b"phase", "progress", b"progress", "spec", b"spec", "started_at", b"started_at", "state", b"state", "tested_at", b"tested_at", "winner", b"winner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

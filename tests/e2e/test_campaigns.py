@@ -662,3 +662,36 @@ async def test_a_scan_stops_at_the_campaigns_deadline(campaigns: Campaigns) -> N
     assert row(done, "").targeted == 0
     assert (done.progress.scanned, done.progress.skipped) == (0, 0)
     assert done.progress.shards_done == done.progress.shards
+
+
+async def test_a_campaign_the_policy_no_longer_allows_is_paused_with_the_reason(campaigns: Campaigns) -> None:
+    """A policy change that refuses every claim of a running campaign (here: the
+    scenario now needs a parameter the campaign's variant lacks) pauses it with the
+    reason, before a user is read; fixed and resumed, it decides its whole audience.
+    Skipping every user instead would have used up the audience for nothing."""
+    import msgspec
+
+    await add_users(campaigns.api, 30)
+    await campaigns.create("broken", "tags any [mom_baby]")
+    store = campaigns.gateway.store
+    [made] = await store.get_campaigns(["broken"])
+    assert made is not None
+    lacking = msgspec.structs.replace(made, variants=(Variant("A", 1, {"deposit": "50"}),))
+    stored = await store.put_campaign(lacking, made.version)
+    assert stored is not None
+    await campaigns.action("start", "broken")
+    await campaigns.gateway.campaign_runner.tick()
+    await campaigns.gateway.campaign_runner.drain()
+    paused = await campaigns.get("broken")
+    assert paused.state == campaign_pb2.CAMPAIGN_STATE_PAUSED
+    assert "discount" in paused.paused_because and "resume" not in paused.paused_because
+    assert (paused.progress.scanned, paused.progress.skipped) == (0, 0)
+
+    [now_stored] = await store.get_campaigns(["broken"])
+    assert now_stored is not None
+    fixed = msgspec.structs.replace(now_stored, variants=made.variants)
+    assert await store.put_campaign(fixed, now_stored.version) is not None
+    resumed = await campaigns.action("resume", "broken")
+    assert resumed.paused_because == ""
+    done = await campaigns.finish("broken")
+    assert row(done, "").targeted == 10 and done.progress.skipped == 0
