@@ -28,8 +28,9 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 
@@ -116,10 +117,14 @@ class CampaignRunner:
 
     async def _tick(self) -> None:
         now = self._clock.now()
-        running = await self._store.running_campaigns()
+        active = await self._store.active_campaigns()
         # Readings of campaigns no longer running go: their scans read them afresh.
-        self._read = {c: r for c, r in self._read.items() if any(c == k.campaign_id for k in running)}
-        for campaign in running:
+        self._read = {c: r for c, r in self._read.items() if any(c == k.campaign_id for k in active)}
+        for campaign in active:
+            if campaign.state is CampaignState.CANCELLED:
+                if not await self._sweep_shards(campaign):
+                    return
+                continue
             if campaign.start_at is not None and campaign.start_at > now:
                 continue
             if campaign.phase == "waiting":
@@ -142,12 +147,31 @@ class CampaignRunner:
                 leased = await self._store.lease_campaign_shard(scan, shard, self.owner, LEASE, self._clock.now())
                 if leased is None:
                     continue  # another process scans it
-                self._start(campaign, leased)
+                self._start(scan, leased.shard, self._scan(campaign, leased))
 
-    def _start(self, campaign: Campaign, progress: ShardProgress) -> None:
-        key = (campaign.scan_id, progress.shard)
+    async def _sweep_shards(self, campaign: Campaign) -> bool:
+        """Start sweeping the shards of a cancelled campaign nobody sweeps; mark it swept
+        when every shard is. False when this process has no room for more."""
+        scan = campaign.sweep_id
+        progress = await self._store.campaign_progress(scan)
+        if all(p.done for p in progress):
+            if await self._campaigns.swept(campaign) is not None:
+                log.info("campaign_swept", campaign_id=campaign.campaign_id)
+            return True
+        for shard in random.sample(range(self._store.shards), self._store.shards):
+            if len(self._tasks) >= self._concurrency:
+                return False
+            if progress[shard].done or (scan, shard) in self._busy:
+                continue
+            leased = await self._store.lease_campaign_shard(scan, shard, self.owner, LEASE, self._clock.now())
+            if leased is not None:
+                self._start(scan, shard, self._sweep(campaign, leased))
+        return True
+
+    def _start(self, scan: str, shard: int, work: Coroutine[Any, Any, bool]) -> None:
+        key = (scan, shard)
         self._busy.add(key)
-        task = asyncio.create_task(self._scan(campaign, progress), name=f"campaign:{key[0]}:{key[1]}")
+        task = asyncio.create_task(work, name=f"campaign:{key[0]}:{key[1]}")
         self._tasks.add(task)
 
         def ended(_: asyncio.Task[bool]) -> None:
@@ -227,15 +251,39 @@ class CampaignRunner:
                 return False
             except HeraldError as exc:
                 failures += 1
-                log.warning("campaign_chunk_failed", campaign_id=cid, shard=progress.shard, error=exc.message)
-                if failures >= MAX_CHUNK_FAILURES:
-                    return False  # the lease runs out; this or another process tries again
-                await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+                if not await _backed_off("campaign_chunk_failed", cid, progress.shard, exc, failures):
+                    return False
                 try:
                     if not await self._renew(scan, progress):
                         return False
                 except HeraldError:
                     continue
+        return progress.done
+
+    async def _sweep(self, campaign: Campaign, progress: ShardProgress) -> bool:
+        """End the claims the cancelled ``campaign`` still holds in one shard: its users
+        with held claims (the due index) are released with the campaign's claims due at
+        once, and those end SUPPRESSED / CANCELLED. Whether the shard is done."""
+        cid = campaign.campaign_id
+        ending = frozenset({cid})
+        failures = 0
+        while not progress.done and not self._stopping.is_set():
+            try:
+                after, users = await self._store.scan_held(progress.shard, progress.cursor, self._chunk_size)
+                if users:
+                    await self._pipeline.release_users(list(dict.fromkeys(users)), ending)
+                moved = msgspec.structs.replace(
+                    progress, cursor=after, done=after == "0", scanned=progress.scanned + len(users)
+                )
+                if not await self._renew(campaign.sweep_id, moved):
+                    log.warning("campaign_lease_lost", campaign_id=cid, shard=progress.shard)
+                    return False
+                progress, failures = moved, 0
+                await asyncio.sleep(0)
+            except HeraldError as exc:
+                failures += 1
+                if not await _backed_off("campaign_sweep_failed", cid, progress.shard, exc, failures):
+                    return False
         return progress.done
 
     async def _current(self, campaign_id: str) -> Campaign | None:
@@ -333,6 +381,17 @@ class CampaignRunner:
         self._metrics.campaign_users.labels("scanned").inc(len(users))
         self._metrics.campaign_users.labels("targeted").inc(len(decided))
         return moved
+
+
+async def _backed_off(event: str, campaign_id: str, shard: int, error: HeraldError, failures: int) -> bool:
+    """A shard's step failed ``failures`` times in a row: logged, then a wait before
+    the next try; False when it is time to give up instead (the lease runs out, and this
+    or another process tries again)."""
+    log.warning(event, campaign_id=campaign_id, shard=shard, error=error.message)
+    if failures >= MAX_CHUNK_FAILURES:
+        return False
+    await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+    return True
 
 
 def _in_scan(campaign: Campaign, user_id: str) -> bool:

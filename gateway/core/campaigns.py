@@ -331,6 +331,13 @@ class Campaigns:
         paused = msgspec.structs.replace(campaign, state=CampaignState.PAUSED, updated_at=now, paused_because=why)
         return await self._store.put_campaign(paused, campaign.version)
 
+    async def swept(self, campaign: Campaign) -> Campaign | None:
+        """A cancelled campaign's held claims are all ended: no more work for the runner;
+        None when someone else changed it first."""
+        if campaign.state is not CampaignState.CANCELLED or campaign.swept:
+            return None
+        return await self._store.put_campaign(msgspec.structs.replace(campaign, swept=True), campaign.version)
+
     async def scanned(self, campaign: Campaign) -> Campaign | None:
         """A running campaign's current scan is done: the test's part decided (now wait
         for its results), or everyone decided (completed). The stored campaign, or None

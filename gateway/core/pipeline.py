@@ -497,28 +497,42 @@ class PushPipeline:
         ]
 
     # --- releases --------------------------------------------------------------------
-    async def release_users(self, user_ids: Sequence[str]) -> dict[str, datetime | None]:
-        """Decide the due held claims of each user (one read, one commit for all);
-        returns when each user's next held claim is due."""
+    async def release_users(
+        self, user_ids: Sequence[str], ending: frozenset[str] = frozenset()
+    ) -> dict[str, datetime | None]:
+        """Decide the due held claims of each user (one read, one commit for all), and
+        at once those of the cancelled campaigns ``ending`` (they end CANCELLED); returns
+        when each user's next held claim is due."""
         async with self._users.hold_many(user_ids):
             policy = self._policies.current
             todo = list(user_ids)
             nexts: dict[str, datetime | None] = {}
             began = time.monotonic()
             while todo:
-                todo = await self._release_round(todo, nexts, policy)
+                todo = await self._release_round(todo, nexts, policy, ending)
                 if todo:
                     self._metrics.state_conflicts.inc(len(todo))
                     if time.monotonic() - began > CONTENTION_BUDGET:
                         raise Unavailable(f"{len(todo)} users changed under their releases for {CONTENTION_BUDGET:g}s")
             return nexts
 
-    async def _release_round(self, user_ids: list[str], nexts: dict[str, datetime | None], policy: Policy) -> list[str]:
+    async def _release_round(
+        self, user_ids: list[str], nexts: dict[str, datetime | None], policy: Policy, ending: frozenset[str]
+    ) -> list[str]:
         views = await self._store.read_users([UserRead(u) for u in user_ids], policy.defaults.idempotency_window)
         now = self._clock.now()
-        due = {v.user_id: [h for h in v.state.held if h.due <= now] for v in views}
-        wanted = [h.message_id for v in views for h in due[v.user_id]]
+        # Ending a campaign's claims: every held claim is read to find them.
+        looked = {v.user_id: [h for h in v.state.held if ending or h.due <= now] for v in views}
+        wanted = [h.message_id for v in views for h in looked[v.user_id]]
         records = dict(zip(wanted, await self._store.get_messages(wanted), strict=True))
+        due = {
+            user: [
+                h
+                for h in claims
+                if h.due <= now or ((r := records[h.message_id]) is not None and r.campaign_id in ending)
+            ]
+            for user, claims in looked.items()
+        }
         keep = keep_for(policy)
         switches = self._switches.current()
         cancelled = await self._cancelled({r.campaign_id for r in records.values() if r is not None and r.campaign_id})

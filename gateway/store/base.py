@@ -269,8 +269,15 @@ class Store(Protocol):
         """``bu``'s campaigns, the newest first."""
         ...
 
-    async def running_campaigns(self) -> list[Campaign]:
-        """The campaigns in state RUNNING (the runner's work list)."""
+    async def active_campaigns(self) -> list[Campaign]:
+        """The campaigns the runner has work for (``Campaign.active``): running, or
+        cancelled with held claims to end."""
+        ...
+
+    async def scan_held(self, shard: int, cursor: str, count: int) -> tuple[str, list[str]]:
+        """About ``count`` users of ``shard`` with held claims (the due index), from
+        ``cursor`` ("0": the start); the cursor to go on from ("0": done). A user held
+        all along is returned at least once; one may come twice."""
         ...
 
     async def lease_campaign_shard(

@@ -40,7 +40,7 @@ from gateway.store.base import (
 )
 from gateway.store.codec import DeadLetter, Parked
 from gateway.store.keys import KILL_AUDIT_KEEP
-from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, CampaignState, ShardProgress
+from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, ShardProgress
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES, Job
@@ -434,7 +434,7 @@ class MemoryStore:
         self._campaigns.set(campaign.campaign_id, codec.CAMPAIGN.encode(stored), CAMPAIGN_RETENTION)
         if expect is None:
             self._campaign_order.setdefault(campaign.bu, []).append((campaign.created_at, campaign.campaign_id))
-        if stored.state is CampaignState.RUNNING:
+        if stored.active:
             self._running.add(campaign.campaign_id)
         else:
             self._running.discard(campaign.campaign_id)
@@ -449,9 +449,15 @@ class MemoryStore:
         found = await self.get_campaigns([c for _, c in newest])
         return [c for c in found if c is not None][:limit]
 
-    async def running_campaigns(self) -> list[Campaign]:
+    async def active_campaigns(self) -> list[Campaign]:
         found = await self.get_campaigns(sorted(self._running))
-        return [c for c in found if c is not None and c.state is CampaignState.RUNNING]
+        return [c for c in found if c is not None and c.active]
+
+    async def scan_held(self, shard: int, cursor: str, count: int) -> tuple[str, list[str]]:
+        # One shard in memory; the cursor is the last user returned (ids in order).
+        after = "" if cursor == "0" else cursor
+        found = sorted(u for u in self._due_members if u > after)[:count]
+        return ("0" if len(found) < count else found[-1]), found
 
     async def lease_campaign_shard(
         self, campaign_id: str, shard: int, owner: str, lease: timedelta, now: datetime

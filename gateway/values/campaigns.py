@@ -18,6 +18,7 @@ from gateway.values.claims import Content
 
 HOLDOUT = "holdout"  # the name of the share that receives nothing (for lift)
 REST = "~rest"  # after a campaign id: the scan after a test (never in an id)
+SWEEP = "~cancel"  # after a campaign id: the sweep of its held claims once cancelled
 # How long a campaign, its progress and its funnel are kept after their last change.
 CAMPAIGN_RETENTION = timedelta(days=180)
 
@@ -85,6 +86,8 @@ class Campaign(msgspec.Struct, frozen=True, gc=False):
     # Why the runner paused it (the policy no longer lets its claims be made); cleared
     # on resume. Empty when an operator paused it.
     paused_because: str = ""
+    # Cancelled, and the claims it still held were all ended (by the runner's sweep).
+    swept: bool = False
 
     @property
     def phase(self) -> str:
@@ -110,6 +113,20 @@ class Campaign(msgspec.Struct, frozen=True, gc=False):
 
     def decided_in_test(self, user_id: str) -> bool:
         return self.test is not None and (self.in_sample(user_id) or self.share_of(user_id) == HOLDOUT)
+
+    @property
+    def active(self) -> bool:
+        """Work for the runner: running, or cancelled after it started with the claims
+        it still holds not yet ended."""
+        return self.state is CampaignState.RUNNING or (
+            self.state is CampaignState.CANCELLED and self.started_at is not None and not self.swept
+        )
+
+    @property
+    def sweep_id(self) -> str:
+        """The name the sweep of a cancelled campaign's held claims keeps its progress
+        under."""
+        return self.campaign_id + SWEEP
 
     @property
     def scan_id(self) -> str:

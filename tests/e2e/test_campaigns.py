@@ -214,6 +214,18 @@ async def test_a_scan_waits_while_the_marketing_backlog_is_full(campaigns: Campa
     assert done.progress.matched == 10
 
 
+async def swept(campaigns: Campaigns, campaign_id: str) -> None:
+    """Run the runner until the cancelled campaign's sweep is done (every shard)."""
+    runner = campaigns.gateway.campaign_runner
+    for _ in range(50):
+        await runner.tick()
+        await runner.drain()
+        [stored] = await campaigns.gateway.store.get_campaigns([campaign_id])
+        if stored is not None and stored.swept:
+            return
+    raise AssertionError(f"campaign {campaign_id} was not swept")
+
+
 async def test_a_held_claim_of_a_cancelled_campaign_ends_cancelled(campaigns: Campaigns) -> None:
     await add_users(campaigns.api, 30)
     await campaigns.create("d11-held", "tags any [vip]")
@@ -222,10 +234,36 @@ async def test_a_held_claim_of_a_cancelled_campaign_ends_cancelled(campaigns: Ca
     held = row(done, "").scheduled
     assert held == 6  # marketing waits in each user's pool for the send window
     await campaigns.action("cancel", "d11-held")
-    campaigns.clock.advance(12 * 3600)
-    await campaigns.gateway.scheduler.tick()
+    # Ended at once by the runner's sweep, not when their send window comes.
+    await swept(campaigns, "d11-held")
     after = row(await campaigns.get("d11-held"), "")
     assert after.suppressed["CANCELLED"] == held and after.accepted == 0
+    [message] = (
+        await campaigns.api.push.ListMessages(push_pb2.ListMessagesRequest(user_id="u-0"), metadata=auth("marketing"))
+    ).messages
+    assert message.status == "suppressed" and "cancelled" in message.detail
+    assert await campaigns.gateway.store.active_campaigns() == []  # no more work for the runner
+    # Their release time comes: nothing left to release, nothing counted twice.
+    campaigns.clock.advance(12 * 3600)
+    await campaigns.gateway.scheduler.tick()
+    later = row(await campaigns.get("d11-held"), "")
+    assert later.suppressed["CANCELLED"] == held and later.accepted == 0
+
+
+async def test_a_held_claim_of_another_campaign_stays_held_through_a_sweep(campaigns: Campaigns) -> None:
+    """The sweep ends only the cancelled campaign's claims; a user's claim of another
+    campaign waits for its window as before."""
+    await add_users(campaigns.api, 30)
+    await campaigns.create("keep", "tags any [vip]")
+    await campaigns.create("drop", "tags any [vip]", scenario="new.arrivals", params={"category_name": "女装"})
+    for name in ("keep", "drop"):
+        await campaigns.action("start", name)
+        await campaigns.finish(name)
+    await campaigns.action("cancel", "drop")
+    await swept(campaigns, "drop")
+    dropped, kept = row(await campaigns.get("drop"), ""), row(await campaigns.get("keep"), "")
+    assert dropped.suppressed.get("CANCELLED") == dropped.scheduled > 0
+    assert kept.scheduled == 6 and "CANCELLED" not in kept.suppressed and kept.accepted == 0
 
 
 async def test_create_is_idempotent_and_names_what_is_wrong(campaigns: Campaigns) -> None:

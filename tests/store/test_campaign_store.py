@@ -30,13 +30,24 @@ async def test_a_campaign_is_written_only_at_the_version_read(store: Store, cloc
     assert await store.put_campaign(msgspec.structs.replace(first, description="stale"), 0) is None
     [got] = await store.get_campaigns(["d11"])
     assert got == moved
-    assert [c.campaign_id for c in await store.running_campaigns()] == ["d11"]
+    assert [c.campaign_id for c in await store.active_campaigns()] == ["d11"]
     paused = await store.put_campaign(msgspec.structs.replace(moved, state=CampaignState.PAUSED), 1)
-    assert paused is not None and await store.running_campaigns() == []
+    assert paused is not None and await store.active_campaigns() == []
+    # Cancelled after it started: work for the runner (the claims it holds) until swept.
+    cancelled = msgspec.structs.replace(paused, state=CampaignState.CANCELLED, started_at=clock.now())
+    cancelled_stored = await store.put_campaign(cancelled, 2)
+    assert cancelled_stored is not None
+    assert [c.campaign_id for c in await store.active_campaigns()] == ["d11"]
+    done = await store.put_campaign(msgspec.structs.replace(cancelled_stored, swept=True), 3)
+    assert done is not None and await store.active_campaigns() == []
+    never = await store.put_campaign(campaign(clock, "d10"), None)  # cancelled before it started
+    assert never is not None
+    await store.put_campaign(msgspec.structs.replace(never, state=CampaignState.CANCELLED), 0)
+    assert await store.active_campaigns() == []
     clock.advance(60)
     await store.put_campaign(campaign(clock, "d12"), None)
     await store.put_campaign(campaign(clock, "other", bu="growth"), None)
-    assert [c.campaign_id for c in await store.list_campaigns("marketing", 10)] == ["d12", "d11"]
+    assert [c.campaign_id for c in await store.list_campaigns("marketing", 10)] == ["d12", "d11", "d10"]
     assert [c.campaign_id for c in await store.list_campaigns("marketing", 1)] == ["d12"]
     assert await store.get_campaigns(["nope"]) == [None]
 

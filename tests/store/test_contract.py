@@ -385,6 +385,28 @@ async def hold(store: Store, clock: FixedClock, user: str, due: datetime) -> Non
     assert await store.commit([Change(user, view.state.version, state, due=due)], LIFE) == [Committed.OK]
 
 
+async def test_a_scan_of_the_held_finds_every_user_with_a_held_claim(store: Store, clock: FixedClock) -> None:
+    """However far off their claims are due, and whatever the chunk size: each user
+    with a held claim once at least, nobody else."""
+    now = clock.now()
+    users = [f"u-{n}" for n in range(25)]
+    for n, user in enumerate(users):
+        await add_user(store, clock, user)
+        if n % 5:  # every 5th holds nothing
+            await hold(store, clock, user, now + timedelta(minutes=n, days=n % 3))
+    found: set[str] = set()
+    for shard in range(store.shards):
+        cursor, rounds = "0", 0
+        while True:
+            cursor, chunk = await store.scan_held(shard, cursor, 3)
+            found.update(chunk)
+            rounds += 1
+            if cursor == "0":
+                break
+            assert rounds < 100
+    assert found == {u for n, u in enumerate(users) if n % 5}
+
+
 async def test_holds_put_the_user_in_the_due_index(store: Store, clock: FixedClock) -> None:
     now = clock.now()
     await add_user(store, clock, "u-1")

@@ -62,6 +62,8 @@ PARSED: dict[str, Callable[[Any], Any]] = {
     "XREADGROUP": _streams,
     "XPENDING": _pending,
     "SSCAN": lambda raw: [int(raw[0]), raw[1]],  # the cursor as a number, as redis-py gives it
+    # The cursor as a number and (member, score) pairs, as redis-py gives them.
+    "ZSCAN": lambda raw: [int(raw[0]), list(zip(raw[1][::2], map(float, raw[1][1::2]), strict=True))],
 }
 
 

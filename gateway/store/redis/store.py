@@ -39,7 +39,7 @@ from gateway.store.base import (
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, Connection, Wait
 from gateway.store.shards import DEFAULT_SHARDS, message_shard, shard_of, tags
-from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, CampaignState, ShardProgress
+from gateway.values.campaigns import CAMPAIGN_RETENTION, Campaign, ShardProgress
 from gateway.values.decisions import PushAnswer
 from gateway.values.jobs import Job
 from gateway.values.profiles import Interaction, OptOut, UserProfile
@@ -439,7 +439,7 @@ class RedisStore:
                 keep,
                 epoch_ms(campaign.created_at),
                 campaign.campaign_id,
-                "1" if stored.state is CampaignState.RUNNING else "0",
+                "1" if stored.active else "0",
                 epoch_ms(campaign.updated_at) - keep,
             ],
         )
@@ -457,10 +457,14 @@ class RedisStore:
         found = await self.get_campaigns([codec.text(i) for i in ids])
         return sorted((c for c in found if c is not None), key=lambda c: c.created_at, reverse=True)[:limit]
 
-    async def running_campaigns(self) -> list[Campaign]:
-        [ids] = await self._run("running_campaigns", [("SMEMBERS", keys.CAMPAIGNS_RUNNING)])
+    async def active_campaigns(self) -> list[Campaign]:
+        [ids] = await self._run("active_campaigns", [("SMEMBERS", keys.CAMPAIGNS_RUNNING)])
         found = await self.get_campaigns([codec.text(i) for i in ids])
-        return [c for c in found if c is not None and c.state is CampaignState.RUNNING]
+        return [c for c in found if c is not None and c.active]
+
+    async def scan_held(self, shard: int, cursor: str, count: int) -> tuple[str, list[str]]:
+        [(after, found)] = await self._run("scan_held", [("ZSCAN", keys.due(self.tags[shard]), cursor, "COUNT", count)])
+        return str(after), [codec.text(member) for member, _ in found]
 
     async def lease_campaign_shard(
         self, campaign_id: str, shard: int, owner: str, lease: timedelta, now: datetime
