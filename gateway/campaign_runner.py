@@ -312,7 +312,10 @@ class CampaignRunner:
     async def _chunk(
         self, campaign: Campaign, audience: Audience, steps: Sequence[str | None], progress: ShardProgress
     ) -> ShardProgress:
-        if campaign.deadline is not None and campaign.deadline <= self._clock.now():
+        # One reading of the clock for the deadline and the claims: read twice, the
+        # deadline could pass in between and every claim be refused for it.
+        now = self._clock.now()
+        if campaign.deadline is not None and campaign.deadline <= now:
             # No claim made now could be sent in time: the rest of the shard is left unread.
             log.info("campaign_deadline_passed", campaign_id=campaign.campaign_id, shard=progress.shard)
             ended = msgspec.structs.replace(progress, cursor="0", done=True)
@@ -322,7 +325,6 @@ class CampaignRunner:
         step, scan = _step(progress.cursor)
         label = steps[step]
         after, users = await self._store.scan_users(progress.shard, scan, self._chunk_size, label)
-        now = self._clock.now()
         policy = self._policies.current
         earlier = frozenset(t for t in steps[:step] if t is not None)
         stale: list[str] = []
@@ -338,12 +340,12 @@ class CampaignRunner:
         # A test's two scans each take their own users (known from the id alone).
         mine = [u for u in dict.fromkeys(users) if _in_scan(campaign, u)]
         maker = CampaignClaims(campaign, policy, now)
-        unusable = maker.unusable()
-        if unusable is not None:
-            # Every user would be refused for the same reason (a policy change): paused,
-            # so that the audience is still there to decide once it is fixed.
-            why = f"its claims are refused under policy {policy.version}: {unusable.message}"
-            log.error("campaign_paused_by_policy", campaign_id=campaign.campaign_id, error=unusable.message)
+        refused = maker.refused()
+        if refused is not None:
+            # The users of a share would all be refused for the same reason (a policy
+            # change): paused, so that they are still there to decide once it is fixed.
+            why = f"its claims are refused under policy {policy.version}: {refused.message}"
+            log.error("campaign_paused_by_policy", campaign_id=campaign.campaign_id, error=refused.message)
             await self._campaigns.pause_for(campaign, why[:500])
             self._read.pop(campaign.campaign_id, None)
             raise _Paused

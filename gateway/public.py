@@ -110,8 +110,9 @@ class Unsubscribes:
             record = await campaign_message(self._store, campaign, user_id, window)
             if record is not None:
                 await count_unsubscribe(self._store, record)
-        except HeraldError as exc:
-            log.warning("campaign_unsubscribe_not_counted", user_id=user_id, error=exc.message)
+        except Exception as exc:  # a store fault, a damaged record: the opt-out stands
+            error = exc.message if isinstance(exc, HeraldError) else type(exc).__name__
+            log.warning("campaign_unsubscribe_not_counted", user_id=user_id, error=error)
 
 
 class Clicks:

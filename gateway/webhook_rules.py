@@ -23,6 +23,10 @@ from gateway.values.profiles import MAX_TAGS, UserProfile
 log = get_logger(__name__)
 
 
+def _why(exc: Exception) -> str:
+    return exc.message if isinstance(exc, HeraldError) else type(exc).__name__
+
+
 class WebhookRules:
     def __init__(self, users: Users, store: Store, policies: PolicyHolder, clock: Clock, metrics: Metrics) -> None:
         self._users = users
@@ -66,5 +70,5 @@ class WebhookRules:
             record = await last_delivered(self._store, user_id, OPT_OUT_CHANNELS, since)
             if record is not None and await count_unsubscribe(self._store, record):
                 log.info("campaign_unsubscribed", user_id=user_id, campaign_id=record.campaign_id, via="wechat")
-        except HeraldError as exc:
-            log.warning("campaign_unsubscribe_not_counted", user_id=user_id, error=exc.message)
+        except Exception as exc:  # a store fault, a damaged record: the opt-out stands
+            log.warning("campaign_unsubscribe_not_counted", user_id=user_id, error=_why(exc))

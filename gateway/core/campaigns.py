@@ -181,7 +181,11 @@ def _is_marketing(policy: Policy, scenario: str) -> bool:
 
 
 def _same_definition(a: Campaign, b: Campaign) -> bool:
-    keep = {"created_at", "updated_at", "state", "started_at", "finished_at", "version"}
+    # What the run changes, not the caller's definition.
+    keep = {
+        "created_at", "updated_at", "state", "started_at", "finished_at", "version",
+        "tested_at", "winner", "paused_because", "swept",
+    }  # fmt: skip
     fields = [f for f in a.__struct_fields__ if f not in keep]
     return all(getattr(a, f) == getattr(b, f) for f in fields)
 
@@ -217,18 +221,20 @@ class CampaignClaims:
     def __init__(self, campaign: Campaign, policy: Policy, now: datetime) -> None:
         self._campaign = campaign
         self._shares: dict[str, tuple[Claim, bytes] | HeraldError] = {}
-        for share in (*(v.name for v in campaign.variants), HOLDOUT):
+        for share in (*campaign.variant_names, HOLDOUT):
             request = _share_input(campaign, share, "u")
             try:
                 self._shares[share] = (validate_push(campaign.bu, request, policy, now), request.body_but_user())
             except HeraldError as exc:
                 self._shares[share] = exc
 
-    def unusable(self) -> HeraldError | None:
-        """Why no claim of this campaign can be made (every share refused), if so: a
-        matter of the campaign and the policy, not of its users."""
-        errors = [made for made in self._shares.values() if isinstance(made, HeraldError)]
-        return errors[0] if len(errors) == len(self._shares) else None
+    def refused(self) -> HeraldError | None:
+        """Why a variant the current scan hands out cannot be claimed, if one cannot: a
+        matter of the campaign and the policy, not of its users (the scan after a test
+        hands out the winner only; the holdout's claim is the first variant's)."""
+        campaign = self._campaign
+        handed = (campaign.winner,) if campaign.test is not None and campaign.winner else campaign.variant_names
+        return next((made for name in handed if isinstance(made := self._shares[name], HeraldError)), None)
 
     def claim(self, user_id: str) -> tuple[Claim, str] | HeraldError:
         """The user's claim and its fingerprint, or why the user's share cannot be sent
@@ -289,7 +295,7 @@ class Campaigns:
                 for a, b in zip(progress[:shards], progress[shards:], strict=True)
             ]
         counts = await self._store.funnel(campaign_id)
-        return CampaignView(campaign, progress, funnel.rows(counts, [v.name for v in campaign.variants]))
+        return CampaignView(campaign, progress, funnel.rows(counts, campaign.variant_names))
 
     async def list(self, bu: str, limit: int) -> list[Campaign]:
         if not 0 <= limit <= 500:
@@ -357,7 +363,7 @@ class Campaigns:
         now = self._clock.now()
         if campaign.state is not CampaignState.RUNNING or now < campaign.tested_at + campaign.test.wait:
             return None
-        rows = funnel.rows(await self._store.funnel(campaign.campaign_id), [v.name for v in campaign.variants])
+        rows = funnel.rows(await self._store.funnel(campaign.campaign_id), campaign.variant_names)
         by_name = {row.variant: row for row in rows}
         metric = campaign.test.metric
         # Best metric first; on a tie, the variant listed first.

@@ -15,6 +15,7 @@ and a trace (data; ``trace.render`` makes sentences of it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -114,7 +115,7 @@ class _Trace:
 
 def _local(moment: datetime, tz: ZoneInfo) -> str:
     """The time as the user's clock shows it, to the minute (for details)."""
-    return _local_minute(int(moment.timestamp()) // 60, tz)
+    return _local_minute(math.floor(moment.timestamp()) // 60, tz)
 
 
 @lru_cache(maxsize=4096)

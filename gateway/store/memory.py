@@ -454,10 +454,10 @@ class MemoryStore:
         return [c for c in found if c is not None and c.active]
 
     async def scan_held(self, shard: int, cursor: str, count: int) -> tuple[str, list[str]]:
-        # One shard in memory; the cursor is the last user returned (ids in order).
-        after = "" if cursor == "0" else cursor
+        # One shard in memory; the cursor is "@" and the last user returned (ids in order).
+        after = "" if cursor == "0" else cursor.removeprefix("@")
         found = sorted(u for u in self._due_members if u > after)[:count]
-        return ("0" if len(found) < count else found[-1]), found
+        return ("0" if len(found) < count else "@" + found[-1]), found
 
     async def lease_campaign_shard(
         self, campaign_id: str, shard: int, owner: str, lease: timedelta, now: datetime

@@ -115,6 +115,10 @@ class Campaign(msgspec.Struct, frozen=True, gc=False):
         return self.test is not None and (self.in_sample(user_id) or self.share_of(user_id) == HOLDOUT)
 
     @property
+    def variant_names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.variants)
+
+    @property
     def active(self) -> bool:
         """Work for the runner: running, or cancelled after it started with the claims
         it still holds not yet ended."""

@@ -243,6 +243,8 @@ async def test_a_held_claim_of_a_cancelled_campaign_ends_cancelled(campaigns: Ca
     ).messages
     assert message.status == "suppressed" and "cancelled" in message.detail
     assert await campaigns.gateway.store.active_campaigns() == []  # no more work for the runner
+    again = await campaigns.create("d11-held", "tags any [vip]")  # a retried create: the run changed nothing of it
+    assert again.state == campaign_pb2.CAMPAIGN_STATE_CANCELLED
     # Their release time comes: nothing left to release, nothing counted twice.
     campaigns.clock.advance(12 * 3600)
     await campaigns.gateway.scheduler.tick()

@@ -96,3 +96,28 @@ def test_a_time_shows_on_the_users_clock_to_the_minute(zone: str) -> None:
     for seconds in (0, 59, 60, 3599, 86_399, 1_234_567):
         moment = NOW + timedelta(seconds=seconds, microseconds=999_999)
         assert _local(moment, tz) == f"{moment.astimezone(tz):%Y-%m-%d %H:%M} {zone}"
+
+
+def test_a_variant_the_scan_hands_out_that_the_policy_refuses_is_named() -> None:
+    """Refused for a reason of the campaign and the policy: the scan must stop there
+    rather than skip each of its users. After a test only the winner is handed out."""
+    made = build(
+        "marketing",
+        CampaignSpec(
+            "d11-presale",
+            "double11.presale",
+            "tags any [double11]",
+            (Variant("A", 1), Variant("B", 1)),
+            PARAMS,
+            test=Trial(0.3, timedelta(minutes=30), "click_rate"),
+        ),
+        POLICY,
+        NOW,
+    )
+    assert CampaignClaims(made, POLICY, NOW).refused() is None
+    b_broken = msgspec.structs.replace(made, variants=(made.variants[0], Variant("B", 1, {"deposit": "50"})))
+    during_test = CampaignClaims(b_broken, POLICY, NOW).refused()
+    assert isinstance(during_test, InvalidArgument) and "discount" in during_test.message
+    winner_b = CampaignClaims(msgspec.structs.replace(b_broken, winner="B"), POLICY, NOW).refused()
+    assert isinstance(winner_b, InvalidArgument)
+    assert CampaignClaims(msgspec.structs.replace(b_broken, winner="A"), POLICY, NOW).refused() is None
