@@ -130,9 +130,9 @@ class RedisStore:
     # --- decisions -----------------------------------------------------------------
     async def read_users(self, reads: Sequence[UserRead], idem_ttl: timedelta) -> list[UserView]:
         """A read recording its request id in the unit-wide index learns from the index
-        whether the id was seen, and with what body: only when it was, with this body,
-        is the stored answer read (a second round trip, for retries alone). A read that
-        skips the index reads the answer at once."""
+        whether the id was seen: only when it was is the stored answer read (a second
+        round trip, for retries and reuses alone). A read that skips the index reads the
+        answer at once."""
         commands: list[Command] = []
         for read in reads:
             tag = self.tag_of(read.user_id)
@@ -147,7 +147,11 @@ class RedisStore:
                     commands.append(("GET", keys.idempotency(tag, idem.bu, idem.request_id)))
         replies = iter(await self._run("read_users", commands))
         out: list[UserView] = []
-        seen: list[tuple[int, IdemKey, Command]] = []  # the index had the request id, with this body
+        # Reads the index had the request id for: (position, key, the answer's GET, and
+        # what no stored answer means: NEW when the index had this body, CONFLICT when
+        # another; a stored answer with this body is the answer either way, as when the
+        # index entry ran out and another body took it before a retry).
+        seen: list[tuple[int, IdemKey, Command, IdemState]] = []
         for read in reads:
             profile, state = codec.decode_user(read.user_id, next(replies) or {})
             status, answer = IdemState.NEW, None
@@ -155,16 +159,17 @@ class RedisStore:
                 idem, got = read.idem, next(replies)
                 if not read.index:
                     status, answer = _answered(got, idem)
-                elif got is not None and codec.text(got) != idem.fingerprint:
-                    status = IdemState.CONFLICT
                 elif got is not None:
                     where = keys.idempotency(self.tag_of(read.user_id), idem.bu, idem.request_id)
-                    seen.append((len(out), idem, ("GET", where)))
+                    same = codec.text(got) == idem.fingerprint
+                    seen.append((len(out), idem, ("GET", where), IdemState.NEW if same else IdemState.CONFLICT))
             out.append(UserView(read.user_id, profile, state, status, answer))
         if seen:
-            stored = await self._run("read_users", [command for _, _, command in seen])
-            for (at, idem, _), got in zip(seen, stored, strict=True):
+            stored = await self._run("read_users", [command for _, _, command, _ in seen])
+            for (at, idem, _, unanswered), got in zip(seen, stored, strict=True):
                 status, answer = _answered(got, idem)
+                if status is IdemState.NEW:
+                    status = unanswered
                 out[at] = msgspec.structs.replace(out[at], idem=status, answer=answer)
         return out
 
