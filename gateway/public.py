@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.autostop import AutoStop
 from gateway.clock import Clock
-from gateway.core.unsubscribes import campaign_message, count_unsubscribe
+from gateway.core.unsubscribes import count_after_email
 from gateway.core.users import Users
 from gateway.errors import HeraldError, NotFound
 from gateway.links import ClickTokens
@@ -95,24 +95,10 @@ class Unsubscribes:
         if what.scenario:
             await self._auto_stop.record_for(what.category, what.scenario, what.campaign_id, True)
         if what.campaign_id:
-            await self._count_in_funnel(what.user_id, what.campaign_id)
+            window = self._policies.current.defaults.idempotency_window
+            await count_after_email(self._store, what.campaign_id, what.user_id, window)
         log.info("unsubscribed", user_id=what.user_id, category=str(what.category), channel=str(what.channel))
         return _page("Unsubscribed", "You will not receive these emails any more.")
-
-    async def _count_in_funnel(self, user_id: str, campaign_id: str) -> None:
-        """The unsubscribe in the funnel of the campaign whose email carried the link.
-        Best effort: the opt-out is recorded, and the user's page must say so."""
-        try:
-            [campaign] = await self._store.get_campaigns([campaign_id])
-            if campaign is None:
-                return
-            window = self._policies.current.defaults.idempotency_window
-            record = await campaign_message(self._store, campaign, user_id, window)
-            if record is not None:
-                await count_unsubscribe(self._store, record)
-        except Exception as exc:  # a store fault, a damaged record: the opt-out stands
-            error = exc.message if isinstance(exc, HeraldError) else type(exc).__name__
-            log.warning("campaign_unsubscribe_not_counted", user_id=user_id, error=error)
 
 
 class Clicks:

@@ -9,10 +9,9 @@ the scene or the openid, and the tags only by count.
 from __future__ import annotations
 
 from gateway.clock import Clock
-from gateway.core.unsubscribes import count_unsubscribe, last_delivered
+from gateway.core.unsubscribes import count_after_wechat
 from gateway.core.users import Users
 from gateway.core.wechat_rules import OPT_OUT_CHANNELS, OPT_OUT_SOURCE, Actions
-from gateway.errors import HeraldError
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
@@ -21,10 +20,6 @@ from gateway.values.domain import Category
 from gateway.values.profiles import MAX_TAGS, UserProfile
 
 log = get_logger(__name__)
-
-
-def _why(exc: Exception) -> str:
-    return exc.message if isinstance(exc, HeraldError) else type(exc).__name__
 
 
 class WebhookRules:
@@ -59,16 +54,7 @@ class WebhookRules:
             log.info(f"wechat_{action}", user_id=profile.user_id, category=str(Category.MARKETING))
             self._metrics.wechat_rules.labels(action).inc()
             if actions.opt_out:
-                await self._count_in_funnel(profile.user_id)
+                # The campaign whose WeChat message the user most likely answers.
+                since = self._clock.now() - self._policies.current.defaults.attribution_window
+                await count_after_wechat(self._store, profile.user_id, OPT_OUT_CHANNELS, since)
         return actions.reply
-
-    async def _count_in_funnel(self, user_id: str) -> None:
-        """The opt-out, in the funnel of the campaign whose WeChat message the user most
-        likely answers. Best effort: the opt-out itself is what must not be lost."""
-        since = self._clock.now() - self._policies.current.defaults.attribution_window
-        try:
-            record = await last_delivered(self._store, user_id, OPT_OUT_CHANNELS, since)
-            if record is not None and await count_unsubscribe(self._store, record):
-                log.info("campaign_unsubscribed", user_id=user_id, campaign_id=record.campaign_id, via="wechat")
-        except Exception as exc:  # a store fault, a damaged record: the opt-out stands
-            log.warning("campaign_unsubscribe_not_counted", user_id=user_id, error=_why(exc))

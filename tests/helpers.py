@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import socket
@@ -177,3 +178,22 @@ async def wait_until(check: object, within: float, what: str) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def herald_env(redis_url: str, policies: Path, data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a `herald serve` or `herald worker` a test starts: this
+    process's, the store and the policies, gRPC on a free port, the admin port anywhere,
+    warnings only, a stalled delivery taken over and a stop finished within 2 s; then
+    ``settings`` (HERALD_* variables: providers' credentials, the test's own)."""
+    return {
+        **os.environ,
+        "HERALD_REDIS_URL": redis_url,
+        "HERALD_POLICY_DIR": str(policies),
+        "HERALD_LISTEN": f"127.0.0.1:{free_port()}",
+        "HERALD_ADMIN_LISTEN": "127.0.0.1:0",
+        "HERALD_DATA_DIR": str(data_dir),
+        "HERALD_LOG_LEVEL": "WARNING",
+        "HERALD_RECLAIM_SECONDS": "2",
+        "HERALD_GRACE_SECONDS": "2",
+        **settings,
+    }

@@ -48,7 +48,7 @@ from herald.v1 import campaign_pb2, campaign_pb2_grpc, push_pb2, push_pb2_grpc, 
 from tests.conftest import POLICIES, ROOT
 from tests.e2e.channels_setup import fakes, policies_for
 from tests.e2e.conftest import auth
-from tests.helpers import free_port, herald, wait_until
+from tests.helpers import free_port, herald, herald_env, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -120,19 +120,7 @@ async def write_users(redis_url: str, users: Iterable[NewUser], at_once: int = 2
 def environment(
     redis_url: str, policies: Path, tmp_path: Path, name: str, fake_env: dict[str, str], **extra: str
 ) -> dict[str, str]:
-    return {
-        **os.environ,
-        **fake_env,
-        "HERALD_REDIS_URL": redis_url,
-        "HERALD_POLICY_DIR": str(policies),
-        "HERALD_LISTEN": f"127.0.0.1:{free_port()}",
-        "HERALD_ADMIN_LISTEN": "127.0.0.1:0",
-        "HERALD_DATA_DIR": str(tmp_path / name / "var"),
-        "HERALD_LOG_LEVEL": "WARNING",
-        "HERALD_RECLAIM_SECONDS": "2",
-        "HERALD_GRACE_SECONDS": "2",
-        **extra,
-    }
+    return herald_env(redis_url, policies, tmp_path / name / "var", **fake_env, **extra)
 
 
 async def start_campaign(target: str, audience: str = f"tags any [{TAG}]") -> None:

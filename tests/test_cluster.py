@@ -14,7 +14,6 @@ one node's URL, the fake WeChat as the provider:
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from tests.cluster import Cluster
 from tests.e2e.channels_setup import Fakes, fakes, policies_for
 from tests.e2e.conftest import auth
 from tests.e2e.test_push import ts
-from tests.helpers import free_port, herald, wait_until
+from tests.helpers import free_port, herald, herald_env, wait_until
 from tests.test_replicas import daytime_zone
 
 pytestmark = pytest.mark.cluster
@@ -41,21 +40,14 @@ ADMIN_TOKEN = "adm-cluster-0123456789"
 
 
 def environment(fake: Fakes, seed: str, policies: Path, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
+    settings = {
         **fake.environ(),
-        "HERALD_REDIS_URL": seed,
         "HERALD_REDIS_CLUSTER": "true",
-        "HERALD_POLICY_DIR": str(policies),
-        "HERALD_LISTEN": f"127.0.0.1:{free_port()}",
-        "HERALD_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+        "HERALD_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",  # the test calls the admin API
         "HERALD_ADMIN_TOKEN": ADMIN_TOKEN,
-        "HERALD_DATA_DIR": str(tmp_path / name),
-        "HERALD_LOG_LEVEL": "WARNING",
-        "HERALD_RECLAIM_SECONDS": "2",
-        "HERALD_GRACE_SECONDS": "2",
         **extra,
     }
+    return herald_env(seed, policies, tmp_path / name, **settings)
 
 
 def follower(i: int, zone: str = "Asia/Shanghai") -> profile_pb2.UpsertUserRequest:

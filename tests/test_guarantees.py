@@ -9,7 +9,6 @@ twice, and prints the figures."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -22,26 +21,15 @@ import pytest
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc, types_pb2
 from tests.e2e.channels_setup import Fakes, fakes, policies_for
 from tests.e2e.conftest import auth
-from tests.helpers import RedisProcess, free_port, herald, wait_until
+from tests.helpers import RedisProcess, herald, herald_env, wait_until
 
 MESSAGES = 2_000
 CLIENTS = 32
 
 
 def environment(fake: Fakes, redis_url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        **fake.environ(),
-        "HERALD_REDIS_URL": redis_url,
-        "HERALD_POLICY_DIR": str(policies_for(tmp_path / name, fake)),
-        "HERALD_LISTEN": f"127.0.0.1:{free_port()}",
-        "HERALD_ADMIN_LISTEN": "127.0.0.1:0",
-        "HERALD_DATA_DIR": str(tmp_path / name / "var"),
-        "HERALD_LOG_LEVEL": "WARNING",
-        "HERALD_RECLAIM_SECONDS": "2",
-        "HERALD_GRACE_SECONDS": "2",
-        **extra,
-    }
+    policies = policies_for(tmp_path / name, fake)
+    return herald_env(redis_url, policies, tmp_path / name / "var", **fake.environ(), **extra)
 
 
 def shipped(i: int) -> push_pb2.PushRequest:

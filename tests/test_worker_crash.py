@@ -9,7 +9,6 @@ the same id) or is dead-lettered with a reason.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from gateway.values.jobs import LANES
 from herald.v1 import profile_pb2, profile_pb2_grpc, push_pb2, push_pb2_grpc, types_pb2
 from tests.e2e.channels_setup import Fakes, fakes, policies_for
 from tests.e2e.conftest import auth
-from tests.helpers import free_port, herald, wait_until
+from tests.helpers import herald, herald_env, wait_until
 
 MESSAGES = 600
 
@@ -41,17 +40,8 @@ def held(redis_url: str) -> int:
 
 
 def environment(fake: Fakes, redis_url: str, tmp_path: Path, name: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        **fake.environ(),
-        "HERALD_REDIS_URL": redis_url,
-        "HERALD_POLICY_DIR": str(policies_for(tmp_path / name, fake)),
-        "HERALD_LISTEN": f"127.0.0.1:{free_port()}",
-        "HERALD_ADMIN_LISTEN": "127.0.0.1:0",
-        "HERALD_DATA_DIR": str(tmp_path / name / "var"),
-        "HERALD_LOG_LEVEL": "WARNING",
-        **extra,
-    }
+    policies = policies_for(tmp_path / name, fake)
+    return herald_env(redis_url, policies, tmp_path / name / "var", **fake.environ(), **extra)
 
 
 async def test_a_killed_worker_loses_nothing(clean_redis: str, tmp_path: Path) -> None:

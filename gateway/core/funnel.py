@@ -17,21 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 
-from gateway.values.campaigns import DECIDED, HOLDOUT, RELEASED, funnel_field
+from gateway.values.campaigns import DECIDED, HOLDOUT, RELEASED, funnel_field, suppressed_step
 from gateway.values.decisions import Decision
 from gateway.values.domain import Outcome, Reason
 
 
-def step_of(decision: Decision) -> str:
-    if decision.outcome is Outcome.ACCEPTED:
-        return "accepted"
-    if decision.outcome is Outcome.SCHEDULED:
-        return "scheduled"
-    return f"suppressed:{(decision.reason or Reason.EXPIRED).value}"
-
-
 def field_of(variant: str, when: str, decision: Decision) -> str:
-    return funnel_field(variant, f"{when}:{step_of(decision)}")
+    if decision.outcome is Outcome.ACCEPTED:
+        return funnel_field(variant, f"{when}:accepted")
+    if decision.outcome is Outcome.SCHEDULED:
+        return funnel_field(variant, f"{when}:scheduled")
+    return funnel_field(variant, suppressed_step(when, (decision.reason or Reason.EXPIRED).value))
 
 
 @dataclass

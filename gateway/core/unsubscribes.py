@@ -10,15 +10,19 @@ most likely answer.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timedelta
 
 from gateway.core.campaigns import claim_input
+from gateway.errors import HeraldError
+from gateway.logs import get_logger
 from gateway.store import keys
 from gateway.store.base import IdemKey, IdemState, IndexCursor, Store, UserRead
 from gateway.values.campaigns import Campaign, funnel_field
 from gateway.values.domain import Channel
 from gateway.values.records import MessageRecord
+
+log = get_logger(__name__)
 
 # Message ids read from the user's index a round trip while looking back.
 CHUNK = 50
@@ -61,6 +65,34 @@ async def last_delivered(
 
 def _delivered_on(record: MessageRecord, channels: Collection[Channel]) -> bool:
     return any(e.kind == "delivered" and e.channel in channels for e in record.timeline)
+
+
+async def count_after_email(store: Store, campaign_id: str, user_id: str, idempotency_window: timedelta) -> None:
+    """The one-click unsubscribe of a campaign's email, in that campaign's funnel."""
+
+    async def message() -> MessageRecord | None:
+        [campaign] = await store.get_campaigns([campaign_id])
+        return None if campaign is None else await campaign_message(store, campaign, user_id, idempotency_window)
+
+    await _count(store, user_id, "email", message)
+
+
+async def count_after_wechat(store: Store, user_id: str, channels: Collection[Channel], since: datetime) -> None:
+    """A WeChat opt-out word, in the funnel of the newest campaign message delivered to
+    the user on WeChat since ``since``."""
+    await _count(store, user_id, "wechat", lambda: last_delivered(store, user_id, channels, since))
+
+
+async def _count(store: Store, user_id: str, via: str, message: Callable[[], Awaitable[MessageRecord | None]]) -> None:
+    """Best effort: the opt-out is stored before this is asked, and a store fault or a
+    damaged record here must not turn it into a failed request."""
+    try:
+        record = await message()
+        if record is not None and await count_unsubscribe(store, record):
+            log.info("campaign_unsubscribed", user_id=user_id, campaign_id=record.campaign_id, via=via)
+    except Exception as exc:
+        error = exc.message if isinstance(exc, HeraldError) else type(exc).__name__
+        log.warning("campaign_unsubscribe_not_counted", user_id=user_id, via=via, error=error)
 
 
 async def count_unsubscribe(store: Store, record: MessageRecord) -> bool:

@@ -28,7 +28,7 @@ import msgspec
 
 from gateway.store import keys
 from gateway.store.codec import DeadLetter, Parked
-from gateway.values.campaigns import RELEASED, Campaign, ShardProgress, funnel_field
+from gateway.values.campaigns import RELEASED, Campaign, ShardProgress, funnel_field, suppressed_step
 from gateway.values.decisions import PushAnswer
 from gateway.values.domain import Category, Channel, Reason
 from gateway.values.jobs import Job
@@ -421,7 +421,7 @@ class Settlement(msgspec.Struct, frozen=True, gc=False):
         if isinstance(self.settle, Commit):
             return funnel_field(self.job.claim.variant, "sent")
         if self.current is not None and self.current.reason is Reason.CANCELLED:
-            return funnel_field(self.job.claim.variant, f"{RELEASED}:suppressed:{Reason.CANCELLED.value}")
+            return funnel_field(self.job.claim.variant, suppressed_step(RELEASED, Reason.CANCELLED.value))
         if self.current is not None and self.current.status in ("failed", "expired"):
             return funnel_field(self.job.claim.variant, "failed")
         return ""

@@ -180,6 +180,12 @@ DECIDED = "d"
 RELEASED = "r"
 
 
+def suppressed_step(when: str, reason: str) -> str:
+    """The step of a claim decided SUPPRESSED for ``reason``, first (``DECIDED``) or at
+    its release (``RELEASED``)."""
+    return f"{when}:suppressed:{reason}"
+
+
 def funnel_field(variant: str, step: str) -> str:
     """A funnel counter's name: the variant ("holdout" for the holdout) and the step
     (see gateway.core.funnel)."""
