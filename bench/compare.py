@@ -268,7 +268,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=10_000, help="decisions a target in the closed loop")
     parser.add_argument("--concurrency", type=int, default=32, help="unary calls in flight (closed loop)")
     parser.add_argument("--batch", type=int, default=500, help="requests a PushBatch")
-    parser.add_argument("--batches-in-flight", type=int, default=2)
+    parser.add_argument(
+        "--batches-in-flight",
+        type=int,
+        default=4,
+        help="PushBatch calls in flight (closed loop): two a process of the 2-process target, so that each "
+        "process decides one batch while the other's answer travels (with one each, half of each "
+        "process's time is spent waiting for the client)",
+    )
     parser.add_argument("--channels", type=int, default=4, help="gRPC connections the client spreads its calls over")
     parser.add_argument("--warmup", type=int, default=500, help="decisions before each measured phase")
     parser.add_argument("--rate", type=float, default=1000, help="fixed rate, calls/s (0: skip the fixed-rate phase)")

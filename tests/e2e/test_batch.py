@@ -61,3 +61,22 @@ async def test_batch_needs_authentication(api: Api) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await api.push.PushBatch(push_pb2.PushBatchRequest(requests=[shipped()]))
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_large_batch_decides_each_users_claims_in_order(api: Api) -> None:
+    """A batch over 128 items is decided in parts at once; each user's claims stay in
+    one part, so they are decided one after another in request order (the first 60
+    fit the basic safety cap of 60 an hour, the rest are capped) and no part's commit
+    meets another's change of the same user."""
+    users = [f"u-{i}" for i in range(7)]
+    for user in users:
+        await api.add_follower(user)
+    requests = [shipped(f"big-{i}", user_id=users[i % len(users)]) for i in range(7 * 70)]
+    response = await api.push.PushBatch(push_pb2.PushBatchRequest(requests=requests), metadata=auth("logistics"))
+    answers = list(response.responses)
+    for index, user in enumerate(users):
+        mine = [a for i, a in enumerate(answers) if i % len(users) == index]
+        assert [a.outcome for a in mine] == [types_pb2.ACCEPTED] * 60 + [types_pb2.SUPPRESSED] * 10, user
+        assert {a.reason for a in mine[60:]} == {types_pb2.SAFETY_CAP}
+    conflicts = api.gateway.metrics.registry.get_sample_value("herald_state_conflicts_total")
+    assert not conflicts
