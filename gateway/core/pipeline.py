@@ -196,9 +196,9 @@ class PushPipeline:
         self, bu: str, claims: Sequence[tuple[Claim, str] | HeraldError], admit: Admit
     ) -> list[PushAnswer | HeraldError | None]:
         """A campaign's claims (each validated, with its fingerprint; or why it cannot
-        be made): as ``push_many``, but ``admit`` (the audience) sees each new claim's
-        user profile as read for the decision, and a claim it refuses is not decided
-        (None). Not held to the unit's request rate (the runner paces itself), no
+        be made): as ``push_many``, but ``admit`` (the audience) sees each claim's user
+        profile as read for the decision, and a claim it refuses is not decided (None),
+        even one answered before. Not held to the unit's request rate (the runner paces itself), no
         request ids in the unit-wide index (a campaign's ids name their user), and the
         answers kept as long as a conversion may be attributed."""
         results: list[PushAnswer | HeraldError | None] = [None] * len(claims)
@@ -306,12 +306,16 @@ class PushPipeline:
         keep = keep_for(policy)
         groups: dict[str, list[tuple[_Item, UserView]]] = defaultdict(list)
         for item, view in zip(todo, views, strict=True):
+            if campaign is not None and not campaign(item.claim.user_id, view.profile):
+                # Not the campaign's to decide now, even when answered before: a user in
+                # two of the audience's tag indexes is decided (and counted) in the first.
+                continue
             if view.idem is IdemState.SAME:
                 assert view.answer is not None
                 results[item.index] = view.answer
             elif view.idem is IdemState.CONFLICT:
                 results[item.index] = _reused(item.claim.request_id)
-            elif campaign is None or campaign(item.claim.user_id, view.profile):
+            else:
                 groups[item.claim.user_id].append((item, view))
         changes: list[Change] = []
         decided: list[list[tuple[_Item, Decision, PushAnswer]]] = []

@@ -137,6 +137,20 @@ async def test_an_audience_selects_exactly_its_users(campaigns: Campaigns) -> No
     assert done.HasField("finished_at")
 
 
+async def test_small_chunks_read_ahead_across_tags_and_decide_each_user_once(campaigns: Campaigns) -> None:
+    """Chunks of 10: each shard's index is read a page ahead of the page being decided,
+    across the step from one tag's index to the next; every user of the audience is
+    decided exactly once (a mother who is also a vip only in the first tag's step)."""
+    campaigns.gateway.campaign_runner._chunk_size = 10
+    await add_users(campaigns.api, 600)
+    expected = sum(1 for n in range(600) if (n % 3 == 0 or n % 5 == 0) and n % 2 == 0)
+    await campaigns.create("d11-small", "tags any [mom_baby, vip] and province = 浙江")
+    await campaigns.action("start", "d11-small")
+    done = await campaigns.finish("d11-small")
+    assert done.progress.matched == expected == row(done, "").targeted
+    assert done.progress.scanned == sum(1 for n in range(600) if n % 3 == 0) + sum(1 for n in range(600) if n % 5 == 0)
+
+
 async def test_variants_and_holdout_split_by_weight(campaigns: Campaigns) -> None:
     await add_users(campaigns.api, 2000)
     variants = [
