@@ -6,6 +6,7 @@ and a ceiling measured in the same run.
     .venv/bin/python bench/campaign_bench.py --processes 2          # herald serve --processes 2
     .venv/bin/python bench/campaign_bench.py --users 20000          # a quick look (~15 s)
     .venv/bin/python bench/campaign_bench.py --audience untagged    # no tag: every user is read
+    .venv/bin/python bench/campaign_bench.py --audience everyone    # a 1,000,000-user audience
 
 In order:
 
@@ -28,8 +29,8 @@ In order:
    used_memory_peak, INFO commandstats and CPU seconds of both;
 6. the ceiling: the least Redis work a decided user needs, done by a tight loop in this
    process with Herald's client stack (gateway.store.redis.Connection): SSCAN of the
-   same index 500 at a time, one pipelined HGETALL a user read, the audience checked on
-   the two fields it names, one EVALSHA (a SET) a user in it.
+   same index --chunk entries at a time, one pipelined HGETALL a user read, the audience
+   checked on the fields it names, one EVALSHA (a SET) a user in it.
 
 Nothing here asserts on speed. The gateway, Redis and this process share the machine's
 cores, and other work may too: the load beside each figure says how busy it was.
@@ -69,7 +70,6 @@ from common import (  # noqa: E402
 from common import tree_cpu_seconds as cpu_of  # noqa: E402
 from targets import Server, bench_policies, herald_server  # noqa: E402
 
-from gateway.campaign_runner import CHUNK  # noqa: E402
 from gateway.config import from_env  # noqa: E402
 from gateway.policy.loader import load_policy  # noqa: E402
 from gateway.store import codec, keys  # noqa: E402
@@ -86,6 +86,7 @@ PROVINCE = "浙江"
 AUDIENCES = {
     "tagged": f"tags any [{TAG}] and province = {PROVINCE}",  # read from the d11 index only
     "untagged": f"province = {PROVINCE}",  # every user is read
+    "everyone": "tier = champion",  # every user is read, and every user is in it
 }
 LOAD_BATCH = 2000  # users a pipeline while loading
 LOAD_IN_FLIGHT = 3
@@ -109,7 +110,7 @@ def user_tags(n: int) -> tuple[str, ...]:
 
 
 def in_audience(n: int, audience: str) -> bool:
-    return in_province(n) and (audience == "untagged" or tagged(n))
+    return audience == "everyone" or (in_province(n) and (audience == "untagged" or tagged(n)))
 
 
 def audience_size(users: int, audience: str) -> int:
@@ -340,14 +341,15 @@ class Ceiling:
     seconds: float
     commands: dict[str, int]
     in_flight: int
+    chunk: int
 
 
 CEILING_WRITE = Script("bench_ceiling", "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1")
 
 
-async def ceiling(url: str, shards: int, audience: str, in_flight: int) -> Ceiling:
+async def ceiling(url: str, shards: int, audience: str, in_flight: int, chunk: int) -> Ceiling:
     """The least Redis work of a campaign's decisions, by a tight loop with Herald's
-    client stack: each shard's index read CHUNK at a time (SSCAN), one HGETALL a user
+    client stack: each shard's index read `chunk` at a time (SSCAN), one HGETALL a user
     read, the audience checked on the tags and attributes fields, one EVALSHA (a SET,
     ten minutes) a user in it; `in_flight` shards at once."""
     connection = Connection(url, scripts=[CEILING_WRITE])
@@ -360,6 +362,8 @@ async def ceiling(url: str, shards: int, audience: str, in_flight: int) -> Ceili
     def wanted(fields: Mapping[bytes, bytes]) -> bool:
         if not fields:
             return False
+        if audience == "everyone":  # every bench user is a champion
+            return True
         if audience == "tagged" and TAG not in tags_of(fields.get(b"tags", b"[]")):
             return False
         return attributes_of(fields.get(b"attributes", b"{}")).get("province") == PROVINCE
@@ -371,7 +375,7 @@ async def ceiling(url: str, shards: int, audience: str, in_flight: int) -> Ceili
             index = keys.labelled(tag, TAG) if audience == "tagged" else keys.members(tag)
             cursor: Any = "0"
             while True:
-                [(cursor, found)] = await connection.run("sscan", [("SSCAN", index, cursor, "COUNT", CHUNK)])
+                [(cursor, found)] = await connection.run("sscan", [("SSCAN", index, cursor, "COUNT", chunk)])
                 ids = [codec.text(u) for u in found]
                 rows = await connection.run("read", [("HGETALL", keys.user(tag, u)) for u in ids])
                 chosen = [u for u, fields in zip(ids, rows, strict=True) if wanted(fields)]
@@ -388,7 +392,7 @@ async def ceiling(url: str, shards: int, audience: str, in_flight: int) -> Ceili
         began = time.perf_counter()
         await asyncio.gather(*(scan() for _ in range(in_flight)))
         seconds = time.perf_counter() - began
-        return Ceiling(decided, read, seconds, command_delta(before, redis_command_calls(url)), in_flight)
+        return Ceiling(decided, read, seconds, command_delta(before, redis_command_calls(url)), in_flight, chunk)
     finally:
         await connection.close()
 
@@ -410,7 +414,7 @@ def header(args: argparse.Namespace, shards: int) -> str:
             f"herald: `herald serve --processes {args.processes}`, HERALD_DELIVER=false (deciding, not delivering), "
             f"HERALD_LOG_LEVEL={args.herald_log_level}; sample policies, rate limits lifted, marketing quiet hours "
             f"exempt; {shards} shards, HERALD_CAMPAIGN_SCANS={args.scans} (shard scans a process), "
-            f"{CHUNK} users a chunk",
+            f"HERALD_CAMPAIGN_CHUNK={args.chunk} (index entries a chunk)",
             "",
         ]
     )
@@ -492,7 +496,7 @@ def report(args: argparse.Namespace, run: Run, cap: Ceiling, audience: int, load
         (
             "ceiling, decided per second",
             f"{cap_rate:,.0f}",
-            f"{cap.decided:,} in {cap.seconds:.1f} s: SSCAN {CHUNK} + HGETALL a user read + EVALSHA (SET) a user "
+            f"{cap.decided:,} in {cap.seconds:.1f} s: SSCAN {cap.chunk} + HGETALL a user read + EVALSHA (SET) a user "
             f"decided, {cap.in_flight} shards in flight, one process; "
             f"{cap_calls / max(1, cap.decided):.2f} commands per decided",
         ),
@@ -516,7 +520,7 @@ async def measure(args: argparse.Namespace, url: str, redis_pid: int, workdir: P
         processes=args.processes,
         log_level=args.herald_log_level,
         policies=policies_for_bench(workdir / "policies"),
-        extra_env={"HERALD_CAMPAIGN_SCANS": str(args.scans)},
+        extra_env={"HERALD_CAMPAIGN_SCANS": str(args.scans), "HERALD_CAMPAIGN_CHUNK": str(args.chunk)},
     ) as server:
         await asyncio.sleep(1.0)  # the processes' first ticks (kill switches, gauges) settle
         run.rss_before_kib = sum(status_kib(pid, "VmRSS") for pid in tree_pids(server.pid))
@@ -538,7 +542,8 @@ def parse_args() -> argparse.Namespace:
         choices=sorted(AUDIENCES),
         default="tagged",
         help=f"tagged: `{AUDIENCES['tagged']}` (the d11 index is read); untagged: `{AUDIENCES['untagged']}` "
-        "(every user is read)",
+        f"(every user is read); everyone: `{AUDIENCES['everyone']}` (every user is read and decided: an audience "
+        "of --users users)",
     )
     parser.add_argument(
         "--scans",
@@ -546,6 +551,13 @@ def parse_args() -> argparse.Namespace:
         default=8,
         help="HERALD_CAMPAIGN_SCANS: shard scans a process runs at once (8: as docs/deployment.md advises for "
         "a process that only runs campaigns)",
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=400,
+        help="HERALD_CAMPAIGN_CHUNK: index entries a scan reads and decides at a time (400: as docs/deployment.md "
+        "advises for a process that only runs campaigns)",
     )
     parser.add_argument("--herald-log-level", default="INFO", help="HERALD_LOG_LEVEL (INFO is Herald's default)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds the campaign may take")
@@ -573,7 +585,9 @@ def main() -> None:
         progress(f"  loaded in {load_s:.1f} s; starting herald serve --processes {args.processes} …")
         asyncio.run(measure(args, server.url, server.pid, Path(tmp), run))
         progress("the ceiling …")
-        cap = asyncio.run(ceiling(server.url, shards, args.audience, min(shards, args.scans * args.processes)))
+        cap = asyncio.run(
+            ceiling(server.url, shards, args.audience, min(shards, args.scans * args.processes), args.chunk)
+        )
     print(report(args, run, cap, audience, load_s), flush=True)
 
 

@@ -154,6 +154,7 @@ class Gateway:
             self.metrics,
             backlog=self._marketing_backlog,
             concurrency=settings.campaign_scans,
+            chunk=settings.campaign_chunk,
         )
         self.admission = Admission(settings.max_in_flight, self.metrics)
         self.health = health.aio.HealthServicer()

@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         description="campaign shard scans this process runs at once: more keeps the cores busy while scans wait "
         "on Redis (8 on a process that only runs campaigns), fewer keeps a gateway's Push from waiting on them",
     )
+    campaign_chunk: int = Field(
+        200,
+        ge=10,
+        le=1000,
+        description="index entries a campaign scan reads and decides at a time: more saves round trips (400 on a "
+        "process that only runs campaigns), fewer keeps the stretches a Push may wait behind short",
+    )
     reclaim_seconds: float = Field(
         60.0, description="Redis: a delivery a worker has held this long without finishing is taken over by another"
     )
