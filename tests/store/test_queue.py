@@ -22,6 +22,7 @@ from gateway.values.domain import Category, Channel, Outcome, Reason
 from gateway.values.jobs import LANES, Job
 from gateway.values.records import Current, MessageRecord, TimelineEntry
 from gateway.values.state import Commit, Release, SentEntry
+from tests.cluster import Cluster
 
 DAY = timedelta(days=1)
 LIFE = Lifetimes(DAY, DAY)
@@ -227,3 +228,37 @@ async def test_a_dead_workers_jobs_are_taken_over(clean_redis: str, clock: Fixed
         await first.close()
         await second.close()
         await store.close()
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_a_take_never_asks_a_node_where_its_keys_are(
+    redis_cluster: Cluster, clean_cluster: str, clock: FixedClock
+) -> None:
+    """redis-py's cluster client places an XREADGROUP (a command whose keys move) by
+    asking a node, COMMAND GETKEYS, twice a command, before the read: the queue's reads
+    are routed by their stream's hash tag instead. Counted on every master."""
+    from gateway.store.redis import RedisQueue, RedisStore
+
+    store = RedisStore(clean_cluster, cluster=True)
+    queue = RedisQueue(store, reclaim_after=30, consumer="w1")
+    try:
+        await queue.take(dict.fromkeys(LANES, 10), 0.01)  # the client learns the slots
+        before = getkeys_calls(redis_cluster)
+        jobs = [job_for(store, clock, f"u-{i}") for i in range(20)]
+        for job in jobs:
+            await accept(store, clock, job)
+        taken = await take_all(queue, expect=len(jobs))
+        assert sorted(lease.job.message_id for lease in taken) == sorted(job.message_id for job in jobs)
+        assert getkeys_calls(redis_cluster) == before
+    finally:
+        await queue.close()
+        await store.close()
+
+
+def getkeys_calls(cluster: Cluster) -> int:
+    total = 0
+    for master in cluster.masters:
+        with master.client() as r:
+            stats = r.info("commandstats")
+            total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+    return total

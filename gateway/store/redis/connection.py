@@ -114,6 +114,16 @@ def first_key(command: Command) -> Any:
     return command[3] if str(command[0]).upper() == "EVALSHA" else command[1]
 
 
+def _streams_key(command: Command) -> Any:
+    """An XREADGROUP's first stream: a command whose keys redis-py's cluster client
+    cannot place without asking a node (COMMAND GETKEYS, twice a command); Herald's
+    streams of one read share a hash tag, so the first one routes it. None for any
+    other command."""
+    if command[0] != "XREADGROUP":
+        return None
+    return command[command.index("STREAMS") + 1]
+
+
 class Connection:
     """One client and the pipelines that carry every store call."""
 
@@ -274,6 +284,15 @@ class Connection:
                 replies[index] = reply
         return replies
 
+    def _node_of(self, key: Any) -> dict[str, Any]:
+        """The node serving ``key``, as a cluster command's routing option (none before
+        the client knows the slots: it routes the command itself then; a MOVED reply
+        is retried without it)."""
+        try:
+            return {"target_nodes": self.client.get_node_from_key(key)}
+        except Exception:
+            return {}
+
     def _check_waits(self, acked: Sequence[Any]) -> None:
         if self._wait is None or not acked:
             return
@@ -290,6 +309,8 @@ class Connection:
             for command in commands:
                 if command and isinstance(command[-1], dict):  # options for the reply's parser
                     pipe.execute_command(*command[:-1], **command[-1])
+                elif (stream := _streams_key(command)) is not None:
+                    pipe.execute_command(*command, **self._node_of(stream))
                 else:
                     pipe.execute_command(*command)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
