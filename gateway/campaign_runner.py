@@ -402,13 +402,14 @@ class CampaignRunner:
         earlier = frozenset(t for t in steps[:step] if t is not None)
         stale: list[str] = []
 
-        def admit(user_id: str, profile: UserProfile | None) -> bool:
+        def admit(user_id: str, profile: UserProfile | None) -> bool | None:
             if profile is None or not audience.indexed(profile, label):
                 stale.append(user_id)
                 return False
-            if earlier and not earlier.isdisjoint(profile.tags):
-                return False  # decided under an earlier tag's step
-            return audience.matches(profile, compute_tier(profile.rfm, policy.tiers, now), now)
+            matches = audience.matches(profile, compute_tier(profile.rfm, policy.tiers, now), now)
+            if matches and earlier and not earlier.isdisjoint(profile.tags):
+                return None  # an earlier tag's step decided the user (unless they gained that tag since)
+            return matches
 
         # A test's two scans each take their own users (known from the id alone).
         mine = [u for u in dict.fromkeys(users) if _in_scan(campaign, u)]

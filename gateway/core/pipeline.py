@@ -3,8 +3,9 @@ the decisions with their answers and delivery jobs. The only part of ``core`` th
 does I/O.
 
 Batch-native: PushBatch, the release of held claims and campaigns decide many claims
-with one read and one commit (one round trip each, whatever the batch size); a single
-Push is a batch of one. Each user's part of a commit is atomic and guarded by the
+with one read and one commit (one round trip each, whatever the batch size; a PushBatch
+of more than ``PART`` requests in parts at once, so that one part's round trips overlap
+another's deciding); a single Push is a batch of one. Each user's part of a commit is atomic and guarded by the
 user's version: when another decision changed the user meanwhile, only that user's
 claims are read and decided again. Contention is never an outage: a claim keeps
 trying (with jittered waits) for as long as ``CONTENTION_BUDGET`` allows.
@@ -66,8 +67,11 @@ log = get_logger(__name__)
 
 # How long a claim keeps trying when other decisions keep changing its user first.
 CONTENTION_BUDGET = 10.0
-# A campaign's audience, asked about each user as read for the decision.
-Admit = Callable[[str, UserProfile | None], bool]
+# A campaign's audience, asked about each user as read for the decision: True, the
+# user is in it; False, not; None, in it but the scan's business in an earlier step (a
+# user in two of the audience's tag indexes): decided now only if never answered, and
+# an earlier answer not taken as this step's.
+Admit = Callable[[str, UserProfile | None], bool | None]
 
 
 def status_of(decision: Decision) -> str:
@@ -196,9 +200,9 @@ class PushPipeline:
         self, bu: str, claims: Sequence[tuple[Claim, str] | HeraldError], admit: Admit
     ) -> list[PushAnswer | HeraldError | None]:
         """A campaign's claims (each validated, with its fingerprint; or why it cannot
-        be made): as ``push_many``, but ``admit`` (the audience) sees each claim's user
-        profile as read for the decision, and a claim it refuses is not decided (None),
-        even one answered before. Not held to the unit's request rate (the runner paces itself), no
+        be made): as ``push_many``, but ``admit`` (the audience, see ``Admit``) sees each
+        claim's user profile as read for the decision, and a new claim it refuses is not
+        decided (None). Not held to the unit's request rate (the runner paces itself), no
         request ids in the unit-wide index (a campaign's ids name their user), and the
         answers kept as long as a conversion may be attributed."""
         results: list[PushAnswer | HeraldError | None] = [None] * len(claims)
@@ -251,7 +255,13 @@ class PushPipeline:
                 if len(parts) == 1:
                     await self._decide_arrivals(items, results)
                 else:
-                    await asyncio.gather(*(self._decide_arrivals(part, results) for part in parts))
+                    # Every part ends before the users' locks are let go, even when one fails.
+                    ended = await asyncio.gather(
+                        *(self._decide_arrivals(part, results) for part in parts), return_exceptions=True
+                    )
+                    failed = next((e for e in ended if isinstance(e, BaseException)), None)
+                    if failed is not None:
+                        raise failed
         for index, earlier in repeats:
             results[index] = results[earlier]
         return results
@@ -297,8 +307,8 @@ class PushPipeline:
             [UserRead(i.claim.user_id, i.idem, index=campaign is None) for i in todo],
             policy.defaults.idempotency_window,
         )
-        # One log line a decision for a single push; one for a whole batch (a batch of
-        # 1000, a campaign's million, must not write a million lines).
+        # One log line a decision for a single push; one a round for a batch (a part of
+        # a PushBatch, a campaign's chunk: a million users must not write a million lines).
         single = len(todo) == 1
         now = self._clock.now()
         switches = self._switches.current()
@@ -306,16 +316,18 @@ class PushPipeline:
         keep = keep_for(policy)
         groups: dict[str, list[tuple[_Item, UserView]]] = defaultdict(list)
         for item, view in zip(todo, views, strict=True):
-            if campaign is not None and not campaign(item.claim.user_id, view.profile):
-                # Not the campaign's to decide now, even when answered before: a user in
-                # two of the audience's tag indexes is decided (and counted) in the first.
-                continue
+            admitted = True if campaign is None else campaign(item.claim.user_id, view.profile)
             if view.idem is IdemState.SAME:
-                assert view.answer is not None
-                results[item.index] = view.answer
+                # A campaign's user answered before is counted whatever the profile says
+                # now (a run resumed after its decisions were committed), except in a
+                # later step than the one that decided them.
+                if admitted is not None:
+                    assert view.answer is not None
+                    results[item.index] = view.answer
             elif view.idem is IdemState.CONFLICT:
-                results[item.index] = _reused(item.claim.request_id)
-            else:
+                if admitted is not None:
+                    results[item.index] = _reused(item.claim.request_id)
+            elif admitted is not False:
                 groups[item.claim.user_id].append((item, view))
         changes: list[Change] = []
         decided: list[list[tuple[_Item, Decision, PushAnswer]]] = []
