@@ -16,7 +16,8 @@ from some streams and one more from r % S others (which ones turns with every ta
 Only when that finds nothing does it block. On a single node the
 blocking read is one XREADGROUP over every stream; a cluster cannot read streams of
 several slots in one command, so there each stream is read on its own (pipelined per
-node) and an idle worker polls less and less often (down to ``IDLE_POLL`` seconds).
+node), each stream polled less and less often while it stays empty (down to once
+every ``IDLE_POLL`` seconds) and at every take while it has entries.
 """
 
 from __future__ import annotations
@@ -87,8 +88,12 @@ class RedisQueue:
         self._groups_ready = False
         self._next_claim: dict[str, str] = {}
         self._next_reclaim = 0.0
-        self._idle = 0.0
         self._turn = 0
+        # On a cluster, each stream's own poll: when it is next read and its current
+        # wait (doubled by each read that finds it empty, up to IDLE_POLL; nothing
+        # while it has entries), so a stream that gets a job every few milliseconds is
+        # read about that often, not at every take.
+        self._polls: dict[str, tuple[float, float]] = {}
 
     def streams(self, lanes: Sequence[Category]) -> list[str]:
         return [keys.stream(tag, lane) for tag in self._store.tags for lane in lanes]
@@ -121,12 +126,9 @@ class RedisQueue:
             if leases:
                 return leases
         answer = await self._read_now(room)
-        if answer:
-            self._idle = 0.0
-        elif block > 0:
+        if not answer and block > 0:
             if self._cluster:
-                self._idle = min(IDLE_POLL, max(0.001, self._idle * 2))
-                await asyncio.sleep(min(block, self._idle))
+                await asyncio.sleep(min(block, self._until_due(list(room))))
             else:
                 answer = await self._read_blocking(self.streams(list(room)), min(room.values()), block)
         leases = []
@@ -157,9 +159,15 @@ class RedisQueue:
         """Without blocking, at most each lane's room, in one round trip (one or two
         commands a lane on a single node, one a stream on a cluster)."""
         commands: list[Command] = []
+        read: list[str] = []  # on a cluster, each command's stream
+        now = time.monotonic()
         self._turn += 1
         for lane, count in room.items():
             streams = self.streams([lane])
+            if self._cluster:
+                streams = [s for s in streams if self._polls.get(s, (0.0, 0.0))[0] <= now]
+                if not streams:
+                    continue
             turn = self._turn % len(streams)
             streams = streams[turn:] + streams[:turn]
             each, extra = divmod(count, len(streams))
@@ -169,10 +177,28 @@ class RedisQueue:
                 head = ("XREADGROUP", "GROUP", keys.DELIVERY_GROUP, self.consumer, "COUNT", per, "STREAMS")
                 if self._cluster:
                     commands += [(*head, stream, ">") for stream in group]
+                    read += group
                 else:
                     commands.append((*head, *group, *[">"] * len(group)))
+        if not commands:
+            return []
         replies = await self._run("queue_read", commands)
+        if self._cluster:
+            now = time.monotonic()
+            for stream, reply in zip(read, replies, strict=True):
+                if reply and any(entries for _, entries in reply):
+                    self._polls.pop(stream, None)
+                else:
+                    wait = min(IDLE_POLL, max(0.001, self._polls.get(stream, (0.0, 0.0))[1] * 2))
+                    self._polls[stream] = (now + wait, wait)
         return [item for reply in replies if reply for item in reply]
+
+    def _until_due(self, lanes: Sequence[Category]) -> float:
+        """Seconds until the first of these lanes' streams is due to be read again (a
+        cluster's polls), at least a millisecond."""
+        now = time.monotonic()
+        due = min((self._polls.get(s, (0.0, 0.0))[0] for s in self.streams(lanes)), default=now)
+        return max(0.001, due - now)
 
     async def _reclaim(self, lanes: Sequence[Category], count: int) -> list[Lease]:
         """Entries another worker took and left idle too long (it died): ours now."""
