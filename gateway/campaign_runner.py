@@ -89,12 +89,13 @@ class _Pages:
     drops it, and its lease and progress move only after a page is decided)."""
 
     def __init__(self, store: Store, shard: int, size: int, steps: Sequence[str | None]) -> None:
-        self._store, self._shard, self._size, self._steps = store, shard, size, steps
+        self._store, self._shard, self._size = store, shard, size
+        self.steps = steps  # the audience's scan steps: a tag's index each, or every user (None)
         self._ahead: tuple[str, asyncio.Task[Page]] | None = None
 
     async def _read(self, cursor: str) -> Page:
         step, scan = _step(cursor)
-        return await self._store.scan_users(self._shard, scan, self._size, self._steps[step])
+        return await self._store.scan_users(self._shard, scan, self._size, self.steps[step])
 
     async def page(self, cursor: str) -> Page:
         ahead, self._ahead = self._ahead, None
@@ -271,21 +272,13 @@ class CampaignRunner:
         except HeraldError as exc:
             log.error("campaign_audience_invalid", campaign_id=cid, error=exc.message)
             return False
-        steps = audience.scan_steps()
-        pages = _Pages(self._store, progress.shard, self._chunk_size, steps)
+        pages = _Pages(self._store, progress.shard, self._chunk_size, audience.scan_steps())
         try:
-            return await self._scan_pages(campaign, audience, steps, progress, pages)
+            return await self._scan_pages(campaign, audience, progress, pages)
         finally:
             pages.close()
 
-    async def _scan_pages(
-        self,
-        campaign: Campaign,
-        audience: Audience,
-        steps: Sequence[str | None],
-        progress: ShardProgress,
-        pages: _Pages,
-    ) -> bool:
+    async def _scan_pages(self, campaign: Campaign, audience: Audience, progress: ShardProgress, pages: _Pages) -> bool:
         cid, scan = campaign.campaign_id, campaign.scan_id
         failures = 0
         renewed = time.monotonic()  # the lease was taken or saved (every chunk saves it)
@@ -303,7 +296,7 @@ class CampaignRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), self._backlog_poll)
                     continue
-                progress = await self._chunk(current, audience, steps, progress, pages)
+                progress = await self._chunk(current, audience, progress, pages)
                 renewed = time.monotonic()
                 failures = 0
                 # Let the rest of the process run between chunks even when the store
@@ -375,12 +368,7 @@ class CampaignRunner:
         return await self._store.save_campaign_shard(campaign_id, self.owner, progress, LEASE, self._clock.now())
 
     async def _chunk(
-        self,
-        campaign: Campaign,
-        audience: Audience,
-        steps: Sequence[str | None],
-        progress: ShardProgress,
-        pages: _Pages,
+        self, campaign: Campaign, audience: Audience, progress: ShardProgress, pages: _Pages
     ) -> ShardProgress:
         # One reading of the clock for the deadline and the claims: read twice, the
         # deadline could pass in between and every claim be refused for it.
@@ -392,6 +380,7 @@ class CampaignRunner:
             if not await self._renew(campaign.scan_id, ended):
                 raise _LeaseLost
             return ended
+        steps = pages.steps
         step, _ = _step(progress.cursor)
         label = steps[step]
         after, users = await pages.page(progress.cursor)

@@ -137,10 +137,10 @@ async def test_an_audience_selects_exactly_its_users(campaigns: Campaigns) -> No
     assert done.HasField("finished_at")
 
 
-async def test_small_chunks_read_ahead_across_tags_and_decide_each_user_once(campaigns: Campaigns) -> None:
-    """Chunks of 10: each shard's index is read a page ahead of the page being decided,
-    across the step from one tag's index to the next; every user of the audience is
-    decided exactly once (a mother who is also a vip only in the first tag's step)."""
+async def test_small_chunks_across_two_tag_indexes_count_each_user_once(campaigns: Campaigns) -> None:
+    """Chunks of 10 over two tags' indexes, read one after the other (each page while
+    the one before it is decided): every user of the audience is decided and counted
+    exactly once (a mother who is also a vip only in the first tag's step)."""
     campaigns.gateway.campaign_runner._chunk_size = 10
     await add_users(campaigns.api, 600)
     expected = sum(1 for n in range(600) if (n % 3 == 0 or n % 5 == 0) and n % 2 == 0)

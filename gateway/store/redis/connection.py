@@ -110,18 +110,19 @@ class Wait:
 
 
 def first_key(command: Command) -> Any:
-    """The key a command is routed by: EVALSHA's first key, else the first argument."""
-    return command[3] if str(command[0]).upper() == "EVALSHA" else command[1]
+    """The key a command is routed by: EVALSHA's first key, an XREADGROUP's first stream
+    (Herald's streams of one read share a hash tag), else the first argument."""
+    name = str(command[0]).upper()
+    if name == "EVALSHA":
+        return command[3]
+    if name == "XREADGROUP":
+        return command[command.index("STREAMS") + 1]
+    return command[1]
 
 
-def _streams_key(command: Command) -> Any:
-    """An XREADGROUP's first stream: a command whose keys redis-py's cluster client
-    cannot place without asking a node (COMMAND GETKEYS, twice a command); Herald's
-    streams of one read share a hash tag, so the first one routes it. None for any
-    other command."""
-    if command[0] != "XREADGROUP":
-        return None
-    return command[command.index("STREAMS") + 1]
+# Commands whose keys redis-py's cluster client cannot place without asking a node
+# (COMMAND GETKEYS, twice a command, each an awaited round trip): routed by first_key.
+_MOVABLE_KEYS = frozenset({"XREADGROUP"})
 
 
 class Connection:
@@ -262,11 +263,9 @@ class Connection:
         for call in batch:
             if call.durable:
                 for command in call.commands:
-                    try:
-                        node = self.client.get_node_from_key(first_key(command))
-                    except Exception:  # no slot map yet: the write itself will say
-                        continue
-                    nodes[node.name] = node
+                    node = self._node_of(command)
+                    if node is not None:  # none: no slot map yet, the write itself will say
+                        nodes[node.name] = node
         return [(*wait, {"target_nodes": node}) for node in nodes.values()]
 
     async def _execute(self, commands: Sequence[Command], waits: Sequence[Command] = ()) -> list[Any]:
@@ -284,14 +283,13 @@ class Connection:
                 replies[index] = reply
         return replies
 
-    def _node_of(self, key: Any) -> dict[str, Any]:
-        """The node serving ``key``, as a cluster command's routing option (none before
-        the client knows the slots: it routes the command itself then; a MOVED reply
-        is retried without it)."""
+    def _node_of(self, command: Command) -> Any:
+        """The cluster node serving ``command``'s key (first_key), or None before the
+        client knows the slots."""
         try:
-            return {"target_nodes": self.client.get_node_from_key(key)}
+            return self.client.get_node_from_key(first_key(command))
         except Exception:
-            return {}
+            return None
 
     def _check_waits(self, acked: Sequence[Any]) -> None:
         if self._wait is None or not acked:
@@ -309,8 +307,9 @@ class Connection:
             for command in commands:
                 if command and isinstance(command[-1], dict):  # options for the reply's parser
                     pipe.execute_command(*command[:-1], **command[-1])
-                elif (stream := _streams_key(command)) is not None:
-                    pipe.execute_command(*command, **self._node_of(stream))
+                elif command[0] in _MOVABLE_KEYS and (node := self._node_of(command)) is not None:
+                    # Sent to its node (a MOVED reply is retried without it, routed by the client).
+                    pipe.execute_command(*command, target_nodes=node)
                 else:
                     pipe.execute_command(*command)
             replies: list[Any] = await pipe.execute(raise_on_error=False)

@@ -165,7 +165,7 @@ class RedisQueue:
         for lane, count in room.items():
             streams = self.streams([lane])
             if self._cluster:
-                streams = [s for s in streams if self._polls.get(s, (0.0, 0.0))[0] <= now]
+                streams = [s for s in streams if self._poll(s)[0] <= now]
                 if not streams:
                     continue
             turn = self._turn % len(streams)
@@ -189,15 +189,20 @@ class RedisQueue:
                 if reply and any(entries for _, entries in reply):
                     self._polls.pop(stream, None)
                 else:
-                    wait = min(IDLE_POLL, max(0.001, self._polls.get(stream, (0.0, 0.0))[1] * 2))
+                    wait = min(IDLE_POLL, max(0.001, self._poll(stream)[1] * 2))
                     self._polls[stream] = (now + wait, wait)
         return [item for reply in replies if reply for item in reply]
+
+    def _poll(self, stream: str) -> tuple[float, float]:
+        """A cluster stream's (next read, current wait): (0, 0), due now, until a read
+        finds it empty."""
+        return self._polls.get(stream, (0.0, 0.0))
 
     def _until_due(self, lanes: Sequence[Category]) -> float:
         """Seconds until the first of these lanes' streams is due to be read again (a
         cluster's polls), at least a millisecond."""
         now = time.monotonic()
-        due = min((self._polls.get(s, (0.0, 0.0))[0] for s in self.streams(lanes)), default=now)
+        due = min((self._poll(s)[0] for s in self.streams(lanes)), default=now)
         return max(0.001, due - now)
 
     async def _reclaim(self, lanes: Sequence[Category], count: int) -> list[Lease]:
