@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -125,6 +126,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="herald serve --processes (Redis only)")
     parser.add_argument("--batch", type=int, default=0, help="push in PushBatch calls of this many (0: unary Push)")
     args = parser.parse_args()
+    # The client and the fake provider on uvloop, as the gateway and bench/load.py are:
+    # this process's own overhead is not the gateway's.
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     with tempfile.TemporaryDirectory(prefix="herald-bench-") as tmp:
         if args.store == "redis":
             with redis_server() as server:

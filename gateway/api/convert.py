@@ -19,10 +19,16 @@ from gateway.values.records import MessageRecord
 from herald.v1 import profile_pb2, push_pb2, types_pb2
 
 # --- enums: same names on both sides -------------------------------------------------
+# Looked up by name once: every answer converts three or more, and protobuf's
+# ``Value(name)`` is Python code.
+_CATEGORY_PB = {c: types_pb2.Category.Value(c.name) for c in Category}
+_CHANNEL_PB = {c: types_pb2.Channel.Value(c.name) for c in Channel}
+_OUTCOME_PB = {o: types_pb2.Outcome.Value(o.name) for o in Outcome}
+_REASON_PB = {r: types_pb2.Reason.Value(r.name) for r in Reason}
 
 
 def category_to_pb(value: Category) -> types_pb2.Category.ValueType:
-    return types_pb2.Category.Value(value.name)
+    return _CATEGORY_PB[value]
 
 
 def category_from_pb(value: int, field: str) -> Category | None:
@@ -35,7 +41,7 @@ def category_from_pb(value: int, field: str) -> Category | None:
 
 
 def channel_to_pb(value: Channel) -> types_pb2.Channel.ValueType:
-    return types_pb2.Channel.Value(value.name)
+    return _CHANNEL_PB[value]
 
 
 def channel_from_pb(value: int, field: str) -> Channel | None:
@@ -48,7 +54,7 @@ def channel_from_pb(value: int, field: str) -> Channel | None:
 
 
 def _outcome_to_pb(value: Outcome) -> types_pb2.Outcome.ValueType:
-    return types_pb2.Outcome.Value(value.name)
+    return _OUTCOME_PB[value]
 
 
 def outcome_from_pb(value: int, field: str) -> Outcome | None:
@@ -60,7 +66,7 @@ def outcome_from_pb(value: int, field: str) -> Outcome | None:
 
 
 def _reason_to_pb(value: Reason | None) -> types_pb2.Reason.ValueType:
-    return types_pb2.REASON_UNSPECIFIED if value is None else types_pb2.Reason.Value(value.name)
+    return types_pb2.REASON_UNSPECIFIED if value is None else _REASON_PB[value]
 
 
 def _enum_from_pb(enum_pb: Any, enum_py: Any, value: int, field: str) -> Any:
