@@ -5,15 +5,15 @@ Each lane (basic, reminder, marketing) has its own budget of deliveries in fligh
 the dispatcher asks the queue only for the lanes with room, so a campaign of a million
 users never holds up an order notice. The users of a batch of jobs are read in one
 round trip. A delivery ends with one settlement (reservation, timeline, status, ack)
-written in one atomic step, shielded from cancellation and retried while the store
-does not answer: what was sent is recorded.
+written in one atomic step, with the others ending at the same time (``settler``):
+not interrupted by cancellation, retried while the store does not answer. What was
+sent is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -24,6 +24,7 @@ from gateway.autostop import AutoStop
 from gateway.clock import Clock
 from gateway.core.users import Users
 from gateway.delivery.providers import Providers
+from gateway.delivery.settler import Settler
 from gateway.delivery.walk import Walk, stopped
 from gateway.errors import HeraldError
 from gateway.killswitches import KillSwitches
@@ -39,10 +40,6 @@ from gateway.values.records import Current, TimelineEntry
 from gateway.values.state import Release
 
 log = get_logger(__name__)
-# How long a settlement keeps being retried while the store does not answer; after
-# that the entry stays pending and another worker takes it over (and sends again: the
-# providers' dedup ids keep that harmless where they have them).
-FINISH_PATIENCE = 60.0
 
 
 class Dispatcher:
@@ -77,6 +74,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._settler = Settler(
+            queue.finish, lambda: policies.current.defaults.message_retention, metrics, self._stopping.is_set
+        )
 
     @property
     def link_for(self) -> LinkMaker | None:
@@ -96,7 +96,8 @@ class Dispatcher:
 
     async def _wait_for_room(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._room.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._room.wait()
 
     async def _run(self) -> None:
         failures = 0
@@ -150,7 +151,7 @@ class Dispatcher:
             except Exception:
                 log.exception("delivery_crashed")
                 settlement = self._walk.crashed(lease)
-            await asyncio.shield(self._finish(settlement))
+            await self._settler.settle(settlement)
         finally:
             self._busy[lease.job.lane] -= 1
             self._room.set()
@@ -165,31 +166,6 @@ class Dispatcher:
             yield
         finally:
             self._busy[lane] += 1
-
-    async def _finish(self, settlement: Settlement) -> None:
-        """Write the settlement; retried while the store does not answer."""
-        began = time.monotonic()
-        attempt = 0
-        retention = self._policies.current.defaults.message_retention
-        while True:
-            try:
-                await self.queue.finish([settlement], retention)
-                self._count(settlement)
-                return
-            except HeraldError as exc:
-                attempt += 1
-                self._metrics.store_errors.labels("delivery_finish").inc()
-                if time.monotonic() - began > FINISH_PATIENCE or (self._stopping.is_set() and attempt > 3):
-                    log.error("delivery_finish_failed", message_id=settlement.job.message_id, error=exc.message)
-                    return
-                await asyncio.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-
-    def _count(self, settlement: Settlement) -> None:
-        if settlement.then is Then.DEAD:
-            plan = settlement.job.plan
-            self._metrics.dead_letters.labels(plan[0].value if plan else "none").inc()
-        elif settlement.then is Then.WAIT:
-            self._metrics.delivery_waits.labels(settlement.job.lane.value).inc()
 
     async def drain(self, within: float) -> bool:
         """Wait until the queue is empty and nothing is in flight; False on timeout."""

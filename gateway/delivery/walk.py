@@ -40,7 +40,7 @@ from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.policy.holder import PolicyHolder
 from gateway.store import keys
-from gateway.store.base import Lease, Settlement, Store, Then, UserView
+from gateway.store.base import Lease, Remember, Settlement, Store, Then, UserView
 from gateway.values.domain import Category, Channel, Outcome, PushProvider, Reason
 from gateway.values.jobs import Job
 from gateway.values.profiles import UserProfile
@@ -296,7 +296,6 @@ class Walk:
                 why = f"{adapter.name} unavailable ({'breaker open' if result is None else result.code})"
             if move.act is Act.FINISH_DELIVERED:
                 assert result is not None
-                await self._remember_for_receipts(job, channel, result)
                 events.append(TimelineEntry(self._clock.now(), "delivered", channel, result.code, _with_id(result)))
                 detail = f"delivered via {channel}"
                 return (
@@ -307,6 +306,7 @@ class Walk:
                         settle=Commit(job.message_id, channel),
                         events=tuple(events),
                         current=Current("delivered", Outcome.ACCEPTED, None, detail),
+                        remember=_for_receipts(job, channel, result),
                     ),
                     0,
                     "",
@@ -468,17 +468,13 @@ class Walk:
         log.info("user_updated_from_provider", user_id=profile.user_id, fact=fact.value, channel=channel.value)
         return updated
 
-    async def _remember_for_receipts(self, job: Job, channel: Channel, result: SendResult) -> None:
-        """WeChat's job report names only its msgid: keep which message that was."""
-        if channel is not Channel.WECHAT_TEMPLATE or not result.provider_id:
-            return
-        try:
-            await self._store.shared_put(
-                keys.wechat_message(result.provider_id), f"{job.message_id} {job.claim.user_id}", RECEIPT_WINDOW
-            )
-        except HeraldError as exc:
-            self._metrics.store_errors.labels("shared_put").inc()
-            log.error("receipt_link_failed", message_id=job.message_id, error=exc.message)
+
+def _for_receipts(job: Job, channel: Channel, result: SendResult) -> tuple[Remember, ...]:
+    """WeChat's job report names only its msgid: which message that was, kept with the
+    settlement."""
+    if channel is not Channel.WECHAT_TEMPLATE or not result.provider_id:
+        return ()
+    return (Remember(keys.wechat_message(result.provider_id), f"{job.message_id} {job.claim.user_id}", RECEIPT_WINDOW),)
 
 
 def _with_id(result: SendResult) -> str:

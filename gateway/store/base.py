@@ -394,6 +394,15 @@ class Then(StrEnum):
     RESUME = "resume"  # a parked job whose switch was cleared: back to the queue now
 
 
+class Remember(msgspec.Struct, frozen=True, gc=False):
+    """A shared name a settlement sets too (WeChat's msgid of a template send, naming
+    the message its job report is about), for ``ttl``."""
+
+    name: str
+    value: str
+    ttl: timedelta
+
+
 class Settlement(msgspec.Struct, frozen=True, gc=False):
     """The end of one delivery attempt, written in one atomic step: the reservation
     settled, the timeline and where the message stands, and the job acked (and dead-
@@ -409,6 +418,9 @@ class Settlement(msgspec.Struct, frozen=True, gc=False):
     why: str = ""
     # The parked entry this settlement takes out (sweeps of parked jobs).
     parked: Parked | None = None
+    # Shared names set in the same store call (not in the settlement's atomic step:
+    # on a cluster they live on other nodes).
+    remember: tuple[Remember, ...] = ()
 
     def funnel_step(self) -> str:
         """The campaign funnel counter this ending adds to ("" when none): ``sent`` when

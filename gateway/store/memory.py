@@ -637,7 +637,8 @@ class MemoryQueue:
         if not leases and block > 0:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), block)
+                async with asyncio.timeout(block):  # not wait_for: no task of its own per take
+                    await self._ready.wait()
             except TimeoutError:
                 return []
             leases = self._take_now(room)
@@ -666,6 +667,8 @@ class MemoryQueue:
             self._store._add_events(job.message_id, done.events, done.current, retention)
             if done.lease is not None:
                 self._open.pop(done.lease.entry_id, None)
+            for remember in done.remember:
+                self._store._shared.set(remember.name, remember.value, remember.ttl)
             if done.then is Then.DEAD:
                 self._dead.append(DeadLetter(job.message_id, done.why, self._clock.now()))
             elif done.then is Then.WAIT:

@@ -5,15 +5,30 @@ status, ack), put aside to wait or by a kill switch, and taken over when a worke
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
 import msgspec
 import pytest
 
 from gateway.clock import FixedClock
+from gateway.delivery.settler import Settler
 from gateway.ids import new_message_id
-from gateway.store.base import Change, Committed, Lifetimes, NewMessage, Queue, Settlement, Store, Then, UserRead
+from gateway.metrics import fresh_metrics
+from gateway.store import keys
+from gateway.store.base import (
+    Change,
+    Committed,
+    Lease,
+    Lifetimes,
+    NewMessage,
+    Queue,
+    Remember,
+    Settlement,
+    Store,
+    Then,
+    UserRead,
+)
 from gateway.store.codec import Parked
 from gateway.store.memory import MemoryQueue, MemoryStore
 from gateway.store.shards import shard_of
@@ -262,3 +277,103 @@ def getkeys_calls(cluster: Cluster) -> int:
             stats = r.info("commandstats")
             total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
     return total
+
+
+async def test_a_settlement_sets_its_shared_names_with_it(store: Store, queue: Queue, clock: FixedClock) -> None:
+    job = job_for(store, clock)
+    await accept(store, clock, job)
+    [lease] = await take_all(queue)
+    name = keys.wechat_message("2002283")
+    done = Settlement(
+        job,
+        Then.DONE,
+        lease=lease,
+        settle=Commit(job.message_id, Channel.WECHAT_TEMPLATE),
+        current=Current("delivered", Outcome.ACCEPTED, None, "delivered via WECHAT_TEMPLATE"),
+        remember=(Remember(name, f"{job.message_id} u-1", DAY),),
+    )
+    await queue.finish([done], DAY)
+    assert await store.shared_get(name) == f"{job.message_id} u-1"
+    [message] = await store.get_messages([job.message_id])
+    assert message is not None and message.status == "delivered"
+
+
+async def accepted_leases(store: Store, queue: Queue, clock: FixedClock, count: int) -> list[Lease]:
+    jobs = [job_for(store, clock, user=f"u-{n}") for n in range(count)]
+    for job in jobs:
+        await accept(store, clock, job)
+    return await take_all(queue, expect=count)
+
+
+def delivered(lease: Lease) -> Settlement:
+    return Settlement(
+        lease.job,
+        Then.DONE,
+        lease=lease,
+        settle=Commit(lease.job.message_id, Channel.SMS),
+        current=Current("delivered", Outcome.ACCEPTED, None, "delivered via SMS"),
+    )
+
+
+class Writes:
+    """The queue's finish, counting the settlements of each call."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.sizes: list[int] = []
+
+    async def __call__(self, settlements: Sequence[Settlement], retention: timedelta) -> None:
+        self.sizes.append(len(settlements))
+        await self.queue.finish(settlements, retention)
+
+
+async def statuses(store: Store, leases: list[Lease]) -> list[str]:
+    return [m.status if m else "" for m in await store.get_messages([lease.job.message_id for lease in leases])]
+
+
+async def test_deliveries_ending_together_are_settled_in_one_write(
+    store: Store, queue: Queue, clock: FixedClock
+) -> None:
+    leases = await accepted_leases(store, queue, clock, 60)
+    writes = Writes(queue)
+    settler = Settler(writes, lambda: DAY, fresh_metrics(), lambda: False)
+    await asyncio.gather(*(settler.settle(delivered(lease)) for lease in leases))
+    assert writes.sizes == [60]
+    assert await statuses(store, leases) == ["delivered"] * 60
+    assert sum((await queue.depth()).values()) == 0
+    # One that ends later, alone: a write of its own.
+    [later] = await accepted_leases(store, queue, clock, 1)
+    await settler.settle(delivered(later))
+    assert writes.sizes == [60, 1]
+
+
+async def test_a_settlement_the_store_cannot_take_does_not_hold_back_the_others(
+    store: Store, queue: Queue, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad, *good = await accepted_leases(store, queue, clock, 5)
+    writes = Writes(queue)
+    settler = Settler(writes, lambda: DAY, fresh_metrics(), lambda: False)
+    # WAIT without a time: the queue refuses to write it (a bug's settlement).
+    broken = Settlement(bad.job, Then.WAIT, lease=bad, until=None)
+    await asyncio.wait_for(
+        asyncio.gather(settler.settle(broken), *(settler.settle(delivered(lease)) for lease in good)), 10
+    )
+    assert writes.sizes[0] == 5 and sorted(writes.sizes[1:]) == [1] * 5  # then one by one
+    assert await statuses(store, good) == ["delivered"] * 4
+    assert await statuses(store, [bad]) == ["queued"]  # left as it was: taken again later
+
+
+async def test_a_cancelled_delivery_still_has_its_settlement_written(
+    store: Store, queue: Queue, clock: FixedClock
+) -> None:
+    [lease] = await accepted_leases(store, queue, clock, 1)
+    settler = Settler(queue.finish, lambda: DAY, fresh_metrics(), lambda: False)
+    task = asyncio.create_task(settler.settle(delivered(lease)))
+    await asyncio.sleep(0)  # it has handed its settlement over
+    task.cancel()
+    for _ in range(200):
+        if not settler.busy:
+            break
+        await asyncio.sleep(0.01)
+    assert task.cancelled()
+    assert await statuses(store, [lease]) == ["delivered"]

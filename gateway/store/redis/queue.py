@@ -330,7 +330,11 @@ class RedisQueue:
         )
 
     async def finish(self, settlements: Sequence[Settlement], retention: timedelta) -> None:
-        await self._run("finish", [self._finish_command(s, retention) for s in settlements])
+        commands: list[Command] = []
+        for done in settlements:
+            commands.append(self._finish_command(done, retention))
+            commands += [("SET", keys.shared(r.name), r.value, "PX", ms(r.ttl)) for r in done.remember]
+        await self._run("finish", commands)
 
     async def put(self, jobs: Sequence[Job]) -> None:
         await self._run(
