@@ -37,8 +37,8 @@ from gateway.values.jobs import LANES
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # With PROMETHEUS_MULTIPROC_DIR set, prometheus_client asks os.getpid() at every
-# increment and observation, to notice a fork; a system call each, ~4% of a busy
-# process's time. The same check against a pid kept up to date across forks.
+# increment and observation, to notice a fork: a system call each (~0.3 µs here, a
+# dozen a delivered message). The same check against a pid kept up to date across forks.
 _PID = [os.getpid()]
 
 

@@ -367,9 +367,14 @@ async def test_a_cancelled_delivery_still_has_its_settlement_written(
     store: Store, queue: Queue, clock: FixedClock
 ) -> None:
     [lease] = await accepted_leases(store, queue, clock, 1)
-    settler = Settler(queue.finish, lambda: DAY, fresh_metrics(), lambda: False)
+
+    async def slow_write(settlements: Sequence[Settlement], retention: timedelta) -> None:
+        await asyncio.sleep(0.05)  # long enough to be cut off, were the write the caller's own
+        await queue.finish(settlements, retention)
+
+    settler = Settler(slow_write, lambda: DAY, fresh_metrics(), lambda: False)
     task = asyncio.create_task(settler.settle(delivered(lease)))
-    await asyncio.sleep(0)  # it has handed its settlement over
+    await asyncio.sleep(0.01)  # it has handed its settlement over; the write is under way
     task.cancel()
     for _ in range(200):
         if not settler.busy:

@@ -150,7 +150,6 @@ class Connection:
         self._scripts = {s.sha: s for s in scripts}
         self._on_round_trip = on_round_trip
         self._waiting: list[_Call] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._flushes = 0
         self._scheduled = False
         self._down_until = 0.0
@@ -181,12 +180,7 @@ class Connection:
             return []
         if self._down_error is not None and time.monotonic() < self._down_until:
             raise self._down_error
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            # Looked up once: on Python 3.11 each get_running_loop() is a getpid()
-            # system call, and this runs for every store call.
-            loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Call(op, commands, future, errors, durable))
         self._schedule()
         return await future
@@ -195,8 +189,7 @@ class Connection:
         if self._scheduled or self._flushes >= MAX_FLUSHES or not self._waiting:
             return
         self._scheduled = True
-        assert self._loop is not None  # set by run(), the only way in
-        self._loop.call_soon(self._start_flush)
+        asyncio.get_running_loop().call_soon(self._start_flush)
 
     def _start_flush(self) -> None:
         self._scheduled = False
@@ -209,8 +202,7 @@ class Connection:
             batch.append(call)
             size += len(call.commands)
         self._flushes += 1
-        assert self._loop is not None
-        task = self._loop.create_task(self._flush(batch))
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
         task.add_done_callback(self._flushed)
 
     def _flushed(self, task: asyncio.Task[None]) -> None:

@@ -39,7 +39,7 @@ from gateway.store.base import Lease, Settlement, Then
 from gateway.store.codec import DeadLetter, Parked
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, client
-from gateway.store.redis.store import RedisStore, epoch_ms, ms
+from gateway.store.redis.store import RedisStore, epoch_ms, ms, shared_set
 from gateway.values.campaigns import CAMPAIGN_RETENTION
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES, Job
@@ -333,7 +333,7 @@ class RedisQueue:
         commands: list[Command] = []
         for done in settlements:
             commands.append(self._finish_command(done, retention))
-            commands += [("SET", keys.shared(r.name), r.value, "PX", ms(r.ttl)) for r in done.remember]
+            commands += [shared_set(r.name, r.value, r.ttl) for r in done.remember]
         await self._run("finish", commands)
 
     async def put(self, jobs: Sequence[Job]) -> None:

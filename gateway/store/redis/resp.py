@@ -80,13 +80,9 @@ class _Protocol(asyncio.Protocol):
         self._waiting: deque[tuple[int, list[Any], asyncio.Future[list[Any]]]] = deque()
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self.lost: Exception | None = None
-        # The loop the connection lives on, looked up once: on Python 3.11 every
-        # get_running_loop() is a getpid() system call, and this one runs per pipeline.
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -112,8 +108,8 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(RedisConnectionError(f"connection lost ({self.lost})"))
 
     def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
-        assert self.transport is not None and self.loop is not None
-        future: asyncio.Future[list[Any]] = self.loop.create_future()
+        assert self.transport is not None
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._waiting.append((count, [], future))
         self.transport.write(packed)
         return future
@@ -177,7 +173,7 @@ class RespPool:
             return protocol
 
     async def _wait(self, protocol: _Protocol, future: asyncio.Future[list[Any]]) -> list[Any]:
-        loop = protocol.loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         timer = loop.call_later(self._timeout, _expire, protocol, future, self._timeout)
         try:
             return await future

@@ -68,6 +68,11 @@ def ms(delta: timedelta) -> int:
     return max(1, int(delta.total_seconds() * 1000))
 
 
+def shared_set(name: str, value: str, ttl: timedelta, *, only_if_absent: bool = False) -> Command:
+    """The SET of a shared name (``shared_put``; a settlement's ``remember``)."""
+    return ("SET", keys.shared(name), value, "PX", ms(ttl), *(("NX",) if only_if_absent else ()))
+
+
 def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -601,8 +606,7 @@ class RedisStore:
         return None if raw is None else codec.text(raw)
 
     async def shared_put(self, name: str, value: str, ttl: timedelta, *, only_if_absent: bool = False) -> bool:
-        command: Command = ("SET", keys.shared(name), value, "PX", ms(ttl), *(("NX",) if only_if_absent else ()))
-        [done] = await self._run("shared_put", [command])
+        [done] = await self._run("shared_put", [shared_set(name, value, ttl, only_if_absent=only_if_absent)])
         return bool(done)
 
     async def shared_delete(self, name: str, only_if: str | None = None) -> bool:
