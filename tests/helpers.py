@@ -157,11 +157,15 @@ class RedisProcess:
 
 
 @asynccontextmanager
-async def herald(command: str, env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`herald <command>` as its own process, stderr to ``log``; stopped on exit."""
+async def herald(
+    command: str, env: dict[str, str], log: Path, *, nice: int = 0
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`herald <command>` as its own process (under `nice -n ``nice``` when given),
+    stderr to ``log``; stopped on exit."""
+    niced = ["nice", "-n", str(nice)] if nice else []
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli.main", command, env=env, cwd=ROOT_DIR, stderr=out
+            *niced, sys.executable, "-m", "gateway.cli.main", command, env=env, cwd=ROOT_DIR, stderr=out
         )
     try:
         yield proc
