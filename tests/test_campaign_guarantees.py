@@ -592,4 +592,9 @@ async def test_order_notices_keep_their_latency_during_a_100k_campaign(
     )
     # The campaign flooded the marketing lane for the whole measurement.
     assert campaign.state == campaign_pb2.CAMPAIGN_STATE_RUNNING and depth_after > 0 and marketing > 0
-    assert quantile(busy.arrived, 0.5) <= 2 * quantile(quiet.arrived, 0.5)
+    # Behind the marketing lane an order notice would wait for its backlog: thousands of
+    # jobs, seconds. Beside it, the notices' median may grow by what the busy machine
+    # costs them: at most twice the quiet one, or 10 ms more, whichever is larger (on 2
+    # shared cores a busy CI machine measured 2.0-2.1x, 5 ms more, against 1.3-1.9x here).
+    quiet_p50 = quantile(quiet.arrived, 0.5)
+    assert quantile(busy.arrived, 0.5) <= max(2 * quiet_p50, quiet_p50 + 0.010)
