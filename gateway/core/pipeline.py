@@ -6,9 +6,10 @@ Batch-native: PushBatch, the release of held claims and campaigns decide many cl
 with one read and one commit (one round trip each, whatever the batch size; a PushBatch
 of more than ``PART`` requests in parts at once, so that one part's round trips overlap
 another's deciding); a single Push is a batch of one. Each user's part of a commit is
-atomic and guarded by the user's version: when another decision changed the user meanwhile, only that user's
-claims are read and decided again. Contention is never an outage: a claim keeps
-trying (with jittered waits) for as long as ``CONTENTION_BUDGET`` allows.
+atomic and guarded by the user's version: when another decision changed the user
+meanwhile, only that user's claims are read and decided again. Contention is never an
+outage: a claim keeps trying (with jittered waits) for as long as ``CONTENTION_BUDGET``
+allows.
 """
 
 from __future__ import annotations
