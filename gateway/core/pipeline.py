@@ -369,6 +369,9 @@ class PushPipeline:
             decided.append(mine)
         retry: list[_Item] = []
         outcomes = await self._store.commit(changes, lifetimes(policy, campaign is not None)) if changes else []
+        # What this round decided for good: a claim whose user changed meanwhile is
+        # decided (and counted) in a later round.
+        tally: dict[str, int] = {}
         for outcome, mine in zip(outcomes, decided, strict=True):
             if outcome is not Committed.OK:
                 retry += [item for item, _, _ in mine]
@@ -378,12 +381,10 @@ class PushPipeline:
                 self._count(item.claim, decision)
                 if single:
                     self._log(item.claim, item.message_id, decision)
-        if not single and outcomes:
-            tally: dict[str, int] = {}
-            for mine in decided:
-                for _, decision, _ in mine:
+                else:
                     name = decision.outcome.value if decision.reason is None else decision.reason.value
                     tally[name] = tally.get(name, 0) + 1
+        if tally:
             log.info("decisions", count=sum(tally.values()), outcomes=tally)
         return retry
 

@@ -271,11 +271,18 @@ class MemoryStore:
 
     def _index_messages(self, user_id: str, records: Sequence[MessageRecord], retention: timedelta) -> None:
         """As the commit script: add, trim by age and length, live on for ``retention``."""
-        entries = list(self._user_messages.get(user_id) or ())
-        entries += [(_ms(r.created_at), r.message_id) for r in records]
-        oldest = max(_ms(r.created_at) for r in records) - int(retention.total_seconds() * 1000)
         # Newest first; one millisecond's ids in reverse order, as ZREVRANGEBYSCORE lists them.
-        kept = sorted({e for e in entries if e[0] >= oldest}, reverse=True)[: keys.USER_MESSAGES_KEEP]
+        new = sorted({(_ms(r.created_at), r.message_id) for r in records}, reverse=True)
+        old = self._user_messages.get(user_id) or []
+        oldest = new[0][0] - int(retention.total_seconds() * 1000)
+        if not old or new[-1] > old[0]:
+            # The usual case, all newer than what is indexed: in front, no sort (a user
+            # may have a thousand entries).
+            kept = (new + old[: keys.USER_MESSAGES_KEEP])[: keys.USER_MESSAGES_KEEP]
+            while kept and kept[-1][0] < oldest:
+                kept.pop()
+        else:
+            kept = sorted({e for e in (*old, *new) if e[0] >= oldest}, reverse=True)[: keys.USER_MESSAGES_KEEP]
         self._user_messages.set(user_id, kept, retention)
 
     def count_funnel(self, campaign_id: str, field: str, by: int = 1) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import grpc
@@ -70,6 +71,61 @@ async def test_seventy_pushes_for_one_user_over_two_replicas_are_all_decided(
         # The safety cap (60 an hour) holds exactly across both; nobody is refused.
         assert outcomes.count((types_pb2.ACCEPTED, types_pb2.REASON_UNSPECIFIED)) == 60
         assert outcomes.count((types_pb2.SUPPRESSED, types_pb2.SAFETY_CAP)) == 10
+    finally:
+        await a.channel.close()
+        await b.channel.close()
+        await one.stop(grace=1.0)
+        await two.stop(grace=1.0)
+
+
+async def test_the_batch_decisions_lines_count_each_claim_once_under_contention(
+    tmp_path: Path, clean_redis: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two replicas decide PushBatches for the same few users at once: claims whose user
+    the other replica changed first are decided again, and the ``decisions`` lines count
+    each claim once, in the round that committed it."""
+    from gateway.logs import configure
+
+    configure("INFO", json=True)
+    one = Gateway(settings_for(tmp_path / "a", clean_redis), metrics=fresh_metrics())
+    two = Gateway(settings_for(tmp_path / "b", clean_redis), metrics=fresh_metrics())
+    await one.start()
+    await two.start()
+    a, b = await open_api(one), await open_api(two)
+    try:
+        users = [f"u-{n}" for n in range(4)]
+        for user in users:
+            await a.add_follower(user)
+        capsys.readouterr()
+        conflicts, sent = 0.0, 0
+        for round_ in range(20):  # until the replicas have raced for a user
+            batches = [
+                push_pb2.PushBatchRequest(
+                    requests=[
+                        shipped(f"r-{round_}-{side}-{i}", user_id=users[i % len(users)], dedup_key="")
+                        for i in range(12)
+                    ]
+                )
+                for side in range(4)
+            ]
+            answers = await asyncio.gather(
+                *(
+                    (a if side % 2 else b).push.PushBatch(batch, metadata=auth("order"))
+                    for side, batch in enumerate(batches)
+                )
+            )
+            assert all(r.message_id for answer in answers for r in answer.responses)
+            sent += sum(len(batch.requests) for batch in batches)
+            conflicts = sum(
+                g.metrics.registry.get_sample_value("herald_state_conflicts_total") or 0.0 for g in (one, two)
+            )
+            if conflicts:
+                break
+        assert conflicts, "the replicas never raced for a user: the test proved nothing"
+        events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        lines = [e for e in events if e.get("event") == "decisions"]
+        assert sum(e["count"] for e in lines) == sent
+        assert sum(sum(e["outcomes"].values()) for e in lines) == sent
     finally:
         await a.channel.close()
         await b.channel.close()

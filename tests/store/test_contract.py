@@ -301,6 +301,22 @@ async def test_a_commit_of_many_messages_indexes_each(store: Store, clock: Fixed
     assert sorted(listed) == sorted((r.message_id, int(now.timestamp() * 1000)) for r in recs)
 
 
+async def test_a_commit_of_more_messages_than_the_index_keeps_keeps_the_newest(
+    store: Store, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.store import keys
+
+    monkeypatch.setattr(keys, "USER_MESSAGES_KEEP", 3)
+    now = clock.now()
+    first = record(mid_for(store), clock, request_id="r-first", created_at=now - timedelta(seconds=1))
+    await decide(store, "u-1", first)
+    recs = [record(mid_for(store), clock, request_id=f"r-{n}") for n in range(5)]
+    change = Change("u-1", 0, None, tuple(NewMessage(r, None, None) for r in recs))
+    assert await store.commit([change], LIFE) == [Committed.OK]
+    # One millisecond's ids newest first as ZREVRANGEBYSCORE lists them: by id, descending.
+    assert await walk(store, "u-1", 10) == sorted((r.message_id for r in recs), reverse=True)[:3]
+
+
 # --- profiles ---------------------------------------------------------------------------
 async def test_profile_sections_merge(store: Store, clock: FixedClock) -> None:
     now = clock.now()
