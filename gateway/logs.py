@@ -1,5 +1,5 @@
-"""Structured logs: structlog, JSON lines; one event per decision (one per PushBatch for
-a batch) and one per send.
+"""Structured logs: structlog, JSON lines; one event per decision (one per round of a
+batch) and one per send.
 
 Context (request id, business unit, message id) is bound through contextvars. The
 ``mask_personal_data`` processor runs last before rendering, so no phone number, email,
