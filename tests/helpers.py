@@ -160,8 +160,8 @@ class RedisProcess:
 async def herald(
     command: str, env: dict[str, str], log: Path, *, nice: int = 0
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`herald <command>` as its own process (under `nice -n ``nice``` when given),
-    stderr to ``log``; stopped on exit."""
+    """`herald <command>` as its own process, stderr to ``log``; stopped on exit.
+    ``nice``: run it under `nice -n <nice>` (0: as this process)."""
     niced = ["nice", "-n", str(nice)] if nice else []
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(

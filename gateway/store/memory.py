@@ -275,14 +275,12 @@ class MemoryStore:
         new = sorted({(_ms(r.created_at), r.message_id) for r in records}, reverse=True)
         old = self._user_messages.get(user_id) or []
         oldest = new[0][0] - int(retention.total_seconds() * 1000)
-        if not old or new[-1] > old[0]:
-            # The usual case, all newer than what is indexed: in front, no sort (a user
-            # may have a thousand entries).
+        if old and new[-1] <= old[0]:  # out of order: merged by a sort
+            kept = sorted({*old, *new}, reverse=True)[: keys.USER_MESSAGES_KEEP]
+        else:  # the usual case, all newer than the index: in front, no sort of ~1,000 entries
             kept = (new + old[: keys.USER_MESSAGES_KEEP])[: keys.USER_MESSAGES_KEEP]
-            while kept and kept[-1][0] < oldest:
-                kept.pop()
-        else:
-            kept = sorted({e for e in (*old, *new) if e[0] >= oldest}, reverse=True)[: keys.USER_MESSAGES_KEEP]
+        while kept and kept[-1][0] < oldest:  # newest first: the aged ones are at the end
+            kept.pop()
         self._user_messages.set(user_id, kept, retention)
 
     def count_funnel(self, campaign_id: str, field: str, by: int = 1) -> None:

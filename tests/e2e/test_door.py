@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -12,7 +14,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.metrics import fresh_metrics
 from herald.v1 import profile_pb2, push_pb2, types_pb2
-from tests.e2e.conftest import auth, open_api, settings_for
+from tests.e2e.conftest import Api, auth, open_api, settings_for
 from tests.e2e.test_push import shipped
 
 
@@ -48,16 +50,28 @@ async def test_calls_beyond_the_limit_are_refused_at_once_with_a_hint(tmp_path: 
         await gateway.stop(grace=1.0)
 
 
-@pytest.mark.parametrize("round_", range(3))
-async def test_seventy_pushes_for_one_user_over_two_replicas_are_all_decided(
-    tmp_path: Path, clean_redis: str, round_: int
-) -> None:
-    one = Gateway(settings_for(tmp_path / "a", clean_redis), metrics=fresh_metrics())
-    two = Gateway(settings_for(tmp_path / "b", clean_redis), metrics=fresh_metrics())
+@asynccontextmanager
+async def two_replicas(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[Api, Api]]:
+    """Two gateways on one Redis, each with its client; stopped on exit."""
+    one = Gateway(settings_for(tmp_path / "a", redis_url), metrics=fresh_metrics())
+    two = Gateway(settings_for(tmp_path / "b", redis_url), metrics=fresh_metrics())
     await one.start()
     await two.start()
     a, b = await open_api(one), await open_api(two)
     try:
+        yield a, b
+    finally:
+        await a.channel.close()
+        await b.channel.close()
+        await one.stop(grace=1.0)
+        await two.stop(grace=1.0)
+
+
+@pytest.mark.parametrize("round_", range(3))
+async def test_seventy_pushes_for_one_user_over_two_replicas_are_all_decided(
+    tmp_path: Path, clean_redis: str, round_: int
+) -> None:
+    async with two_replicas(tmp_path, clean_redis) as (a, b):
         await a.add_follower("u-busy")  # WeChat templates first: only the safety cap counts
         answers = await asyncio.gather(
             *(
@@ -71,11 +85,6 @@ async def test_seventy_pushes_for_one_user_over_two_replicas_are_all_decided(
         # The safety cap (60 an hour) holds exactly across both; nobody is refused.
         assert outcomes.count((types_pb2.ACCEPTED, types_pb2.REASON_UNSPECIFIED)) == 60
         assert outcomes.count((types_pb2.SUPPRESSED, types_pb2.SAFETY_CAP)) == 10
-    finally:
-        await a.channel.close()
-        await b.channel.close()
-        await one.stop(grace=1.0)
-        await two.stop(grace=1.0)
 
 
 async def test_the_batch_decisions_lines_count_each_claim_once_under_contention(
@@ -87,12 +96,7 @@ async def test_the_batch_decisions_lines_count_each_claim_once_under_contention(
     from gateway.logs import configure
 
     configure("INFO", json=True)
-    one = Gateway(settings_for(tmp_path / "a", clean_redis), metrics=fresh_metrics())
-    two = Gateway(settings_for(tmp_path / "b", clean_redis), metrics=fresh_metrics())
-    await one.start()
-    await two.start()
-    a, b = await open_api(one), await open_api(two)
-    try:
+    async with two_replicas(tmp_path, clean_redis) as (a, b):
         users = [f"u-{n}" for n in range(4)]
         for user in users:
             await a.add_follower(user)
@@ -117,7 +121,7 @@ async def test_the_batch_decisions_lines_count_each_claim_once_under_contention(
             assert all(r.message_id for answer in answers for r in answer.responses)
             sent += sum(len(batch.requests) for batch in batches)
             conflicts = sum(
-                g.metrics.registry.get_sample_value("herald_state_conflicts_total") or 0.0 for g in (one, two)
+                api.gateway.metrics.registry.get_sample_value("herald_state_conflicts_total") or 0.0 for api in (a, b)
             )
             if conflicts:
                 break
@@ -126,8 +130,3 @@ async def test_the_batch_decisions_lines_count_each_claim_once_under_contention(
         lines = [e for e in events if e.get("event") == "decisions"]
         assert sum(e["count"] for e in lines) == sent
         assert sum(sum(e["outcomes"].values()) for e in lines) == sent
-    finally:
-        await a.channel.close()
-        await b.channel.close()
-        await one.stop(grace=1.0)
-        await two.stop(grace=1.0)
