@@ -31,6 +31,7 @@ from gateway.store.base import (
 )
 from gateway.store.codec import Parked
 from gateway.store.memory import MemoryQueue, MemoryStore
+from gateway.store.redis import RedisQueue, RedisStore
 from gateway.store.shards import shard_of
 from gateway.values.claims import Claim
 from gateway.values.domain import Category, Channel, Outcome, Reason
@@ -48,8 +49,6 @@ async def queue(request: pytest.FixtureRequest, store: Store) -> AsyncIterator[Q
     if isinstance(store, MemoryStore):
         yield MemoryQueue(store)
         return
-    from gateway.store.redis import RedisQueue, RedisStore
-
     assert isinstance(store, RedisStore)
     redis_queue = RedisQueue(store, reclaim_after=30, consumer="w1")
     try:
@@ -135,13 +134,16 @@ async def test_each_lane_gets_at_most_its_room(store: Store, queue: Queue, clock
     for n in range(40):
         await accept(store, clock, job_for(store, clock, f"u-{n}", Category.BASIC))
         await accept(store, clock, job_for(store, clock, f"u-m{n}", Category.MARKETING))
-    taken: list[Category] = []
-    for basic, marketing in ((1, 3), (5, 0), (0, 17), (7, 40)):
+    taken: list[str] = []
+    rooms = [(1, 3), (5, 0), (0, 17), (7, 40)] + [(7, 40)] * 40
+    for basic, marketing in rooms:
         leases = await queue.take({Category.BASIC: basic, Category.MARKETING: marketing}, 0.05)
         lanes = [lease.job.lane for lease in leases]
         assert lanes.count(Category.BASIC) <= basic and lanes.count(Category.MARKETING) <= marketing
-        taken += lanes
-    assert taken.count(Category.BASIC) >= 1 and taken.count(Category.MARKETING) >= 17
+        taken += [lease.job.message_id for lease in leases]
+        if len(taken) == 80:
+            break
+    assert len(taken) == len(set(taken)) == 80  # each job handed out once, none left behind
 
 
 async def test_a_failed_delivery_gives_the_reservation_back_and_is_dead_lettered(
@@ -220,8 +222,6 @@ async def test_depth_and_age_by_lane(store: Store, queue: Queue, clock: FixedClo
 
 @pytest.mark.redis
 async def test_a_dead_workers_jobs_are_taken_over(clean_redis: str, clock: FixedClock) -> None:
-    from gateway.store.redis import RedisQueue, RedisStore
-
     store = RedisStore(clean_redis)
     await store.prepare()
     job = job_for(store, clock)
@@ -245,6 +245,15 @@ async def test_a_dead_workers_jobs_are_taken_over(clean_redis: str, clock: Fixed
         await store.close()
 
 
+@pytest.fixture
+async def cluster_store(clean_cluster: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore(clean_cluster, cluster=True)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @pytest.mark.cluster
 async def test_on_a_cluster_a_take_never_asks_a_node_where_its_keys_are(
     redis_cluster: Cluster, clean_cluster: str, clock: FixedClock
@@ -252,8 +261,6 @@ async def test_on_a_cluster_a_take_never_asks_a_node_where_its_keys_are(
     """redis-py's cluster client places an XREADGROUP (a command whose keys move) by
     asking a node, COMMAND GETKEYS, twice a command, before the read: the queue's reads
     are routed by their stream's hash tag instead. Counted on every master."""
-    from gateway.store.redis import RedisQueue, RedisStore
-
     store = RedisStore(clean_cluster, cluster=True)
     queue = RedisQueue(store, reclaim_after=30, consumer="w1")
     try:
@@ -268,6 +275,63 @@ async def test_on_a_cluster_a_take_never_asks_a_node_where_its_keys_are(
     finally:
         await queue.close()
         await store.close()
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_a_take_that_waits_gets_the_job_added_meanwhile(
+    cluster_store: RedisStore, clock: FixedClock
+) -> None:
+    """A cluster's streams are watched by blocking reads, not polled: a take waiting on
+    a quiet cluster hands out a job the moment it is added, whatever its shard."""
+    store = cluster_store
+    queue = RedisQueue(store, reclaim_after=30, consumer="w1")
+    try:
+        assert await queue.take(dict.fromkeys(LANES, 10), 0.05) == []
+        for n in range(6):
+            job = job_for(store, clock, f"u-quiet-{n}", LANES[n % len(LANES)])
+            waiting = asyncio.create_task(queue.take(dict.fromkeys(LANES, 10), 30))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            await accept(store, clock, job)
+            [lease] = await asyncio.wait_for(waiting, 30)
+            assert lease.job == job
+    finally:
+        await queue.close()
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_what_was_read_and_not_handed_out_is_given_back_on_close(
+    cluster_store: RedisStore, clock: FixedClock
+) -> None:
+    """Every stream of a lane with room is read, so a cluster's watch may bring a few
+    more jobs than it hands out. Closing gives those back: another worker takes them at
+    once (not after the reclaim time), and nothing is handed out twice."""
+    store = cluster_store
+    first = RedisQueue(store, reclaim_after=30, consumer="w1")
+    second = RedisQueue(store, reclaim_after=30, consumer="w2")
+    try:
+        jobs = [job_for(store, clock, f"u-back-{n}") for n in range(40)]
+        for job in jobs:
+            await accept(store, clock, job)
+        handed = await first.take({Category.BASIC: 2}, 1.0)
+        assert 1 <= len(handed) <= 2
+        for _ in range(50):  # let the watch bring what it will
+            await asyncio.sleep(0.02)
+            if first._watch is not None and first._watch.buffered() > 0:
+                break
+        assert first._watch is not None and first._watch.buffered() > 0
+        await first.close()
+        rest = await take_all(second, expect=len(jobs) - len(handed))
+        taken = [lease.job.message_id for lease in handed + rest]
+        assert sorted(taken) == sorted(job.message_id for job in jobs)
+        owners = []
+        for lease in handed + rest:
+            stream, entry_id = lease.entry_id.rsplit("/", 1)
+            [entry] = await store.connection.client.xpending_range(stream, keys.DELIVERY_GROUP, entry_id, entry_id, 1)
+            owners.append(entry["consumer"].decode())
+        assert owners == ["w1"] * len(handed) + ["w2"] * len(rest)  # pending to the worker it was handed to
+    finally:
+        await second.close()
 
 
 def getkeys_calls(cluster: Cluster) -> int:

@@ -110,19 +110,10 @@ class Wait:
 
 
 def first_key(command: Command) -> Any:
-    """The key a command is routed by: EVALSHA's first key, an XREADGROUP's first stream
-    (Herald's streams of one read share a hash tag), else the first argument."""
-    name = str(command[0]).upper()
-    if name == "EVALSHA":
+    """The key a command is routed by: EVALSHA's first key, else the first argument."""
+    if str(command[0]).upper() == "EVALSHA":
         return command[3]
-    if name == "XREADGROUP":
-        return command[command.index("STREAMS") + 1]
     return command[1]
-
-
-# Commands whose keys redis-py's cluster client cannot place without asking a node
-# (COMMAND GETKEYS, twice a command, each an awaited round trip): routed by first_key.
-_MOVABLE_KEYS = frozenset({"XREADGROUP"})
 
 
 class Connection:
@@ -143,6 +134,7 @@ class Connection:
         self.url = url  # with its password: for more connections, never shown (``where`` is)
         self.where = redacted(url)
         self.cluster = cluster
+        self.timeout = timeout  # seconds a command may take to answer
         # redis-py: the cluster's routing, and pub/sub; on one node the pipelines go
         # through the lean client (``resp``).
         self.client: Any = client(url, cluster, timeout=timeout, max_connections=max_connections)
@@ -307,9 +299,6 @@ class Connection:
             for command in commands:
                 if command and isinstance(command[-1], dict):  # options for the reply's parser
                     pipe.execute_command(*command[:-1], **command[-1])
-                elif command[0] in _MOVABLE_KEYS and (node := self._node_of(command)) is not None:
-                    # Sent to its node (a MOVED reply is retried without it, routed by the client).
-                    pipe.execute_command(*command, target_nodes=node)
                 else:
                     pipe.execute_command(*command)
             replies: list[Any] = await pipe.execute(raise_on_error=False)

@@ -10,14 +10,13 @@ A worker that dies leaves its entries pending; after ``reclaim_after`` seconds a
 worker takes them over (XAUTOCLAIM). An entry handed out ``max_deliveries`` times goes
 to the dead letters with its reason instead of looping forever.
 
-A take first reads without blocking, each lane at most its room: COUNT applies to
-each stream of an XREADGROUP, so a lane's room r over its S streams is read as r // S
-from some streams and one more from r % S others (which ones turns with every take).
-Only when that finds nothing does it block. On a single node the
-blocking read is one XREADGROUP over every stream; a cluster cannot read streams of
-several slots in one command, so there each stream is read on its own (pipelined per
-node), each stream polled less and less often while it stays empty (down to once
-every ``IDLE_POLL`` seconds) and at every take while it has entries.
+On a single node a take first reads without blocking, each lane at most its room:
+COUNT applies to each stream of an XREADGROUP, so a lane's room r over its S streams is
+read as r // S from some streams and one more from r % S others (which ones turns with
+every take). Only when that finds nothing does it block, in one XREADGROUP over every
+stream. A cluster cannot read streams of several slots in one command: there each
+stream is watched by a blocking read of its own (``watch.StreamWatch``), and a take
+hands out what the watch has brought.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from gateway.store.codec import DeadLetter, Parked
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, client
 from gateway.store.redis.store import RedisStore, epoch_ms, ms, shared_set
+from gateway.store.redis.watch import StreamWatch
 from gateway.values.campaigns import CAMPAIGN_RETENTION
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES, Job
@@ -89,11 +89,17 @@ class RedisQueue:
         self._next_claim: dict[str, str] = {}
         self._next_reclaim = 0.0
         self._turn = 0
-        # On a cluster, each stream's own poll: when it is next read and its current
-        # wait (doubled by each read that finds it empty, up to IDLE_POLL; nothing
-        # while it has entries), so a stream that gets a job every few milliseconds is
-        # read about that often, not at every take.
-        self._polls: dict[str, tuple[float, float]] = {}
+        self._watch = (
+            StreamWatch(
+                store.connection,
+                {lane: self.streams([lane]) for lane in LANES},
+                self.consumer,
+                stale_after=reclaim_after / 2,
+                timeout=store.connection.timeout,
+            )
+            if self._cluster
+            else None
+        )
 
     def streams(self, lanes: Sequence[Category]) -> list[str]:
         return [keys.stream(tag, lane) for tag in self._store.tags for lane in lanes]
@@ -125,18 +131,30 @@ class RedisQueue:
             leases = await self._reclaim(list(room), sum(room.values()))
             if leases:
                 return leases
+        if self._watch is not None:
+            return await self._take_watched(self._watch, room, block)
         answer = await self._read_now(room)
         if not answer and block > 0:
-            if self._cluster:
-                await asyncio.sleep(min(block, self._until_due(list(room))))
-            else:
-                answer = await self._read_blocking(self.streams(list(room)), min(room.values()), block)
+            answer = await self._read_blocking(self.streams(list(room)), min(room.values()), block)
         leases = []
         for stream, entries in answer:
             for entry_id, fields in entries:
                 lease = await self._lease(_text(stream), entry_id, fields, 1)
                 if lease is not None:
                     leases.append(lease)
+        return leases
+
+    async def _take_watched(self, watch: StreamWatch, room: Mapping[Category, int], block: float) -> list[Lease]:
+        watch.want(room)
+        reads = watch.pop(room)
+        if not reads and block > 0:
+            await watch.arrival(block)
+            reads = watch.pop(room)
+        leases = []
+        for read in reads:
+            lease = await self._lease(read.stream, read.entry_id, read.fields, 1)
+            if lease is not None:
+                leases.append(lease)
         return leases
 
     async def _read_blocking(self, streams: list[str], count: int, block: float) -> list[Any]:
@@ -157,17 +175,11 @@ class RedisQueue:
 
     async def _read_now(self, room: Mapping[Category, int]) -> list[Any]:
         """Without blocking, at most each lane's room, in one round trip (one or two
-        commands a lane on a single node, one a stream on a cluster)."""
+        commands a lane; a single node's)."""
         commands: list[Command] = []
-        read: list[str] = []  # on a cluster, each command's stream
-        now = time.monotonic()
         self._turn += 1
         for lane, count in room.items():
             streams = self.streams([lane])
-            if self._cluster:
-                streams = [s for s in streams if self._poll(s)[0] <= now]
-                if not streams:
-                    continue
             turn = self._turn % len(streams)
             streams = streams[turn:] + streams[:turn]
             each, extra = divmod(count, len(streams))
@@ -175,35 +187,11 @@ class RedisQueue:
                 if not group or per == 0:
                     continue
                 head = ("XREADGROUP", "GROUP", keys.DELIVERY_GROUP, self.consumer, "COUNT", per, "STREAMS")
-                if self._cluster:
-                    commands += [(*head, stream, ">") for stream in group]
-                    read += group
-                else:
-                    commands.append((*head, *group, *[">"] * len(group)))
+                commands.append((*head, *group, *[">"] * len(group)))
         if not commands:
             return []
         replies = await self._run("queue_read", commands)
-        if self._cluster:
-            now = time.monotonic()
-            for stream, reply in zip(read, replies, strict=True):
-                if reply and any(entries for _, entries in reply):
-                    self._polls.pop(stream, None)
-                else:
-                    wait = min(IDLE_POLL, max(0.001, self._poll(stream)[1] * 2))
-                    self._polls[stream] = (now + wait, wait)
         return [item for reply in replies if reply for item in reply]
-
-    def _poll(self, stream: str) -> tuple[float, float]:
-        """A cluster stream's (next read, current wait): (0, 0), due now, until a read
-        finds it empty."""
-        return self._polls.get(stream, (0.0, 0.0))
-
-    def _until_due(self, lanes: Sequence[Category]) -> float:
-        """Seconds until the first of these lanes' streams is due to be read again (a
-        cluster's polls), at least a millisecond."""
-        now = time.monotonic()
-        due = min((self._poll(s)[0] for s in self.streams(lanes)), default=now)
-        return max(0.001, due - now)
 
     async def _reclaim(self, lanes: Sequence[Category], count: int) -> list[Lease]:
         """Entries another worker took and left idle too long (it died): ours now."""
@@ -401,5 +389,7 @@ class RedisQueue:
         return sorted(letters, key=lambda d: d.at, reverse=True)[:limit]
 
     async def close(self) -> None:
+        if self._watch is not None:
+            await self._watch.close()
         if self._reader is not None:
             await self._reader.aclose()

@@ -372,7 +372,28 @@ return 1
 """,
 )
 
+# A stream's entries read by a consumer that stops before handing them out, given
+# back: each one still pending to that consumer is added again at the stream's end
+# (for whoever reads next) and acked and removed under its old id.
+# KEYS[1] the stream; ARGV: 1 the group, 2 the consumer, then pairs (entry id, job).
+GIVE_BACK = Script(
+    "give_back",
+    """
+local given = 0
+for i = 3, #ARGV, 2 do
+  local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #mine == 1 then
+    redis.call('XADD', KEYS[1], '*', 'j', ARGV[i + 1])
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    given = given + 1
+  end
+end
+return given
+""",
+)
+
 ALL = (
     COMMIT, FINISH, ADD_EVENTS, WAKE, TAKE_DUE, FINISH_DUE, OPT_OUT, INTERACTION, REPLACE_TAGS, DELETE_IF,
-    TAKE_TOKEN, OUTCOME, PUT_CAMPAIGN, LEASE_CAMPAIGN, SAVE_CAMPAIGN, FUNNEL_ONCE,
+    TAKE_TOKEN, OUTCOME, PUT_CAMPAIGN, LEASE_CAMPAIGN, SAVE_CAMPAIGN, FUNNEL_ONCE, GIVE_BACK,
 )  # fmt: skip
