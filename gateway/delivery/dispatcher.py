@@ -187,6 +187,9 @@ class Dispatcher:
             if not self._runner.done():
                 self._runner.cancel()
             self._runner = None
+        # Jobs read ahead go back to the queue now, for the other workers, not after
+        # the deliveries in flight.
+        await self.queue.stop_taking()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
         for task in list(self._tasks):

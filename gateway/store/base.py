@@ -447,6 +447,11 @@ class Queue(Protocol):
         few more, see its ``take``), waiting at most ``block`` seconds for the first."""
         ...
 
+    async def stop_taking(self) -> None:
+        """No take follows (the dispatcher stops): stop reading ahead, and give back
+        what was read and not handed out. Finishing and putting go on."""
+        ...
+
     async def finish(self, settlements: Sequence[Settlement], retention: timedelta) -> None:
         """Write each settlement atomically (one round trip for all)."""
         ...

@@ -723,5 +723,8 @@ class MemoryQueue:
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         return list(reversed(self._dead))[:limit]
 
+    async def stop_taking(self) -> None:
+        return None  # nothing is read ahead
+
     async def close(self) -> None:
         return None

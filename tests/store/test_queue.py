@@ -300,12 +300,13 @@ async def test_on_a_cluster_a_take_that_waits_gets_the_job_added_meanwhile(
 
 
 @pytest.mark.cluster
-async def test_on_a_cluster_what_was_read_and_not_handed_out_is_given_back_on_close(
+async def test_on_a_cluster_what_was_read_and_not_handed_out_is_given_back_when_taking_stops(
     cluster_store: RedisStore, clock: FixedClock
 ) -> None:
     """Every stream of a lane with room is read, so a cluster's watch may bring a few
-    more jobs than it hands out. Closing gives those back: another worker takes them at
-    once (not after the reclaim time), and nothing is handed out twice."""
+    more jobs than it hands out. When the dispatcher stops taking, those go back:
+    another worker takes them at once (not after the reclaim time), nothing is handed
+    out twice, and the stopped worker reads no more."""
     store = cluster_store
     first = RedisQueue(store, reclaim_after=30, consumer="w1")
     second = RedisQueue(store, reclaim_after=30, consumer="w2")
@@ -320,7 +321,8 @@ async def test_on_a_cluster_what_was_read_and_not_handed_out_is_given_back_on_cl
             if first._watch is not None and first._watch.buffered() > 0:
                 break
         assert first._watch is not None and first._watch.buffered() > 0
-        await first.close()
+        await first.stop_taking()
+        assert first._watch.buffered() == 0
         rest = await take_all(second, expect=len(jobs) - len(handed))
         taken = [lease.job.message_id for lease in handed + rest]
         assert sorted(taken) == sorted(job.message_id for job in jobs)
@@ -330,8 +332,40 @@ async def test_on_a_cluster_what_was_read_and_not_handed_out_is_given_back_on_cl
             [entry] = await store.connection.client.xpending_range(stream, keys.DELIVERY_GROUP, entry_id, entry_id, 1)
             owners.append(entry["consumer"].decode())
         assert owners == ["w1"] * len(handed) + ["w2"] * len(rest)  # pending to the worker it was handed to
+        more = job_for(store, clock, "u-back-late")
+        await accept(store, clock, more)
+        [late] = await take_all(second)
+        assert late.job == more and first._watch.buffered() == 0
     finally:
+        await first.close()
         await second.close()
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_a_job_that_waited_in_the_watch_is_handed_out_with_its_idle_time_reset(
+    cluster_store: RedisStore, clock: FixedClock
+) -> None:
+    """A job read ahead is pending (idle) while it waits for room: as it is handed out
+    its idle time starts again, so another worker's reclaim gives its delivery the
+    whole reclaim time. Its delivery count stays 1."""
+    store = cluster_store
+    queue = RedisQueue(store, reclaim_after=30, consumer="w1")
+    try:
+        for n in range(20):
+            await accept(store, clock, job_for(store, clock, f"u-idle-{n}"))
+        first = await queue.take({Category.BASIC: 1}, 1.0)
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if queue._watch is not None and queue._watch.buffered() > 0:
+                break
+        await asyncio.sleep(1.5)  # longer than REFRESH_AFTER
+        waited = await queue.take({Category.BASIC: 1}, 0.0)
+        assert len(first) == len(waited) == 1
+        stream, entry_id = waited[0].entry_id.rsplit("/", 1)
+        [entry] = await store.connection.client.xpending_range(stream, keys.DELIVERY_GROUP, entry_id, entry_id, 1)
+        assert entry["time_since_delivered"] < 1000 and entry["times_delivered"] == 1
+    finally:
+        await queue.close()
 
 
 def getkeys_calls(cluster: Cluster) -> int:

@@ -39,7 +39,7 @@ from gateway.store.codec import DeadLetter, Parked
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, client
 from gateway.store.redis.store import RedisStore, epoch_ms, ms, shared_set
-from gateway.store.redis.watch import StreamWatch
+from gateway.store.redis.watch import Read, StreamWatch
 from gateway.values.campaigns import CAMPAIGN_RETENTION
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES, Job
@@ -48,6 +48,9 @@ from gateway.values.state import Release
 log = get_logger(__name__)
 LANE_LETTER = {Category.BASIC: "b", Category.REMINDER: "r", Category.MARKETING: "m"}
 IDLE_POLL = 0.05
+# A cluster's job that waited longer than this in the watch's buffer has its idle time
+# set back to 0 as it is handed out (``_refresh``).
+REFRESH_AFTER = 1.0
 
 
 def consumer_name() -> str:
@@ -150,12 +153,30 @@ class RedisQueue:
         if not reads and block > 0:
             await watch.arrival(block)
             reads = watch.pop(room)
+        await self._refresh([r for r in reads if time.monotonic() - r.at > REFRESH_AFTER])
         leases = []
         for read in reads:
             lease = await self._lease(read.stream, read.entry_id, read.fields, 1)
             if lease is not None:
                 leases.append(lease)
         return leases
+
+    async def _refresh(self, reads: Sequence[Read]) -> None:
+        """Entries that waited in the watch's buffer have been idle (pending, not worked
+        on) meanwhile: their idle time starts again as they are handed out (XCLAIM
+        JUSTID, which does not count a delivery), so that another worker's reclaim
+        leaves their delivery the whole ``reclaim_after``."""
+        by_stream: dict[str, list[Any]] = {}
+        for read in reads:
+            by_stream.setdefault(read.stream, []).append(read.entry_id)
+        commands: list[Command] = [
+            ("XCLAIM", stream, keys.DELIVERY_GROUP, self.consumer, 0, *ids, "JUSTID", {"parse_justid": True})
+            for stream, ids in by_stream.items()
+        ]
+        try:
+            await self._run("queue_claim", commands)
+        except StoreUnavailable as exc:  # handed out all the same: a reclaim comes later, not sooner
+            log.warning("delivery_claim_refresh_failed", error=exc.message, entries=len(reads))
 
     async def _read_blocking(self, streams: list[str], count: int, block: float) -> list[Any]:
         """One XREADGROUP over every stream; COUNT is per stream, so each gets its share
@@ -387,6 +408,10 @@ class RedisQueue:
         )
         letters = [codec.DEAD.decode(fields[b"d"]) for entries in replies for _, fields in entries]
         return sorted(letters, key=lambda d: d.at, reverse=True)[:limit]
+
+    async def stop_taking(self) -> None:
+        if self._watch is not None:
+            await self._watch.close()
 
     async def close(self) -> None:
         if self._watch is not None:

@@ -373,8 +373,9 @@ return 1
 )
 
 # A stream's entries read by a consumer that stops before handing them out, given
-# back: each one still pending to that consumer is added again at the stream's end
-# (for whoever reads next) and acked and removed under its old id.
+# back: each one still pending to that consumer and handed out only that once (not
+# one it took over from a dead worker) is added again at the stream's end (for whoever
+# reads next) and acked and removed under its old id.
 # KEYS[1] the stream; ARGV: 1 the group, 2 the consumer, then pairs (entry id, job).
 GIVE_BACK = Script(
     "give_back",
@@ -382,7 +383,7 @@ GIVE_BACK = Script(
 local given = 0
 for i = 3, #ARGV, 2 do
   local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if #mine == 1 then
+  if #mine == 1 and tonumber(mine[1][4]) == 1 then
     redis.call('XADD', KEYS[1], '*', 'j', ARGV[i + 1])
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
     redis.call('XDEL', KEYS[1], ARGV[i])

@@ -13,8 +13,10 @@ with, less what is buffered, split over the lane's streams), so a full lane is n
 at all and never holds up the others. An entry buffered longer than
 ``stale_after`` (half the reclaim time) is dropped from the buffer and left pending,
 for the queue's reclaim to hand out, so no other worker can take it over while it
-waits here. On ``close`` the reads waiting are ended (CLIENT UNBLOCK) and what is still
-buffered is given back to its stream for the other workers.
+waits here; one handed out after waiting has its idle time set back (the queue's
+``_refresh``). On ``close`` (when the dispatcher stops taking) the reads waiting are
+ended (CLIENT UNBLOCK) and what is still buffered is given back to its stream for the
+other workers.
 
 A reader whose node moved the slot (MOVED) follows it; one whose node does not answer
 asks the cluster client where the stream lives now, with a backoff.
@@ -31,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import MovedError, ResponseError
 
 from gateway.logs import get_logger
 from gateway.store import keys
@@ -64,15 +66,6 @@ def node_url(url: str, host: str, port: int) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def moved_to(error: ResponseError) -> tuple[str, int] | None:
-    """The node a MOVED error names, as (host, port)."""
-    words = str(error).split()
-    if len(words) < 3 or words[0] != "MOVED":
-        return None
-    host, _, port = words[2].rpartition(":")
-    return (host, int(port)) if host and port.isdigit() else None
-
-
 class StreamWatch:
     def __init__(
         self,
@@ -100,14 +93,19 @@ class StreamWatch:
     def want(self, room: Mapping[Category, int]) -> None:
         """The room the dispatcher has now, by lane (replacing what it said before): the
         lanes named with room get their readers, the readers waiting for room read."""
+        grew = False
         for lane in LANES:
-            self._room[lane] = max(0, room.get(lane, 0))
-            if self._room[lane] and not self._closing:
+            now = max(0, room.get(lane, 0))
+            grew = grew or now > self._room[lane]
+            self._room[lane] = now
+            if now and not self._closing:
                 for stream in self._streams[lane]:
-                    if stream not in self._readers:
+                    reader = self._readers.get(stream)
+                    if reader is None or reader.done():
                         self._readers[stream] = asyncio.create_task(self._read(stream, lane), name=f"watch {stream}")
-        grew, self._room_grew = self._room_grew, asyncio.Event()
-        grew.set()
+        if grew:
+            event, self._room_grew = self._room_grew, asyncio.Event()
+            event.set()
 
     def pop(self, room: Mapping[Category, int]) -> list[Read]:
         """What is buffered, up to each lane's room, oldest first."""
@@ -171,13 +169,18 @@ class StreamWatch:
                         keys.DELIVERY_GROUP, self._consumer, {stream: ">"}, count=count, block=BLOCK_MS
                     )
                     failures = 0
-                except ResponseError as exc:
+                except MovedError as exc:  # the slot is served elsewhere now: follow it
                     await _close(client)
-                    client, node = None, moved_to(exc)
-                    if node is None and "NOGROUP" in str(exc):
+                    client, node = None, (str(exc.host), int(exc.port))
+                    await asyncio.sleep(RETRY_FIRST)
+                    continue
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc):
                         await self._create_group(stream)
-                    elif node is None:
-                        failures = await self._fault(stream, failures, exc)
+                    else:
+                        await _close(client)
+                        client, node = None, None
+                    failures = await self._fault(stream, failures, exc)
                     continue
                 except Exception as exc:  # a reader must not end: its stream would not be read
                     await _close(client)
@@ -227,28 +230,39 @@ class StreamWatch:
 
     # --- closing -----------------------------------------------------------------------
     async def close(self) -> None:
-        """End the reads waiting, then give back what was read and not handed out."""
+        """Stop reading: end the reads waiting, then give back what was read and not
+        handed out. Once closed, the watch reads no more (a second close does nothing
+        new)."""
         self._closing = True
         self._room_grew.set()
-        for node, client_id in list(self._blocked.values()):
-            target = self._connection.client.get_node(host=node[0], port=node[1])
-            if target is not None:
-                with contextlib.suppress(Exception):
-                    await self._connection.client.execute_command("CLIENT", "UNBLOCK", client_id, target_nodes=target)
-        readers = list(self._readers.values())
+        readers = [task for task in self._readers.values() if not task.done()]
+        self._readers.clear()
+        await asyncio.gather(*(self._unblock(node, client_id) for node, client_id in set(self._blocked.values())))
         if readers:
             _, late = await asyncio.wait(readers, timeout=BLOCK_MS / 1000 + self._timeout)
             for task in late:
                 task.cancel()
-        self._readers.clear()
+            await asyncio.gather(*late, return_exceptions=True)
         await self._give_back()
+
+    async def _unblock(self, node: tuple[str, int], client_id: int) -> None:
+        """End a reader's read waiting on ``node`` (it answers as if its time ran out)."""
+        cluster = self._connection.client
+        target = cluster.get_node(host=node[0], port=node[1])
+        if target is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeout):
+                await cluster.execute_command("CLIENT", "UNBLOCK", client_id, target_nodes=target)
 
     async def _give_back(self) -> None:
         by_stream: dict[str, list[Any]] = {}
+        stale = time.monotonic() - self._stale_after
         for buffer in self._buffer.values():
             for read in buffer:
                 job = read.fields.get(b"j") if isinstance(read.fields, dict) else None
-                if job is not None:  # an entry without a job stays pending: the reclaim ends it
+                # An entry without a job, or left to the reclaim, stays pending.
+                if job is not None and read.at >= stale:
                     by_stream.setdefault(read.stream, []).extend((read.entry_id, job))
             buffer.clear()
         if not by_stream:
