@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -256,12 +257,12 @@ async def cluster_store(clean_cluster: str) -> AsyncIterator[RedisStore]:
 
 @pytest.mark.cluster
 async def test_on_a_cluster_a_take_never_asks_a_node_where_its_keys_are(
-    redis_cluster: Cluster, clean_cluster: str, clock: FixedClock
+    redis_cluster: Cluster, cluster_store: RedisStore, clock: FixedClock
 ) -> None:
     """redis-py's cluster client places an XREADGROUP (a command whose keys move) by
     asking a node, COMMAND GETKEYS, twice a command, before the read: the queue's reads
     are routed by their stream's hash tag instead. Counted on every master."""
-    store = RedisStore(clean_cluster, cluster=True)
+    store = cluster_store
     queue = RedisQueue(store, reclaim_after=30, consumer="w1")
     try:
         await queue.take(dict.fromkeys(LANES, 10), 0.01)  # the client learns the slots
@@ -274,7 +275,6 @@ async def test_on_a_cluster_a_take_never_asks_a_node_where_its_keys_are(
         assert getkeys_calls(redis_cluster) == before
     finally:
         await queue.close()
-        await store.close()
 
 
 @pytest.mark.cluster
@@ -316,21 +316,14 @@ async def test_on_a_cluster_what_was_read_and_not_handed_out_is_given_back_when_
             await accept(store, clock, job)
         handed = await first.take({Category.BASIC: 2}, 1.0)
         assert 1 <= len(handed) <= 2
-        for _ in range(50):  # let the watch bring what it will
-            await asyncio.sleep(0.02)
-            if first._watch is not None and first._watch.buffered() > 0:
-                break
-        assert first._watch is not None and first._watch.buffered() > 0
+        assert await read_ahead(first) > 0
+        assert first._watch is not None
         await first.stop_taking()
         assert first._watch.buffered() == 0
         rest = await take_all(second, expect=len(jobs) - len(handed))
         taken = [lease.job.message_id for lease in handed + rest]
         assert sorted(taken) == sorted(job.message_id for job in jobs)
-        owners = []
-        for lease in handed + rest:
-            stream, entry_id = lease.entry_id.rsplit("/", 1)
-            [entry] = await store.connection.client.xpending_range(stream, keys.DELIVERY_GROUP, entry_id, entry_id, 1)
-            owners.append(entry["consumer"].decode())
+        owners = [(await pending_entry(store, lease))["consumer"].decode() for lease in handed + rest]
         assert owners == ["w1"] * len(handed) + ["w2"] * len(rest)  # pending to the worker it was handed to
         more = job_for(store, clock, "u-back-late")
         await accept(store, clock, more)
@@ -354,18 +347,31 @@ async def test_on_a_cluster_a_job_that_waited_in_the_watch_is_handed_out_with_it
         for n in range(20):
             await accept(store, clock, job_for(store, clock, f"u-idle-{n}"))
         first = await queue.take({Category.BASIC: 1}, 1.0)
-        for _ in range(50):
-            await asyncio.sleep(0.02)
-            if queue._watch is not None and queue._watch.buffered() > 0:
-                break
+        await read_ahead(queue)
         await asyncio.sleep(1.5)  # longer than REFRESH_AFTER
         waited = await queue.take({Category.BASIC: 1}, 0.0)
         assert len(first) == len(waited) == 1
-        stream, entry_id = waited[0].entry_id.rsplit("/", 1)
-        [entry] = await store.connection.client.xpending_range(stream, keys.DELIVERY_GROUP, entry_id, entry_id, 1)
+        entry = await pending_entry(store, waited[0])
         assert entry["time_since_delivered"] < 1000 and entry["times_delivered"] == 1
     finally:
         await queue.close()
+
+
+async def read_ahead(queue: RedisQueue) -> int:
+    """How many jobs a cluster queue's watch has read ahead, once it has some (or after
+    a second)."""
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        if queue._watch is not None and queue._watch.buffered() > 0:
+            break
+    return 0 if queue._watch is None else queue._watch.buffered()
+
+
+async def pending_entry(store: RedisStore, lease: Lease) -> dict[str, Any]:
+    """A lease's entry as XPENDING lists it (consumer, idle time, deliveries)."""
+    stream, entry_id = lease.entry_id.rsplit("/", 1)
+    [entry] = await store.connection.client.xpending_range(stream, keys.DELIVERY_GROUP, entry_id, entry_id, 1)
+    return dict(entry)
 
 
 def getkeys_calls(cluster: Cluster) -> int:

@@ -39,7 +39,7 @@ from gateway.store.codec import DeadLetter, Parked
 from gateway.store.redis import scripts
 from gateway.store.redis.connection import Command, client
 from gateway.store.redis.store import RedisStore, epoch_ms, ms, shared_set
-from gateway.store.redis.watch import Read, StreamWatch
+from gateway.store.redis.watch import Read, StreamWatch, group_command
 from gateway.values.campaigns import CAMPAIGN_RETENTION
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES, Job
@@ -98,7 +98,6 @@ class RedisQueue:
                 {lane: self.streams([lane]) for lane in LANES},
                 self.consumer,
                 stale_after=reclaim_after / 2,
-                timeout=store.connection.timeout,
             )
             if self._cluster
             else None
@@ -113,9 +112,7 @@ class RedisQueue:
     async def _ensure_groups(self) -> None:
         if self._groups_ready:
             return
-        commands: list[Command] = [
-            ("XGROUP", "CREATE", stream, keys.DELIVERY_GROUP, "0", "MKSTREAM") for stream in self.streams(LANES)
-        ]
+        commands = [group_command(stream) for stream in self.streams(LANES)]
         for reply in await self._run("queue_groups", commands, errors=True):
             if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
                 raise StoreUnavailable(f"cannot create the delivery consumer group: {reply}")
@@ -153,7 +150,10 @@ class RedisQueue:
         if not reads and block > 0:
             await watch.arrival(block)
             reads = watch.pop(room)
-        await self._refresh([r for r in reads if time.monotonic() - r.at > REFRESH_AFTER])
+        waited_since = time.monotonic() - REFRESH_AFTER
+        waited = [read for read in reads if read.at < waited_since]
+        if waited:
+            await self._refresh(waited)
         leases = []
         for read in reads:
             lease = await self._lease(read.stream, read.entry_id, read.fields, 1)

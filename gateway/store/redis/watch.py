@@ -29,6 +29,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +39,7 @@ from redis.exceptions import MovedError, ResponseError
 from gateway.logs import get_logger
 from gateway.store import keys
 from gateway.store.redis import scripts
-from gateway.store.redis.connection import Connection
+from gateway.store.redis.connection import Command, Connection
 from gateway.values.domain import Category
 from gateway.values.jobs import LANES
 
@@ -49,13 +50,19 @@ BLOCK_MS = 2000
 RETRY_FIRST = 0.05
 
 
+@dataclass(frozen=True, slots=True)
 class Read:
     """An entry a reader brought: its stream, its id, its fields and when it came."""
 
-    __slots__ = ("at", "entry_id", "fields", "stream")
+    stream: str
+    entry_id: Any
+    fields: Any
+    at: float
 
-    def __init__(self, stream: str, entry_id: Any, fields: Any, at: float) -> None:
-        self.stream, self.entry_id, self.fields, self.at = stream, entry_id, fields, at
+
+def group_command(stream: str) -> Command:
+    """Create the delivery group on ``stream`` (and the stream), reading from its start."""
+    return ("XGROUP", "CREATE", stream, keys.DELIVERY_GROUP, "0", "MKSTREAM")
 
 
 def node_url(url: str, host: str, port: int) -> str:
@@ -73,13 +80,12 @@ class StreamWatch:
         streams: Mapping[Category, Sequence[str]],
         consumer: str,
         stale_after: float,
-        timeout: float,
     ) -> None:
         self._connection = connection
         self._streams = {lane: tuple(streams[lane]) for lane in LANES}
         self._consumer = consumer
         self._stale_after = stale_after
-        self._timeout = timeout
+        self._timeout = connection.timeout
         self._room = dict.fromkeys(LANES, 0)
         self._buffer: dict[Category, deque[Read]] = {lane: deque() for lane in LANES}
         self._arrived = asyncio.Event()
@@ -110,13 +116,13 @@ class StreamWatch:
     def pop(self, room: Mapping[Category, int]) -> list[Read]:
         """What is buffered, up to each lane's room, oldest first."""
         out: list[Read] = []
-        stale = time.monotonic() - self._stale_after
+        fresh_since = self._fresh_since()
         for lane, count in room.items():
             buffer = self._buffer[lane]
             taken = 0
             while buffer and taken < count:
                 read = buffer.popleft()
-                if read.at < stale:
+                if read.at < fresh_since:
                     continue  # left pending: the reclaim hands it out
                 out.append(read)
                 taken += 1
@@ -130,6 +136,10 @@ class StreamWatch:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._arrived.wait()
+
+    def _fresh_since(self) -> float:
+        """Reads that came before this (monotonic) time are left to the reclaim."""
+        return time.monotonic() - self._stale_after
 
     def buffered(self) -> int:
         return sum(len(b) for b in self._buffer.values())
@@ -224,9 +234,8 @@ class StreamWatch:
 
     async def _create_group(self, stream: str) -> None:
         """The group is gone (the store was flushed): made again, from the start."""
-        command = ("XGROUP", "CREATE", stream, keys.DELIVERY_GROUP, "0", "MKSTREAM")
         with contextlib.suppress(Exception):
-            await self._connection.run("queue_groups", [command], errors=True)
+            await self._connection.run("queue_groups", [group_command(stream)], errors=True)
 
     # --- closing -----------------------------------------------------------------------
     async def close(self) -> None:
@@ -257,12 +266,12 @@ class StreamWatch:
 
     async def _give_back(self) -> None:
         by_stream: dict[str, list[Any]] = {}
-        stale = time.monotonic() - self._stale_after
+        fresh_since = self._fresh_since()
         for buffer in self._buffer.values():
             for read in buffer:
                 job = read.fields.get(b"j") if isinstance(read.fields, dict) else None
                 # An entry without a job, or left to the reclaim, stays pending.
-                if job is not None and read.at >= stale:
+                if job is not None and read.at >= fresh_since:
                     by_stream.setdefault(read.stream, []).extend((read.entry_id, job))
             buffer.clear()
         if not by_stream:
